@@ -1,0 +1,3 @@
+from aios_memory.cli import main
+
+main()

@@ -1,0 +1,122 @@
+"""The one plugin manager. Bundled plugins load through the entry-point group a third party uses."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from aios_memory import hookspecs
+from aios_memory.errors import ProviderError, ProviderNotFoundError
+
+if TYPE_CHECKING:
+    from aios_memory.provider import EmbeddingProvider
+
+ENTRY_POINT_GROUP = "aios_memory"
+
+pm = pluggy.PluginManager("aios_memory")
+pm.add_hookspecs(hookspecs)
+
+_lock = threading.RLock()
+_loaded = False
+_providers: dict[str, EmbeddingProvider] | None = None
+
+
+def load_plugins() -> pluggy.PluginManager:
+    """Load every plugin installed under the entry-point group, once per process (idempotent).
+
+    ``AIOS_MEMORY_BLOCK_PLUGINS`` may name plugins (comma separated entry-point names) to skip.
+    """
+    global _loaded
+    with _lock:
+        if not _loaded:
+            for name in filter(None, os.environ.get("AIOS_MEMORY_BLOCK_PLUGINS", "").split(",")):
+                pm.set_blocked(name.strip())
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            pm.check_pending()
+            _loaded = True
+    return pm
+
+
+def register_plugin(plugin: object, name: str | None = None) -> None:
+    """Register an in-process plugin object or module (tests, notebooks); invalidates the provider cache."""
+    global _providers
+    with _lock:
+        load_plugins()
+        pm.register(plugin, name=name)
+        pm.check_pending()
+        _providers = None
+
+
+def unregister_plugin(plugin: object) -> None:
+    global _providers
+    with _lock:
+        pm.unregister(plugin)
+        _providers = None
+
+
+def get_providers() -> dict[str, EmbeddingProvider]:
+    """All registered providers by name. Building this imports plugin modules, never model code."""
+    global _providers
+    from aios_memory.provider import EmbeddingProvider
+
+    with _lock:
+        if _providers is None:
+            load_plugins()
+            found: dict[str, EmbeddingProvider] = {}
+
+            def register(provider: EmbeddingProvider) -> None:
+                if not isinstance(provider, EmbeddingProvider):
+                    raise ProviderError(
+                        f"register() takes an EmbeddingProvider instance, got {type(provider).__name__}"
+                    )
+                if provider.name in found:
+                    raise ProviderError(f"two plugins register a provider named {provider.name!r}")
+                found[provider.name] = provider
+
+            pm.hook.register_embedding_providers(register=register)
+            _providers = found
+        return dict(_providers)
+
+
+def get_provider(name: str) -> EmbeddingProvider:
+    providers = get_providers()
+    try:
+        return providers[name]
+    except KeyError:
+        known = ", ".join(sorted(providers)) or "none"
+        raise ProviderNotFoundError(f"unknown provider {name!r}; registered providers: {known}") from None
+
+
+def plugin_info() -> list[dict[str, object]]:
+    """What `aios-memory plugins` prints: each plugin, its hooks and the providers it registers."""
+    load_plugins()
+    by_plugin: dict[str, list[str]] = {}
+    for plugin in pm.get_plugins():
+        name = pm.get_name(plugin) or repr(plugin)
+        provided: list[str] = []
+
+        def register(provider: EmbeddingProvider, _acc: list[str] = provided) -> None:
+            _acc.append(provider.name)
+
+        hook = getattr(plugin, "register_embedding_providers", None)
+        if hook is not None:
+            hook(register=register)
+        by_plugin[name] = provided
+    dists = {p: d for p, d in pm.list_plugin_distinfo()}
+    out: list[dict[str, object]] = []
+    for plugin in pm.get_plugins():
+        name = pm.get_name(plugin) or repr(plugin)
+        dist = dists.get(plugin)
+        out.append(
+            {
+                "name": name,
+                "package": dist.project_name if dist is not None else None,
+                "version": dist.version if dist is not None else None,
+                "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or []),
+                "providers": by_plugin[name],
+            }
+        )
+    return sorted(out, key=lambda d: str(d["name"]))

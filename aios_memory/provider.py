@@ -1,0 +1,149 @@
+"""``EmbeddingProvider``: the base class every encoder plugin subclasses.
+
+A provider is cheap to construct and lazy: its weights load on the first embed call, once, under a lock,
+so listing or registering providers never touches a model. The base class also guards the boundary in
+both directions: it rejects inputs of the wrong modality before they reach the model, and it refuses
+vectors that are of the wrong shape, not finite, or zero, before they reach the store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from aios_memory.errors import EmptyContentError, ModalityError, ProviderError
+
+MODALITIES = ("text", "image", "audio")
+
+
+class EmbeddingProvider:
+    """Turns items of one modality into L2-normalised float32 vectors of a fixed dimension.
+
+    Subclasses set ``name``, ``modality`` and ``dim`` and implement ``_embed``; they may implement
+    ``_load`` (called once, lazily) and ``_embed_query`` for each modality in ``query_modalities``
+    (e.g. CLIP embeds text queries to search images). Providers with weights to convert set
+    ``model_name`` and implement ``install``/``is_installed``.
+    """
+
+    name: ClassVar[str] = ""
+    modality: ClassVar[str] = ""
+    dim: ClassVar[int] = 0
+    query_modalities: ClassVar[frozenset[str]] = frozenset()
+    model_name: ClassVar[str | None] = None
+    version: ClassVar[str] = "1"
+
+    def __init__(self) -> None:
+        if not self.name or self.modality not in MODALITIES or int(self.dim) <= 0:
+            raise ProviderError(
+                f"{type(self).__name__} must set name, modality (one of {MODALITIES}) and a positive dim"
+            )
+        self._load_lock = threading.Lock()
+        self._loaded = False
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def load(self) -> None:
+        """Load weights now (otherwise the first embed call does). Thread-safe; runs ``_load`` once."""
+        if self._loaded:
+            return
+        with self._load_lock:
+            if not self._loaded:
+                self._load()
+                self._loaded = True
+
+    def _load(self) -> None:
+        """Subclasses read their weights here. Called at most once per instance."""
+
+    # --- embedding -------------------------------------------------------------------------------------
+    def embed_batch(self, items: Sequence[Any]) -> np.ndarray:
+        """Embed items of this provider's modality: returns ``(len(items), dim)`` float32, L2-normalised."""
+        items = list(items)
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        for item in items:
+            self._check_item(item, self.modality)
+        self.load()
+        return self._finish(self._embed(items), len(items))
+
+    def embed_query(self, query: Any, modality: str | None = None) -> np.ndarray:
+        """Embed one query to search this provider's table; ``modality`` is the query's own modality."""
+        modality = modality or self.modality
+        if modality == self.modality:
+            return self.embed_batch([query])[0]
+        if modality not in self.query_modalities:
+            accepted = sorted({self.modality, *self.query_modalities})
+            raise ModalityError(
+                f"provider {self.name!r} embeds {self.modality} memories and accepts queries of "
+                f"{', '.join(accepted)}; a {modality} query cannot search it"
+            )
+        self._check_item(query, modality)
+        self.load()
+        return self._finish(self._embed_query([query], modality), 1)[0]
+
+    def _embed(self, items: list[Any]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _embed_query(self, items: list[Any], modality: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check_item(self, item: Any, modality: str) -> None:
+        if modality == "text":
+            if not isinstance(item, str):
+                raise ModalityError(
+                    f"provider {self.name!r} expected text (str), got {type(item).__name__}"
+                )
+            if not item.strip():
+                raise EmptyContentError("text is empty or whitespace only; nothing to embed")
+        elif isinstance(item, str):
+            raise ModalityError(f"provider {self.name!r} expected {modality} content, got text")
+
+    def _finish(self, out: Any, n: int) -> np.ndarray:
+        """Check a subclass's output and normalise it; a third-party bug must never reach the store."""
+        try:
+            arr = np.asarray(out, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ProviderError(f"provider {self.name!r} returned something that is not numeric: {exc}") from exc
+        if arr.shape != (n, self.dim):
+            raise ProviderError(
+                f"provider {self.name!r} returned shape {arr.shape}, expected {(n, self.dim)}"
+            )
+        if not np.isfinite(arr).all():
+            raise ProviderError(f"provider {self.name!r} returned NaN or infinite values")
+        norms = np.linalg.norm(arr, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise ProviderError(f"provider {self.name!r} returned an all-zero vector")
+        return np.ascontiguousarray(arr / norms, dtype=np.float32)
+
+    # --- models ----------------------------------------------------------------------------------------
+    def is_installed(self) -> bool:
+        """Whether the provider can embed now (its weights are converted); providers without weights: True."""
+        return True
+
+    def install(self, source: Path | None = None, *, force: bool = False) -> Path | None:
+        """Convert this provider's weights into the model directory; returns the weight file."""
+        return None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the store records in a table's schema metadata to refuse mixing providers."""
+        return {"provider": self.name, "modality": self.modality, "dim": int(self.dim), "version": self.version}
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "modality": self.modality,
+            "dim": int(self.dim),
+            "query_modalities": sorted(self.query_modalities),
+            "model": self.model_name,
+            "installed": self.is_installed(),
+            "loaded": self._loaded,
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.modality} dim={self.dim}>"

@@ -1,0 +1,117 @@
+"""Queries through DuckDB: one in-memory connection per query over the pinned version's fragments.
+
+Each modality's fragments are registered as an Arrow dataset under ``<modality>_memories`` (embedding
+as ``FLOAT[dim]``), so DuckDB itself never opens a file: after setup the connection runs with external
+access disabled and its configuration locked, so SQL can neither read nor write anything outside the
+store's committed memories. ``embed_text(?)`` is a SQL function backed by the store's text provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from aios_memory.errors import AiosMemoryError, QueryError, StoreCorruptError
+from aios_memory.provider import MODALITIES
+from aios_memory.schema import base_schema
+from aios_memory.storage import Manifest, Storage
+
+Params = Sequence[Any] | Mapping[str, Any] | None
+
+
+def view_name(modality: str) -> str:
+    return f"{modality}_memories"
+
+
+def connect(storage: Storage, manifest: Manifest, embedders: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+    """A locked-down connection with one view per modality and the ``embed_*`` SQL functions."""
+    con = duckdb.connect(":memory:")
+    try:
+        for modality in MODALITIES:
+            state = manifest.tables.get(modality)
+            if state is not None and state.fragments:
+                paths = [storage.abspath(f) for f in state.fragments]
+                try:
+                    source: Any = ds.dataset(paths, format="parquet")
+                except (FileNotFoundError, pa.ArrowException, OSError) as exc:
+                    raise StoreCorruptError(
+                        f"store {storage.root} version {manifest.version}: a fragment of {modality} memories "
+                        f"is missing or unreadable ({exc}); run `aios-memory doctor`"
+                    ) from exc
+            else:
+                source = base_schema(modality, None).empty_table()
+            con.register(view_name(modality), source)
+        for fname, (fn, dim) in (embedders or {}).items():
+            _register_embedder(con, fname, fn, dim)
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _register_embedder(con: duckdb.DuckDBPyConnection, fname: str, fn: Callable[[list[str]], np.ndarray], dim: int) -> None:
+    def udf(texts: pa.Array) -> pa.Array:
+        values = texts.to_pylist()
+        present = [i for i, v in enumerate(values) if v is not None]
+        out = np.zeros((len(values), dim), dtype=np.float32)
+        if present:
+            out[present] = fn([values[i] for i in present])
+        arr = pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), dim)
+        if len(present) < len(values):
+            mask = pa.array([v is None for v in values])
+            arr = pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), dim, mask=mask)
+        return arr
+
+    con.create_function(
+        fname, udf, [duckdb.sqltype("VARCHAR")], duckdb.array_type(duckdb.sqltype("FLOAT"), dim), type="arrow",
+        null_handling="special",
+    )
+
+
+def run(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> pa.Table:
+    """Execute one SQL statement with parameters; every DuckDB error becomes a ``QueryError``."""
+    if not isinstance(sql, str) or not sql.strip():
+        raise QueryError("SQL must be a non-empty string")
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"invalid SQL: {exc}") from exc
+    if len(statements) != 1:
+        raise QueryError(f"expected exactly one SQL statement, got {len(statements)}")
+    try:
+        return con.execute(sql, params if params is not None else []).to_arrow_table()
+    except duckdb.Error as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, AiosMemoryError):  # raised inside a SQL function such as embed_text
+            raise type(cause)(str(cause)) from exc
+        raise QueryError(f"{type(exc).__name__}: {exc}") from exc
+
+
+RESULT_COLUMNS = "id, namespace, created_at, updated_at, source, content, media_type, metadata, provider"
+
+
+def search_sql(modality: str, dim: int, where: str | None, named: bool) -> str:
+    """The ranking query. The caller's predicate sits in a CTE ahead of ours, so positional ``?`` in it
+    bind first; with named parameters ours are ``$aiosm_*``."""
+    q, ns, k = ("$aiosm_q", "$aiosm_ns", "$aiosm_k") if named else ("?", "?", "?")
+    view = view_name(modality)
+    if where is not None:
+        if ";" in where:
+            raise QueryError("a where predicate may not contain ';'")
+        source = f"WITH filtered AS (SELECT * FROM {view} WHERE ({where})) "  # noqa: S608 - predicate is the caller's SQL by contract; values are parameters
+        view = "filtered"
+    else:
+        source = ""
+    return (
+        f"{source}SELECT {RESULT_COLUMNS}, "  # noqa: S608 - only our own identifiers and an int are formatted
+        f"array_cosine_similarity(embedding, CAST({q} AS FLOAT[{int(dim)}])) AS score "
+        f"FROM {view} WHERE ({ns} IS NULL OR namespace = {ns}) "
+        f"ORDER BY score DESC, id LIMIT {k}"
+    )
