@@ -34,6 +34,7 @@ class EmbeddingProvider:
     dim: ClassVar[int] = 0
     query_modalities: ClassVar[frozenset[str]] = frozenset()
     model_name: ClassVar[str | None] = None
+    source_pip: ClassVar[str | None] = None  # a registry package that ships the weights, if any
     version: ClassVar[str] = "1"
 
     def __init__(self) -> None:

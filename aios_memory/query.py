@@ -59,15 +59,17 @@ def connect(storage: Storage, manifest: Manifest, embedders: Mapping[str, Any] |
 def _register_embedder(con: duckdb.DuckDBPyConnection, fname: str, fn: Callable[[list[str]], np.ndarray], dim: int) -> None:
     def udf(texts: pa.Array) -> pa.Array:
         values = texts.to_pylist()
-        present = [i for i, v in enumerate(values) if v is not None]
+        # DuckDB calls this once per chunk of rows, so a constant argument arrives repeated: embed each
+        # distinct string once.
+        distinct = sorted({v for v in values if v is not None})
         out = np.zeros((len(values), dim), dtype=np.float32)
-        if present:
-            out[present] = fn([values[i] for i in present])
-        arr = pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), dim)
-        if len(present) < len(values):
-            mask = pa.array([v is None for v in values])
-            arr = pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), dim, mask=mask)
-        return arr
+        if distinct:
+            vecs = dict(zip(distinct, fn(distinct)))
+            for i, v in enumerate(values):
+                if v is not None:
+                    out[i] = vecs[v]
+        mask = pa.array([v is None for v in values]) if None in values else None
+        return pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), dim, mask=mask)
 
     con.create_function(
         fname, udf, [duckdb.sqltype("VARCHAR")], duckdb.array_type(duckdb.sqltype("FLOAT"), dim), type="arrow",
@@ -86,7 +88,8 @@ def run(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> pa.T
     if len(statements) != 1:
         raise QueryError(f"expected exactly one SQL statement, got {len(statements)}")
     try:
-        return con.execute(sql, params if params is not None else []).to_arrow_table()
+        rel = con.sql(sql, params=params if params is not None else None)
+        return rel.to_arrow_table() if rel is not None else pa.table({})
     except duckdb.Error as exc:
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, AiosMemoryError):  # raised inside a SQL function such as embed_text

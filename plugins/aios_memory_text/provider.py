@@ -33,6 +33,7 @@ class MiniLMProvider(EmbeddingProvider):
     modality = "text"
     dim = 384
     model_name = "text"
+    source_pip = SOURCE_PIP
     version = "1"
 
     def __init__(self, directory: Path | None = None) -> None:

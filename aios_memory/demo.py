@@ -1,0 +1,69 @@
+"""The main job: fill the store with the bundled demo memories and show each way of recalling them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+DEMO_SOURCE = "aios-memory:demo"
+
+QUERIES = [
+    ("What should I cook for the user?", "assistant"),
+    ("How does the user get to work?", "assistant"),
+    ("how do databases survive a power cut?", "research"),
+    ("what is the weather like on the trip?", "travel"),
+]
+
+
+def demo_memories() -> list[dict[str, Any]]:
+    text = resources.files("aios_memory").joinpath("data/demo_memories.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def run_demo(store: Any, echo: Callable[[str], None] = print, reset: bool = False) -> None:
+    existing = store.sql("SELECT id FROM text_memories WHERE source = ?", [DEMO_SOURCE]).column("id").to_pylist()
+    if existing and reset:
+        store.delete(existing)
+        existing = []
+    if not existing:
+        rows = demo_memories()
+        by_ns: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_ns.setdefault(r["namespace"], []).append(r)
+        for ns, group in by_ns.items():
+            store.add_many(
+                [r["text"] for r in group],
+                namespace=ns,
+                metadata=[{"kind": r["kind"], "day": r["day"]} for r in group],
+                sources=[DEMO_SOURCE] * len(group),
+            )
+        echo(f"added {len(rows)} demo memories to {store.path} (version {store.version})")
+    else:
+        echo(f"{store.path} already holds {len(existing)} demo memories (version {store.version})")
+
+    echo("\n== semantic recall, per agent namespace ==")
+    for query, ns in QUERIES:
+        echo(f"\n? {query}   [namespace={ns}]")
+        for m in store.search(query, k=2, namespace=ns):
+            echo(f"  {m.score:.3f}  {m.content}")
+
+    echo("\n== recall with a metadata filter (where, with a parameter) ==")
+    echo("? plans for the trip, from day 2 on")
+    for m in store.search("plans for the trip", k=3, namespace="travel",
+                          where="CAST(json_extract(metadata, '$.day') AS INTEGER) >= ?", params=[2]):
+        echo(f"  {m.score:.3f}  {m.content}")
+
+    echo("\n== SQL with a query embedded inside SQL ==")
+    sql = (
+        "SELECT namespace, content, array_cosine_similarity(embedding, embed_text(?)) AS score "
+        "FROM text_memories ORDER BY score DESC LIMIT 3"
+    )
+    echo(f"  {sql}   -- ? = 'pets'")
+    for row in store.sql(sql, ["pets"]).to_pylist():
+        echo(f"  {row['score']:.3f}  [{row['namespace']}] {row['content']}")
+
+    echo("\n== plain SQL: memories per namespace ==")
+    for row in store.sql("SELECT namespace, count(*) AS n FROM text_memories GROUP BY 1 ORDER BY 1").to_pylist():
+        echo(f"  {row['namespace']:<10} {row['n']}")
