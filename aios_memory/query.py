@@ -77,6 +77,9 @@ def _register_embedder(con: duckdb.DuckDBPyConnection, fname: str, fn: Callable[
     )
 
 
+READ_ONLY_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+
+
 def run(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> pa.Table:
     """Execute one SQL statement with parameters; every DuckDB error becomes a ``QueryError``."""
     if not isinstance(sql, str) or not sql.strip():
@@ -87,6 +90,9 @@ def run(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> pa.T
         raise QueryError(f"invalid SQL: {exc}") from exc
     if len(statements) != 1:
         raise QueryError(f"expected exactly one SQL statement, got {len(statements)}")
+    kind = statements[0].type
+    if kind not in READ_ONLY_STATEMENTS:
+        raise QueryError(f"store.sql() is read-only: {kind.name} statements are not allowed (SELECT or EXPLAIN only)")
     try:
         rel = con.sql(sql, params=params if params is not None else None)
         return rel.to_arrow_table() if rel is not None else pa.table({})
