@@ -1,0 +1,87 @@
+"""The EmbeddingProvider base class: lazy, thread-safe loading and a guarded output boundary."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from aios_memory import EmbeddingProvider
+from aios_memory.errors import EmptyContentError, ModalityError, ProviderError
+
+
+class Counting(EmbeddingProvider):
+    name = "counting"
+    modality = "text"
+    dim = 4
+
+    def __init__(self, output=None):
+        super().__init__()
+        self.loads = 0
+        self.output = output
+
+    def _load(self):
+        time.sleep(0.05)  # widen the race window
+        self.loads += 1
+
+    def _embed(self, items):
+        if self.output is not None:
+            return self.output(len(items))
+        return np.array([[len(s), 1.0, 0.0, 2.0] for s in items], dtype=np.float64)
+
+
+def test_lazy_and_loaded_once_across_threads():
+    p = Counting()
+    assert not p.loaded and p.loads == 0  # construction loads nothing
+    threads = [threading.Thread(target=p.embed_batch, args=(["abc"],)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert p.loads == 1 and p.loaded
+
+
+def test_output_is_float32_and_normalised():
+    out = Counting().embed_batch(["a", "abcd"])
+    assert out.dtype == np.float32 and out.shape == (2, 4)
+    assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
+    assert Counting().embed_batch([]).shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    "output,match",
+    [
+        (lambda n: np.full((n, 4), np.nan), "NaN or infinite"),
+        (lambda n: np.full((n, 4), np.inf), "NaN or infinite"),
+        (lambda n: np.ones((n, 5)), "shape"),
+        (lambda n: np.ones((n + 1, 4)), "shape"),
+        (lambda n: np.zeros((n, 4)), "all-zero"),
+        (lambda n: [["a"] * 4] * n, "not numeric"),
+    ],
+)
+def test_bad_provider_output_is_refused(output, match):
+    with pytest.raises(ProviderError, match=match):
+        Counting(output).embed_batch(["x"])
+
+
+def test_input_checks_before_the_model():
+    p = Counting()
+    with pytest.raises(EmptyContentError):
+        p.embed_batch(["ok", ""])
+    with pytest.raises(ModalityError):
+        p.embed_batch([b"bytes"])
+    with pytest.raises(ModalityError, match="cannot search it"):
+        p.embed_query(b"\x89PNG", "image")
+    assert p.loads == 0  # rejected before loading anything
+
+
+def test_misdeclared_provider():
+    class Bad(EmbeddingProvider):
+        name = "bad"
+        modality = "smell"
+        dim = 3
+
+    with pytest.raises(ProviderError, match="must set"):
+        Bad()
