@@ -1,0 +1,92 @@
+"""The aios-memory command line, run for real in subprocesses."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import png_bytes, run_cli
+
+
+def test_add_search_sql_delete_stats(model_home, tmp_path):
+    s = ["--store", str(tmp_path / "st")]
+    first = run_cli(*s, "add", "The user's cat is called Miso", "-n", "agent", "-m", '{"kind": "fact"}').stdout.split()
+    second = run_cli(*s, "add", "Interest rates went up again", "-n", "agent").stdout.split()
+    assert len(first) == len(second) == 1
+    out = run_cli(*s, "search", "what pet does the user own", "-k", "1").stdout
+    assert "Miso" in out and first[0] in out
+    hits = json.loads(run_cli(*s, "search", "pets", "--where", "metadata->>'$.kind' = ?", "--param", "fact",
+                              "--json").stdout)
+    assert [h["id"] for h in hits] == first
+    rows = json.loads(run_cli(*s, "sql", "SELECT content FROM text_memories WHERE namespace = ? ORDER BY 1",
+                              "--param", "agent", "--json").stdout)
+    assert [r["content"] for r in rows] == ["Interest rates went up again", "The user's cat is called Miso"]
+    table = run_cli(*s, "sql", "SELECT count(*) AS n FROM text_memories").stdout
+    assert "(1 rows)" in table and "2" in table
+    assert run_cli(*s, "delete", first[0]).stdout.strip() == "deleted 1"
+    stats = json.loads(run_cli(*s, "stats").stdout)
+    assert stats["tables"]["text"]["memories"] == 1 and stats["namespaces"] == {"agent": 1}
+    doctor = json.loads(run_cli(*s, "doctor").stdout)
+    assert doctor["ok"] is True
+
+
+def test_errors_are_clear_and_exit_nonzero(model_home, tmp_path):
+    s = ["--store", str(tmp_path / "st")]
+    run_cli(*s, "add", "something")
+    bad = run_cli(*s, "sql", "DELETE FROM text_memories", check=False)
+    assert bad.returncode == 1 and "QueryError" in bad.stderr and "read-only" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    empty = run_cli(*s, "add", "   ", check=False)
+    assert empty.returncode == 1 and "EmptyContentError" in empty.stderr
+    missing = run_cli(*s, "delete", "no-such-id", check=False)
+    assert missing.returncode == 1 and "MemoryNotFoundError" in missing.stderr
+    usage = run_cli(*s, "search", check=False)
+    assert usage.returncode == 2 and "exactly one of QUERY or --file" in usage.stderr
+    assert json.loads(run_cli(*s, "stats").stdout)["tables"]["text"]["memories"] == 1
+
+
+def test_import_skips_what_no_provider_can_embed(model_home, tmp_path):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("Notes from Monday's planning meeting")
+    (folder / "sub" / "b.md").write_text("# Recipe\nMix flour and water.")
+    (folder / "photo.png").write_bytes(png_bytes(size=32))  # no image provider in this environment
+    (folder / "blob.bin").write_bytes(bytes(range(256)))
+    proc = run_cli("--store", str(tmp_path / "st"), "import", str(folder))
+    assert "imported 2 memories" in proc.stdout and "skipped 2" in proc.stdout
+    assert "photo.png" in proc.stderr and "no installed plugin provides image" in proc.stderr
+    assert "import: 100%" in proc.stderr  # the progress bar ran to the end
+
+
+def test_plugins_and_models(model_home):
+    plugins = json.loads(run_cli("plugins").stdout)
+    assert {"name": "minilm-l6-v2", "modality": "text", "dim": 384} .items() <= next(
+        p for p in plugins["providers"] if p["name"] == "minilm-l6-v2").items()
+    models = json.loads(run_cli("models", "list").stdout)
+    assert {"model": "text", "provider": "minilm-l6-v2", "installed": True} in models["models"]
+    weights = model_home / "models" / "text" / "weights.parquet"
+    before = weights.stat().st_mtime_ns
+    assert "weights.parquet" in run_cli("models", "install", "text").stdout
+    assert weights.stat().st_mtime_ns == before  # converted once, not again
+    unknown = run_cli("models", "install", "nope", check=False)
+    assert unknown.returncode == 2 and "known: text" in unknown.stderr
+
+
+def test_models_install_from_folder(minilm_source, tmp_path):
+    env = {"AIOS_MEMORY_HOME": str(tmp_path / "home")}
+    missing = run_cli("--store", str(tmp_path / "s"), "search", "anything", env=env, check=False)
+    assert missing.returncode == 1 and "aios-memory models install text" in missing.stderr
+    out = run_cli("models", "install", "text", "--from", str(minilm_source), env=env).stdout
+    assert "weights.parquet" in out and (tmp_path / "home" / "models" / "text" / "weights.parquet").is_file()
+
+
+def test_demo_is_the_main_job(model_home, tmp_path):
+    s = ["--store", str(tmp_path / "demo")]
+    out = run_cli(*s, "demo").stdout
+    assert "added 25 demo memories" in out
+    # the answers come from the real model: the relevant memory is ranked first
+    after_cook = out.split("What should I cook for the user?")[1].splitlines()[1]
+    assert "vegetarian" in after_cook
+    after_db = out.split("how do databases survive a power cut?")[1].splitlines()[1]
+    assert "crash safe" in after_db
+    again = run_cli(*s, "demo").stdout
+    assert "already holds 25 demo memories" in again
