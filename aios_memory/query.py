@@ -28,7 +28,9 @@ def view_name(modality: str) -> str:
     return f"{modality}_memories"
 
 
-def connect(storage: Storage, manifest: Manifest, embedders: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    storage: Storage, manifest: Manifest, embedders: Mapping[str, Any] | None = None
+) -> duckdb.DuckDBPyConnection:
     """A locked-down connection with one view per modality and the ``embed_*`` SQL functions."""
     con = duckdb.connect(":memory:")
     try:
@@ -56,7 +58,9 @@ def connect(storage: Storage, manifest: Manifest, embedders: Mapping[str, Any] |
     return con
 
 
-def _register_embedder(con: duckdb.DuckDBPyConnection, fname: str, fn: Callable[[list[str]], np.ndarray], dim: int) -> None:
+def _register_embedder(
+    con: duckdb.DuckDBPyConnection, fname: str, fn: Callable[[list[str]], np.ndarray], dim: int
+) -> None:
     def udf(texts: pa.Array) -> pa.Array:
         values = texts.to_pylist()
         # DuckDB calls this once per chunk of rows, so a constant argument arrives repeated: embed each
@@ -64,7 +68,7 @@ def _register_embedder(con: duckdb.DuckDBPyConnection, fname: str, fn: Callable[
         distinct = sorted({v for v in values if v is not None})
         out = np.zeros((len(values), dim), dtype=np.float32)
         if distinct:
-            vecs = dict(zip(distinct, fn(distinct)))
+            vecs = dict(zip(distinct, fn(distinct), strict=True))
             for i, v in enumerate(values):
                 if v is not None:
                     out[i] = vecs[v]
@@ -72,7 +76,11 @@ def _register_embedder(con: duckdb.DuckDBPyConnection, fname: str, fn: Callable[
         return pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), dim, mask=mask)
 
     con.create_function(
-        fname, udf, [duckdb.sqltype("VARCHAR")], duckdb.array_type(duckdb.sqltype("FLOAT"), dim), type="arrow",
+        fname,
+        udf,
+        [duckdb.sqltype("VARCHAR")],
+        duckdb.array_type(duckdb.sqltype("FLOAT"), dim),
+        type="arrow",
         null_handling="special",
     )
 
@@ -92,7 +100,9 @@ def run(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> pa.T
         raise QueryError(f"expected exactly one SQL statement, got {len(statements)}")
     kind = statements[0].type
     if kind not in READ_ONLY_STATEMENTS:
-        raise QueryError(f"store.sql() is read-only: {kind.name} statements are not allowed (SELECT or EXPLAIN only)")
+        raise QueryError(
+            f"store.sql() is read-only: {kind.name} statements are not allowed (SELECT or EXPLAIN only)"
+        )
     try:
         rel = con.sql(sql, params=params if params is not None else None)
         return rel.to_arrow_table() if rel is not None else pa.table({})

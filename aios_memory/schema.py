@@ -28,4 +28,6 @@ def base_schema(modality: str, dim: int | None, fingerprint: dict[str, Any] | No
     """Schema of ``<modality>_memories``; ``dim=None`` gives the schema of an empty table (no vectors yet)."""
     vec = pa.list_(pa.float32(), int(dim)) if dim else pa.list_(pa.float32())
     meta = {"modality": modality, "dim": dim, "schema_version": SCHEMA_VERSION, **(fingerprint or {})}
-    return pa.schema([*_COMMON, pa.field("embedding", vec, nullable=False)], metadata={META_KEY: json.dumps(meta)})
+    return pa.schema(
+        [*_COMMON, pa.field("embedding", vec, nullable=False)], metadata={META_KEY: json.dumps(meta)}
+    )

@@ -62,7 +62,9 @@ def _now() -> dt.datetime:
 
 def _check_namespace(namespace: Any) -> str:
     if not isinstance(namespace, str) or not namespace or len(namespace) > 256 or "\x00" in namespace:
-        raise InvalidInputError(f"namespace must be a non-empty string of at most 256 characters, got {namespace!r}")
+        raise InvalidInputError(
+            f"namespace must be a non-empty string of at most 256 characters, got {namespace!r}"
+        )
     return namespace
 
 
@@ -149,7 +151,9 @@ class MemoryStore:
                     )
                 provider = registered[candidates[0]]
         if provider.modality != modality:
-            raise ProviderMismatchError(f"provider {provider.name!r} embeds {provider.modality}, not {modality}")
+            raise ProviderMismatchError(
+                f"provider {provider.name!r} embeds {provider.modality}, not {modality}"
+            )
         return provider
 
     def providers(self) -> list[dict[str, Any]]:
@@ -173,7 +177,9 @@ class MemoryStore:
         source: str | None = None,
     ) -> str:
         """Store one memory; returns its id."""
-        return self.add_many([content], modality=modality, namespace=namespace, metadata=[metadata], sources=[source])[0]
+        return self.add_many(
+            [content], modality=modality, namespace=namespace, metadata=[metadata], sources=[source]
+        )[0]
 
     def add_many(
         self,
@@ -204,7 +210,7 @@ class MemoryStore:
             raise InvalidInputError(f"got {len(srcs)} sources for {n} items")
         if n == 0:
             return []
-        prepared = [prepare(c, modality, s) for c, s in zip(contents, srcs)]
+        prepared = [prepare(c, modality, s) for c, s in zip(contents, srcs, strict=True)]
         ids = [str(uuid.uuid4()) for _ in prepared]
         by_modality: dict[str, list[int]] = {}
         for i, item in enumerate(prepared):
@@ -221,8 +227,14 @@ class MemoryStore:
                 if progress is not None:
                     progress(len(chunk))
             tables[mod] = self._rows(
-                mod, provider, [ids[i] for i in idx], [prepared[i] for i in idx], [metas[i] for i in idx],
-                namespace, now, vectors,
+                mod,
+                provider,
+                [ids[i] for i in idx],
+                [prepared[i] for i in idx],
+                [metas[i] for i in idx],
+                namespace,
+                now,
+                vectors,
             )
 
         def build(m: Manifest) -> Manifest:
@@ -237,7 +249,9 @@ class MemoryStore:
     def _table_state(self, m: Manifest, modality: str, provider: EmbeddingProvider) -> TableState:
         state = m.tables.get(modality)
         if state is None:
-            state = m.tables[modality] = TableState(modality, provider.name, int(provider.dim), provider.fingerprint())
+            state = m.tables[modality] = TableState(
+                modality, provider.name, int(provider.dim), provider.fingerprint()
+            )
         elif state.provider != provider.name or state.fingerprint != provider.fingerprint():
             raise ProviderMismatchError(
                 f"another writer created the {modality} table with {state.provider!r} meanwhile; "
@@ -299,16 +313,17 @@ class MemoryStore:
                 state.fragments = kept
             missing = wanted - found
             if missing:
-                raise MemoryNotFoundError(f"no memory with id {sorted(missing)[0]!r}" + (
-                    f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + "; nothing was deleted")
+                raise MemoryNotFoundError(
+                    f"no memory with id {sorted(missing)[0]!r}"
+                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                    + "; nothing was deleted"
+                )
             return m
 
         self._storage.commit(f"delete {len(wanted)}", build)
         return len(wanted)
 
-    def update(
-        self, id: str, content: Any = None, *, metadata: Mapping[str, Any] | None = None
-    ) -> Memory:
+    def update(self, id: str, content: Any = None, *, metadata: Mapping[str, Any] | None = None) -> Memory:
         """Replace a memory's content (re-embedding it) and/or its metadata, keeping its id and namespace."""
         if content is None and metadata is None:
             raise InvalidInputError("update needs new content, new metadata, or both")
@@ -330,9 +345,16 @@ class MemoryStore:
                 if meta is not None:
                     row["metadata"] = meta
                 if item is not None:
-                    row.update(content=item.content, media=item.media, media_type=item.media_type,
-                               source=item.source or row["source"], embedding=vector[0].tolist())
-                new = pa.concat_tables([table.filter(pc.invert(hit)), pa.Table.from_pylist([row], schema=table.schema)])
+                    row.update(
+                        content=item.content,
+                        media=item.media,
+                        media_type=item.media_type,
+                        source=item.source or row["source"],
+                        embedding=vector[0].tolist(),
+                    )
+                new = pa.concat_tables(
+                    [table.filter(pc.invert(hit)), pa.Table.from_pylist([row], schema=table.schema)]
+                )
                 state.fragments[pos] = self._storage.write_fragment(current.modality, new)
                 return m
             raise MemoryNotFoundError(f"no memory with id {id!r}; it was deleted meanwhile")
@@ -363,7 +385,9 @@ class MemoryStore:
         try:
             return pq.read_table(self._storage.abspath(frag))
         except (FileNotFoundError, pa.ArrowException, OSError) as exc:
-            raise StoreCorruptError(f"fragment {frag.path} of {self.path} is missing or unreadable ({exc})") from exc
+            raise StoreCorruptError(
+                f"fragment {frag.path} of {self.path} is missing or unreadable ({exc})"
+            ) from exc
 
     # --- reading -----------------------------------------------------------------------------------
     def _connect(self, manifest: Manifest) -> Any:
@@ -458,7 +482,7 @@ class MemoryStore:
         if m.tables:
             con = connect(self._storage, m)
             try:
-                union = " UNION ALL ".join(f"SELECT namespace FROM {view_name(mod)}" for mod in m.tables)
+                union = " UNION ALL ".join(f"SELECT namespace FROM {view_name(mod)}" for mod in m.tables)  # noqa: S608
                 sql = f"SELECT namespace, count(*) AS n FROM ({union}) GROUP BY 1 ORDER BY 1"  # noqa: S608
                 namespaces = {r["namespace"]: r["n"] for r in run(con, sql).to_pylist()}
             finally:
@@ -469,7 +493,7 @@ class MemoryStore:
         """Integrity check of the newest version: every fragment readable, row counts and schemas right."""
         m = self._manifest()
         problems: list[str] = []
-        for mod, state in m.tables.items():
+        for state in m.tables.values():
             for frag in state.fragments:
                 try:
                     meta = pq.read_metadata(self._storage.abspath(frag))

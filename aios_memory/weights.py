@@ -102,7 +102,8 @@ def write_weights(
         "tensors": len(names),
     }
     table = pa.table(
-        [names, dtypes, shapes, nbytes, hashes, blobs], schema=SCHEMA.with_metadata({META_KEY: json.dumps(meta)})
+        [names, dtypes, shapes, nbytes, hashes, blobs],
+        schema=SCHEMA.with_metadata({META_KEY: json.dumps(meta)}),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -137,7 +138,9 @@ class Tensor:
     def numpy(self) -> np.ndarray:
         np_dtype = DTYPES[self.dtype][0]
         if np_dtype is None:
-            raise WeightFileError(f"tensor {self.name!r} is {self.dtype}, which numpy cannot hold; use torch()")
+            raise WeightFileError(
+                f"tensor {self.name!r} is {self.dtype}, which numpy cannot hold; use torch()"
+            )
         return np.frombuffer(self.buffer, dtype=np.dtype(np_dtype).newbyteorder("<")).reshape(self.shape)
 
     def torch(self) -> Any:
@@ -180,7 +183,9 @@ class WeightFile:
         if not p.is_file():
             raise WeightFileError(f"{p} is missing (expected beside {self.path.name}); reinstall the model")
         if file_sha256(p) != want:
-            raise WeightFileError(f"{p} does not match the sha256 recorded in {self.path.name}; reinstall the model")
+            raise WeightFileError(
+                f"{p} does not match the sha256 recorded in {self.path.name}; reinstall the model"
+            )
         return p
 
 
@@ -198,7 +203,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise WeightFileError(f"{path} is a Parquet file but not an aios-memory weight file")
     meta = json.loads(raw)
     if meta.get("format") != FORMAT_VERSION:
-        raise WeightFileError(f"{path} has weight-file format {meta.get('format')}, this build reads {FORMAT_VERSION}")
+        raise WeightFileError(
+            f"{path} has weight-file format {meta.get('format')}, this build reads {FORMAT_VERSION}"
+        )
     return meta
 
 
@@ -224,7 +231,9 @@ def read_weights(
     tensors: dict[str, Tensor] = {}
     row = 0
     for chunk in table.column("data").chunks:
-        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[
+            chunk.offset : chunk.offset + len(chunk) + 1
+        ]
         data = chunk.buffers()[2]
         for i in range(len(chunk)):
             name, dtype, shape = cols["name"][row], cols["dtype"][row], tuple(cols["shape"][row])
@@ -232,7 +241,9 @@ def read_weights(
             if dtype not in DTYPES:
                 raise WeightFileError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
             if math.prod(shape) * DTYPES[dtype][1] != nbytes or offsets[i + 1] - offsets[i] < nbytes:
-                raise WeightFileError(f"{path}: tensor {name!r} has {nbytes} bytes, which does not fit shape {shape}")
+                raise WeightFileError(
+                    f"{path}: tensor {name!r} has {nbytes} bytes, which does not fit shape {shape}"
+                )
             buf = data.slice(int(offsets[i]), nbytes) if nbytes else pa.py_buffer(b"")
             tensors[name] = Tensor(name, dtype, shape, buf, cols["sha256"][row])
             row += 1

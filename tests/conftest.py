@@ -68,15 +68,26 @@ def wav_bytes(seconds: float = 0.5, sr: int = 16000) -> bytes:
     return buf.getvalue()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True, input: str | None = None,
-            python: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    input: str | None = None,
+    python: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run ``aios-memory`` for real, in a subprocess."""
     proc = subprocess.run(
         [python or sys.executable, "-m", "aios_memory", *args],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, input=input, timeout=600,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        input=input,
+        timeout=600,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"aios-memory {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"aios-memory {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 

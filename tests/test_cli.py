@@ -9,16 +9,29 @@ from conftest import png_bytes, run_cli
 
 def test_add_search_sql_delete_stats(model_home, tmp_path):
     s = ["--store", str(tmp_path / "st")]
-    first = run_cli(*s, "add", "The user's cat is called Miso", "-n", "agent", "-m", '{"kind": "fact"}').stdout.split()
+    first = run_cli(
+        *s, "add", "The user's cat is called Miso", "-n", "agent", "-m", '{"kind": "fact"}'
+    ).stdout.split()
     second = run_cli(*s, "add", "Interest rates went up again", "-n", "agent").stdout.split()
     assert len(first) == len(second) == 1
     out = run_cli(*s, "search", "what pet does the user own", "-k", "1").stdout
     assert "Miso" in out and first[0] in out
-    hits = json.loads(run_cli(*s, "search", "pets", "--where", "metadata->>'$.kind' = ?", "--param", "fact",
-                              "--json").stdout)
+    hits = json.loads(
+        run_cli(
+            *s, "search", "pets", "--where", "metadata->>'$.kind' = ?", "--param", "fact", "--json"
+        ).stdout
+    )
     assert [h["id"] for h in hits] == first
-    rows = json.loads(run_cli(*s, "sql", "SELECT content FROM text_memories WHERE namespace = ? ORDER BY 1",
-                              "--param", "agent", "--json").stdout)
+    rows = json.loads(
+        run_cli(
+            *s,
+            "sql",
+            "SELECT content FROM text_memories WHERE namespace = ? ORDER BY 1",
+            "--param",
+            "agent",
+            "--json",
+        ).stdout
+    )
     assert [r["content"] for r in rows] == ["Interest rates went up again", "The user's cat is called Miso"]
     table = run_cli(*s, "sql", "SELECT count(*) AS n FROM text_memories").stdout
     assert "(1 rows)" in table and "2" in table
@@ -59,8 +72,9 @@ def test_import_skips_what_no_provider_can_embed(model_home, tmp_path):
 
 def test_plugins_and_models(model_home):
     plugins = json.loads(run_cli("plugins").stdout)
-    assert {"name": "minilm-l6-v2", "modality": "text", "dim": 384} .items() <= next(
-        p for p in plugins["providers"] if p["name"] == "minilm-l6-v2").items()
+    assert {"name": "minilm-l6-v2", "modality": "text", "dim": 384}.items() <= next(
+        p for p in plugins["providers"] if p["name"] == "minilm-l6-v2"
+    ).items()
     models = json.loads(run_cli("models", "list").stdout)
     assert {"model": "text", "provider": "minilm-l6-v2", "installed": True} in models["models"]
     weights = model_home / "models" / "text" / "weights.parquet"

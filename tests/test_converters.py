@@ -8,13 +8,19 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from aios_memory_converters.bert import bert_shapes, convert_bert
 
 from aios_memory.errors import WeightFileError
 from aios_memory.weights import read_weights
-from aios_memory_converters.bert import bert_shapes, convert_bert
 
-TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, max_position_embeddings=512)
+TINY = dict(
+    vocab_size=30522,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=512,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +74,9 @@ def test_pytorch_bin_checkpoint_and_native_model_match_transformers(tiny_bert, t
         ref = torch.nn.functional.normalize((h * w).sum(1) / w.sum(1), dim=1)
         ours = native(ids, mask)
     cos = torch.nn.functional.cosine_similarity(ours, ref).min().item()
-    print(f"\ntiny BERT native vs transformers: min cosine {cos:.8f}, max abs {float((ours - ref).abs().max()):.2e}")
+    print(
+        f"\ntiny BERT native vs transformers: min cosine {cos:.8f}, max abs {float((ours - ref).abs().max()):.2e}"
+    )
     assert cos >= 0.99999 and float((ours - ref).abs().max()) <= 1e-5
 
 

@@ -43,13 +43,15 @@ def test_listing_loads_no_model_and_no_torch(tmp_path):
         from aios_memory.plugins import get_providers, plugin_info
         providers = get_providers()
         plugin_info()
-        s = MemoryStore({str(tmp_path / 's')!r})
+        s = MemoryStore({str(tmp_path / "s")!r})
         s.providers(); s.stats(); s.sql("SELECT count(*) FROM text_memories")
         print(json.dumps({{"torch": "torch" in sys.modules, "loaded": [p.loaded for p in providers.values()],
                           "model_code": "aios_memory_text.model" in sys.modules}}))
         """
     )
-    out = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    out = json.loads(
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    )
     assert out == {"torch": False, "loaded": [False] * len(out["loaded"]), "model_code": False}
 
 
@@ -113,6 +115,11 @@ def test_unknown_provider_names_the_known_ones():
 
 def test_blocked_plugins_env(tmp_path):
     script = "from aios_memory.plugins import get_providers; print(sorted(get_providers()))"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "AIOS_MEMORY_BLOCK_PLUGINS": "text"})
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**__import__("os").environ, "AIOS_MEMORY_BLOCK_PLUGINS": "text"},
+    )
     assert "minilm-l6-v2" not in out.stdout

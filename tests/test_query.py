@@ -9,8 +9,11 @@ from aios_memory.errors import EmptyContentError, QueryError
 
 @pytest.fixture()
 def filled(store):
-    store.add_many(["The cat sleeps on the sofa", "Interest rates rose again", "A kitten plays with yarn"],
-                   namespace="a", metadata=[{"n": 1}, {"n": 2}, {"n": 3}])
+    store.add_many(
+        ["The cat sleeps on the sofa", "Interest rates rose again", "A kitten plays with yarn"],
+        namespace="a",
+        metadata=[{"n": 1}, {"n": 2}, {"n": 3}],
+    )
     store.add("Dogs bark at the postman", namespace="b")
     return store
 
@@ -27,15 +30,21 @@ def test_views_and_types(filled):
 
 
 def test_embed_text_inside_sql_ranks_by_meaning(filled):
-    rows = filled.sql(
-        "SELECT content FROM text_memories ORDER BY array_cosine_similarity(embedding, embed_text(?)) DESC LIMIT 2",
-        ["feline"],
-    ).column("content").to_pylist()
+    rows = (
+        filled.sql(
+            "SELECT content FROM text_memories ORDER BY array_cosine_similarity(embedding, embed_text(?)) DESC LIMIT 2",
+            ["feline"],
+        )
+        .column("content")
+        .to_pylist()
+    )
     assert set(rows) == {"The cat sleeps on the sofa", "A kitten plays with yarn"}
     same = filled.sql("SELECT array_cosine_similarity(embed_text(?), embed_text(?)) AS s", ["x y", "x y"])
     assert same.column("s")[0].as_py() == pytest.approx(1.0, abs=1e-6)
     # a column argument: one embedding per row, equal to the stored one
-    sims = filled.sql("SELECT array_cosine_similarity(embedding, embed_text(content)) AS s FROM text_memories")
+    sims = filled.sql(
+        "SELECT array_cosine_similarity(embedding, embed_text(content)) AS s FROM text_memories"
+    )
     assert min(sims.column("s").to_pylist()) > 0.99999
 
 

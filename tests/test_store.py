@@ -92,13 +92,22 @@ def test_namespaces_are_isolated(store):
 
 
 def test_where_with_positional_and_named_parameters(store):
-    for year, text in [(2019, "moved to Lisbon"), (2021, "adopted a cat"), (2023, "started learning Japanese")]:
+    for year, text in [
+        (2019, "moved to Lisbon"),
+        (2021, "adopted a cat"),
+        (2023, "started learning Japanese"),
+    ]:
         store.add(text, metadata={"year": year, "tag": "life"})
     pred = "CAST(json_extract(metadata, '$.year') AS INTEGER) >= ?"
     got = store.search("life events", k=10, where=pred, params=[2021])
     assert sorted(m.content for m in got) == ["adopted a cat", "started learning Japanese"]
-    named = store.search("life events", k=10, where="json_extract_string(metadata, '$.tag') = $tag AND "
-                         "CAST(json_extract(metadata, '$.year') AS INTEGER) < $y", params={"tag": "life", "y": 2020})
+    named = store.search(
+        "life events",
+        k=10,
+        where="json_extract_string(metadata, '$.tag') = $tag AND "
+        "CAST(json_extract(metadata, '$.year') AS INTEGER) < $y",
+        params={"tag": "life", "y": 2020},
+    )
     assert [m.content for m in named] == ["moved to Lisbon"]
 
 
@@ -137,7 +146,10 @@ def test_compact_keeps_every_memory(store):
     before = sorted(store.sql("SELECT id, content FROM text_memories").to_pylist(), key=lambda r: r["id"])
     assert store.compact() == {"text": 4}
     assert store.stats()["tables"]["text"]["fragments"] == 1
-    assert sorted(store.sql("SELECT id, content FROM text_memories").to_pylist(), key=lambda r: r["id"]) == before
+    assert (
+        sorted(store.sql("SELECT id, content FROM text_memories").to_pylist(), key=lambda r: r["id"])
+        == before
+    )
     assert store.verify()["ok"]
     assert store.compact() == {}  # nothing to merge: no new version
     old = store.version

@@ -41,8 +41,10 @@ def test_embeddings_match_sentence_transformers(native, reference):
     assert ours.dtype == np.float32 and ours.shape == ref.shape == (len(SENTENCES), 384)
     cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
     err = np.abs(ours - ref).max()
-    print(f"\nMiniLM native vs sentence-transformers on {len(SENTENCES)} sentences: "
-          f"min cosine {cos.min():.8f}, mean cosine {cos.mean():.8f}, max abs error {err:.2e}")
+    print(
+        f"\nMiniLM native vs sentence-transformers on {len(SENTENCES)} sentences: "
+        f"min cosine {cos.min():.8f}, mean cosine {cos.mean():.8f}, max abs error {err:.2e}"
+    )
     assert cos.min() >= 0.99999
     assert err <= 1e-5
 

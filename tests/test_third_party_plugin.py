@@ -23,8 +23,12 @@ def venv(tmp_path_factory) -> Path:
     src = root / "src"
     shutil.copytree(PLUGIN, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     py = root / "env" / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "-q", str(src)], check=True,
-                   capture_output=True, text=True)
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "--no-deps", "-q", str(src)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return py
 
 
@@ -52,10 +56,29 @@ def test_plugin_embeds_image_memories(venv, tmp_path, model_home):
     stats = json.loads(run_cli("--store", str(store), "stats", python=str(venv)).stdout)
     assert stats["tables"]["image"] == {**stats["tables"]["image"], "provider": "colorhist-64", "memories": 5}
     assert stats["tables"]["text"]["memories"] == 1
-    hits = json.loads(run_cli("--store", str(store), "search", "--file", str(folder / "chelsea.png"), "-k", "2",
-                              "--json", python=str(venv)).stdout)
+    hits = json.loads(
+        run_cli(
+            "--store",
+            str(store),
+            "search",
+            "--file",
+            str(folder / "chelsea.png"),
+            "-k",
+            "2",
+            "--json",
+            python=str(venv),
+        ).stdout
+    )
     assert hits[0]["source"].endswith("chelsea.png") and hits[0]["score"] > 0.999
     assert hits[1]["score"] < hits[0]["score"]
-    rows = json.loads(run_cli("--store", str(store), "sql", "SELECT count(*) AS n, any_value(media_type) AS t "
-                              "FROM image_memories", "--json", python=str(venv)).stdout)
+    rows = json.loads(
+        run_cli(
+            "--store",
+            str(store),
+            "sql",
+            "SELECT count(*) AS n, any_value(media_type) AS t FROM image_memories",
+            "--json",
+            python=str(venv),
+        ).stdout
+    )
     assert rows == [{"n": 5, "t": "image/png"}]

@@ -24,7 +24,9 @@ def sample(tmp_path):
         "d.bf16": torch.randn(4, 3, dtype=torch.bfloat16),
         "e.empty": np.zeros((0, 4), dtype=np.float32),
     }
-    path = write_weights(tmp_path / "w.parquet", tensors, model="toy", config={"n": 1}, source={"from": "test"})
+    path = write_weights(
+        tmp_path / "w.parquet", tensors, model="toy", config={"n": 1}, source={"from": "test"}
+    )
     return path, tensors
 
 
@@ -100,7 +102,9 @@ def test_wrong_model_and_shape_mismatch(sample, tmp_path):
     shapes = table.column("shape").to_pylist()
     shapes[0] = [7, 6]  # claims more elements than its bytes hold
     bad = tmp_path / "shape.parquet"
-    pq.write_table(table.set_column(2, table.schema.field("shape"), pa.array(shapes, pa.list_(pa.int64()))), bad)
+    pq.write_table(
+        table.set_column(2, table.schema.field("shape"), pa.array(shapes, pa.list_(pa.int64()))), bad
+    )
     with pytest.raises(WeightFileError, match="does not fit shape"):
         read_weights(bad)
 

@@ -59,8 +59,13 @@ def convert_bert(src: str | Path, out_dir: str | Path, *, model: str = "all-Mini
         max_seq = int(json.loads(st_cfg.read_text()).get("max_seq_length", max_seq))
     pooling = src / "1_Pooling" / "config.json"
     if pooling.is_file() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", False):
-        raise WeightFileError(f"{src}: pooling is not mean pooling; this converter only supports mean pooling")
-    if cfg.get("hidden_act", "gelu") != "gelu" or cfg.get("position_embedding_type", "absolute") != "absolute":
+        raise WeightFileError(
+            f"{src}: pooling is not mean pooling; this converter only supports mean pooling"
+        )
+    if (
+        cfg.get("hidden_act", "gelu") != "gelu"
+        or cfg.get("position_embedding_type", "absolute") != "absolute"
+    ):
         raise WeightFileError(f"{src}: only gelu activations and absolute positions are supported")
     tok = src / "tokenizer.json"
     if not tok.is_file():
@@ -79,12 +84,21 @@ def convert_bert(src: str | Path, out_dir: str | Path, *, model: str = "all-Mini
     config = {
         k: cfg[k]
         for k in (
-            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id",
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "layer_norm_eps",
+            "pad_token_id",
         )
         if k in cfg
     }
     config["max_seq_length"] = max_seq
     files = {"tokenizer.json": copy_side_file(tok, out_dir)}
     source = {**source, "folder": str(src.resolve()), "converter": "bert"}
-    return write_weights(out_dir / "weights.parquet", tensors, model=model, config=config, source=source, files=files)
+    return write_weights(
+        out_dir / "weights.parquet", tensors, model=model, config=config, source=source, files=files
+    )
