@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,24 @@ IMAGES = ["chelsea", "coffee", "astronaut", "rocket", "horse"]
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Path:
-    """A venv that sees the installed aios-memory (system site-packages) plus the plugin, installed by pip."""
+    """A new venv that sees this interpreter's packages (aios-memory included) plus the plugin, installed by pip."""
     root = tmp_path_factory.mktemp("plugin_env")
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(root / "env")], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(root / "env")], check=True)
+    env_site = subprocess.run(
+        [
+            str(root / "env" / "bin" / "python"),
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    # addsitedir (not a bare path) so that the outer site's .pth files, editable installs among them, apply
+    outer = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    Path(env_site, "_outer_site.pth").write_text(
+        "".join(f"import site; site.addsitedir({p!r})\n" for p in outer)
+    )
     src = root / "src"
     shutil.copytree(PLUGIN, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     py = root / "env" / "bin" / "python"
