@@ -104,3 +104,30 @@ def test_demo_is_the_main_job(model_home, tmp_path):
     assert "crash safe" in after_db
     again = run_cli(*s, "demo").stdout
     assert "already holds 25 demo memories" in again
+
+
+def test_tampered_weight_file_is_refused_and_store_unchanged(model_home, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    home = tmp_path / "home"
+    shutil.copytree(model_home / "models", home / "models")
+    env = {"AIOS_MEMORY_HOME": str(home)}
+    s = ["--store", str(tmp_path / "st")]
+    run_cli(*s, "add", "a memory written before the damage", env=env)
+    weights = home / "models" / "text" / "weights.parquet"
+    table = pq.read_table(weights)
+    data = table.column("data").to_pylist()
+    row = table.column("name").to_pylist().index("encoder.layer.3.output.dense.weight")
+    blob = bytearray(data[row])
+    blob[100] ^= 0x01  # one flipped bit in one float
+    data[row] = bytes(blob)
+    table = table.set_column(5, table.schema.field("data"), pa.array(data, pa.large_binary()))
+    pq.write_table(table, weights, compression="NONE")
+    bad = run_cli(*s, "add", "this must not be stored", env=env, check=False)
+    assert bad.returncode == 1
+    assert "WeightFileError" in bad.stderr and "encoder.layer.3.output.dense.weight" in bad.stderr
+    rows = json.loads(run_cli(*s, "sql", "SELECT content FROM text_memories", "--json", env=env).stdout)
+    assert rows == [{"content": "a memory written before the damage"}]
