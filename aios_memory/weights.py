@@ -168,6 +168,17 @@ class WeightFile:
     tensors: dict[str, Tensor] = field(repr=False)
     nbytes: int = 0
 
+    def verify(self, threads: int = 2) -> None:
+        """Check every tensor's sha256; raises ``WeightFileError`` naming the first mismatching tensor."""
+        with ThreadPoolExecutor(max(1, threads)) as pool:  # hashlib releases the GIL on large buffers
+            bad = [n for n in pool.map(_verify, self.tensors.values()) if n]
+        if bad:
+            raise WeightFileError(
+                f"{self.path}: sha256 mismatch in tensor {bad[0]!r}"
+                + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+                + "; the file was modified or damaged, reinstall the model"
+            )
+
     def numpy_state_dict(self) -> dict[str, np.ndarray]:
         return {k: t.numpy() for k, t in self.tensors.items()}
 
@@ -247,16 +258,7 @@ def read_weights(
             buf = data.slice(int(offsets[i]), nbytes) if nbytes else pa.py_buffer(b"")
             tensors[name] = Tensor(name, dtype, shape, buf, cols["sha256"][row])
             row += 1
-    if verify:
-        with ThreadPoolExecutor(max(1, threads)) as pool:  # hashlib releases the GIL on large buffers
-            bad = [n for n in pool.map(_verify, tensors.values()) if n]
-        if bad:
-            raise WeightFileError(
-                f"{path}: sha256 mismatch in tensor {bad[0]!r}"
-                + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
-                + "; the file was modified or damaged, reinstall the model"
-            )
-    return WeightFile(
+    wf = WeightFile(
         path=path,
         model=meta["model"],
         config=meta.get("config", {}),
@@ -265,3 +267,6 @@ def read_weights(
         tensors=tensors,
         nbytes=sum(t.buffer.size for t in tensors.values()),
     )
+    if verify:
+        wf.verify(threads)
+    return wf

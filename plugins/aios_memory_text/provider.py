@@ -76,13 +76,13 @@ class MiniLMProvider(EmbeddingProvider):
 
         from aios_memory_text.model import BertConfig, MiniLM
 
-        wf = read_weights(self.weights_path, model=MODEL_ID)
+        wf = read_weights(self.weights_path, model=MODEL_ID)  # every tensor's sha256 checked
         cfg = BertConfig.from_dict(wf.config)
+        tok = Tokenizer.from_file(str(wf.check_side_file("tokenizer.json")))
         with torch.device("meta"):
             model = MiniLM(cfg)
         model.load_state_dict(wf.torch_state_dict(), strict=True, assign=True)  # zero-copy views
         model.eval().requires_grad_(False)
-        tok = Tokenizer.from_file(str(wf.check_side_file("tokenizer.json")))
         tok.enable_truncation(max_length=cfg.max_seq_length)
         tok.no_padding()
         self._model, self._tokenizer, self._cfg = model, tok, cfg
