@@ -73,6 +73,30 @@ class EmbeddingProvider:
         self.load()
         return self._finish(self._embed(items), len(items))
 
+    def expand(self, item: Any) -> list[tuple[Any, dict[str, Any]]]:
+        """The rows one stored item becomes: ``[(payload, columns), ...]``. Default: one row, no columns.
+
+        A provider that splits long media (Whisper: 30 s windows) returns one entry per piece, with
+        ``start_s``/``end_s`` in ``columns``. Called before embedding; may decode the item.
+        """
+        return [(item, {})]
+
+    def embed_with_columns(self, items: Sequence[Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Like ``embed_batch``, plus per-item values for the table's extra columns (a transcript)."""
+        items = list(items)
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32), []
+        for item in items:
+            self._check_item(item, self.modality)
+        self.load()
+        vectors, columns = self._embed_with_columns(items)
+        if len(columns) != len(items):
+            raise ProviderError(f"provider {self.name!r} returned {len(columns)} column rows for {len(items)} items")
+        return self._finish(vectors, len(items)), [dict(c) for c in columns]
+
+    def _embed_with_columns(self, items: list[Any]) -> tuple[Any, list[dict[str, Any]]]:
+        return self._embed(items), [{} for _ in items]
+
     def embed_query(self, query: Any, modality: str | None = None) -> np.ndarray:
         """Embed one query to search this provider's table; ``modality`` is the query's own modality."""
         modality = modality or self.modality

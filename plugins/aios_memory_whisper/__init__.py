@@ -1,0 +1,8 @@
+"""Bundled plugin: Whisper base (audio encoder + transcription). Work in progress: registers nothing yet."""
+
+from aios_memory import hookimpl
+
+
+@hookimpl
+def register_embedding_providers(register):  # type: ignore[no-untyped-def]
+    pass
