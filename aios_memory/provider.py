@@ -91,7 +91,9 @@ class EmbeddingProvider:
         self.load()
         vectors, columns = self._embed_with_columns(items)
         if len(columns) != len(items):
-            raise ProviderError(f"provider {self.name!r} returned {len(columns)} column rows for {len(items)} items")
+            raise ProviderError(
+                f"provider {self.name!r} returned {len(columns)} column rows for {len(items)} items"
+            )
         return self._finish(vectors, len(items)), [dict(c) for c in columns]
 
     def _embed_with_columns(self, items: list[Any]) -> tuple[Any, list[dict[str, Any]]]:

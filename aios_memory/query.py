@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 
 from aios_memory.errors import AiosMemoryError, QueryError, StoreCorruptError
 from aios_memory.provider import MODALITIES
-from aios_memory.schema import base_schema
+from aios_memory.schema import TEXT_COLUMN, base_schema
 from aios_memory.storage import Manifest, Storage
 
 Params = Sequence[Any] | Mapping[str, Any] | None
@@ -113,13 +113,20 @@ def run(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> pa.T
         raise QueryError(f"{type(exc).__name__}: {exc}") from exc
 
 
-RESULT_COLUMNS = "id, namespace, created_at, updated_at, source, content, media_type, metadata, provider"
+def vector_columns(modality: str) -> list[str]:
+    """The vector columns of a modality's table: never returned as result columns."""
+    cols = ["embedding"]
+    if modality in TEXT_COLUMN:
+        cols.append(f"{TEXT_COLUMN[modality]}_embedding")
+    return cols
 
 
-def search_sql(modality: str, dim: int, where: str | None, named: bool) -> str:
-    """The ranking query. The caller's predicate sits in a CTE ahead of ours, so positional ``?`` in it
-    bind first; with named parameters ours are ``$aiosm_*``."""
+def search_sql(modality: str, dim: int, where: str | None, named: bool, column: str = "embedding") -> str:
+    """The ranking query over ``column``. The caller's predicate sits in a CTE ahead of ours, so
+    positional ``?`` in it bind first; with named parameters ours are ``$aiosm_*``."""
     q, ns, k = ("$aiosm_q", "$aiosm_ns", "$aiosm_k") if named else ("?", "?", "?")
+    if column not in vector_columns(modality):
+        raise QueryError(f"{modality} memories have no vector column {column!r}")
     view = view_name(modality)
     if where is not None:
         if ";" in where:
@@ -128,9 +135,10 @@ def search_sql(modality: str, dim: int, where: str | None, named: bool) -> str:
         view = "filtered"
     else:
         source = ""
+    exclude = ", ".join(["media", *vector_columns(modality)])
     return (
-        f"{source}SELECT {RESULT_COLUMNS}, "  # noqa: S608 - only our own identifiers and an int are formatted
-        f"array_cosine_similarity(embedding, CAST({q} AS FLOAT[{int(dim)}])) AS score "
-        f"FROM {view} WHERE ({ns} IS NULL OR namespace = {ns}) "
+        f"{source}SELECT * EXCLUDE ({exclude}), "  # noqa: S608 - only our own identifiers and an int are formatted
+        f"array_cosine_similarity({column}, CAST({q} AS FLOAT[{int(dim)}])) AS score "
+        f"FROM {view} WHERE ({ns} IS NULL OR namespace = {ns}) AND {column} IS NOT NULL "
         f"ORDER BY score DESC, id LIMIT {k}"
     )

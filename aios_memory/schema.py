@@ -24,10 +24,31 @@ _COMMON = [
 ]
 
 
-def base_schema(modality: str, dim: int | None, fingerprint: dict[str, Any] | None = None) -> pa.Schema:
+# Columns a modality's provider may fill beside the embedding (``EmbeddingProvider.expand`` and
+# ``_embed_with_columns``). Audio: the window a row covers, and the transcript, which the store embeds
+# with its text provider into ``transcript_embedding`` so that text queries can find audio.
+EXTRA_COLUMNS: dict[str, list[pa.Field]] = {
+    "text": [],
+    "image": [],
+    "audio": [
+        pa.field("start_s", pa.float64()),
+        pa.field("end_s", pa.float64()),
+        pa.field("transcript", pa.string()),
+    ],
+}
+TEXT_COLUMN = {"audio": "transcript"}  # the derived text column of a modality, if any
+
+
+def _vec(dim: int | None) -> pa.DataType:
+    return pa.list_(pa.float32(), int(dim)) if dim else pa.list_(pa.float32())
+
+
+def base_schema(
+    modality: str, dim: int | None, fingerprint: dict[str, Any] | None = None, text_dim: int | None = None
+) -> pa.Schema:
     """Schema of ``<modality>_memories``; ``dim=None`` gives the schema of an empty table (no vectors yet)."""
-    vec = pa.list_(pa.float32(), int(dim)) if dim else pa.list_(pa.float32())
     meta = {"modality": modality, "dim": dim, "schema_version": SCHEMA_VERSION, **(fingerprint or {})}
-    return pa.schema(
-        [*_COMMON, pa.field("embedding", vec, nullable=False)], metadata={META_KEY: json.dumps(meta)}
-    )
+    fields = [*_COMMON, *EXTRA_COLUMNS[modality], pa.field("embedding", _vec(dim), nullable=False)]
+    if modality in TEXT_COLUMN:
+        fields.append(pa.field(f"{TEXT_COLUMN[modality]}_embedding", _vec(text_dim)))
+    return pa.schema(fields, metadata={META_KEY: json.dumps(meta)})

@@ -122,6 +122,9 @@ class TableState:
     dim: int
     fingerprint: dict[str, Any]
     fragments: list[Fragment] = field(default_factory=list)
+    # The provider (and its dim) that embeds this table's derived text column, e.g. audio transcripts.
+    text_provider: str | None = None
+    text_dim: int | None = None
 
     @property
     def rows(self) -> int:
@@ -164,6 +167,8 @@ class Manifest:
                     dim=int(t["dim"]),
                     fingerprint=t["fingerprint"],
                     fragments=[Fragment(**f) for f in t["fragments"]],
+                    text_provider=t.get("text_provider"),
+                    text_dim=t.get("text_dim"),
                 )
                 for m, t in body["tables"].items()
             }
@@ -179,7 +184,15 @@ class Manifest:
             self.created_at,
             self.operation,
             {
-                m: TableState(t.modality, t.provider, t.dim, dict(t.fingerprint), list(t.fragments))
+                m: TableState(
+                    t.modality,
+                    t.provider,
+                    t.dim,
+                    dict(t.fingerprint),
+                    list(t.fragments),
+                    t.text_provider,
+                    t.text_dim,
+                )
                 for m, t in self.tables.items()
             },
         )

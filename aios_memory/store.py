@@ -18,9 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from aios_memory.crossmodal import CrossModalMixin
 from aios_memory.errors import (
     InvalidInputError,
     MemoryNotFoundError,
+    ProviderError,
     ProviderMismatchError,
     ProviderNotFoundError,
     QueryError,
@@ -30,8 +32,8 @@ from aios_memory.home import default_store_path
 from aios_memory.modality import Item, prepare
 from aios_memory.plugins import get_provider, get_providers
 from aios_memory.provider import MODALITIES, EmbeddingProvider
-from aios_memory.query import Params, connect, run, search_sql, view_name
-from aios_memory.schema import base_schema
+from aios_memory.query import Params, connect, run, search_sql, vector_columns, view_name
+from aios_memory.schema import EXTRA_COLUMNS, TEXT_COLUMN, base_schema
 from aios_memory.storage import Fragment, Manifest, Storage, TableState
 
 # The provider a modality gets when the store has no table for it yet and the caller names none.
@@ -54,6 +56,7 @@ class Memory:
     updated_at: dt.datetime | None = None
     score: float | None = None
     media: bytes | None = field(default=None, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)  # modality columns: start_s, end_s, transcript
 
 
 def _now() -> dt.datetime:
@@ -79,7 +82,7 @@ def _metadata_json(metadata: Any) -> str:
         raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
 
 
-class MemoryStore:
+class MemoryStore(CrossModalMixin):
     """A directory of multimodal memories. ``MemoryStore()`` opens the embedded default store."""
 
     def __init__(
@@ -211,83 +214,144 @@ class MemoryStore:
         if n == 0:
             return []
         prepared = [prepare(c, modality, s) for c, s in zip(contents, srcs, strict=True)]
-        ids = [str(uuid.uuid4()) for _ in prepared]
         by_modality: dict[str, list[int]] = {}
         for i, item in enumerate(prepared):
             by_modality.setdefault(item.modality, []).append(i)
         tables: dict[str, pa.Table] = {}
         providers: dict[str, EmbeddingProvider] = {}
+        text_providers: dict[str, EmbeddingProvider | None] = {}
         now = _now()
         for mod, idx in by_modality.items():
             provider = providers[mod] = self.provider_for(mod)
-            vectors = []
-            for start in range(0, len(idx), EMBED_BATCH):
-                chunk = idx[start : start + EMBED_BATCH]
-                vectors.append(provider.embed_batch([prepared[i].payload for i in chunk]))
+            text_providers[mod] = self._text_provider_for(mod)
+            # one item may become several rows (long audio: one per 30 s window)
+            rows = [(i, payload, cols) for i in idx for payload, cols in provider.expand(prepared[i].payload)]
+            last_row = {i: r for r, (i, _, _) in enumerate(rows)}
+            vectors, columns = [], []
+            for start in range(0, len(rows), EMBED_BATCH):
+                chunk = rows[start : start + EMBED_BATCH]
+                vecs, cols = provider.embed_with_columns([payload for _, payload, _ in chunk])
+                vectors.append(vecs)
+                columns.extend({**extra, **c} for (_, _, extra), c in zip(chunk, cols, strict=True))
                 if progress is not None:
-                    progress(len(chunk))
+                    progress(sum(1 for r in range(start, start + len(chunk)) if last_row[rows[r][0]] == r))
             tables[mod] = self._rows(
                 mod,
                 provider,
-                [ids[i] for i in idx],
-                [prepared[i] for i in idx],
-                [metas[i] for i in idx],
+                text_providers[mod],
+                [prepared[i] for i, _, _ in rows],
+                [metas[i] for i, _, _ in rows],
                 namespace,
                 now,
                 vectors,
+                columns,
             )
 
         def build(m: Manifest) -> Manifest:
             for mod, table in tables.items():
-                state = self._table_state(m, mod, providers[mod])
+                state = self._table_state(m, mod, providers[mod], text_providers[mod])
                 state.fragments.append(self._storage.write_fragment(mod, table))
             return m
 
         self._storage.commit(f"add {n}", build)
-        return ids
+        return [i for t in tables.values() for i in t.column("id").to_pylist()]
 
-    def _table_state(self, m: Manifest, modality: str, provider: EmbeddingProvider) -> TableState:
+    def _text_provider_for(self, modality: str) -> EmbeddingProvider | None:
+        """The provider that embeds ``modality``'s derived text column (audio transcripts), if any."""
+        if modality not in TEXT_COLUMN:
+            return None
+        state = self._manifest().tables.get(modality)
+        if state is not None and state.text_provider is not None:
+            return get_provider(state.text_provider)
+        if state is not None and state.rows:
+            return None  # the table was built without one: keep it consistent
+        try:
+            return self.provider_for("text")
+        except ProviderError:
+            return None
+
+    def _table_state(
+        self, m: Manifest, modality: str, provider: EmbeddingProvider, text: EmbeddingProvider | None
+    ) -> TableState:
         state = m.tables.get(modality)
+        text_name, text_dim = (text.name, int(text.dim)) if text is not None else (None, None)
         if state is None:
             state = m.tables[modality] = TableState(
-                modality, provider.name, int(provider.dim), provider.fingerprint()
+                modality, provider.name, int(provider.dim), provider.fingerprint(), [], text_name, text_dim
             )
-        elif state.provider != provider.name or state.fingerprint != provider.fingerprint():
+        elif (
+            state.provider != provider.name
+            or state.fingerprint != provider.fingerprint()
+            or (state.fragments and state.text_provider != text_name)
+        ):
             raise ProviderMismatchError(
                 f"another writer created the {modality} table with {state.provider!r} meanwhile; "
                 f"this batch was embedded with {provider.name!r} and was not committed"
             )
+        state.text_provider, state.text_dim = text_name, text_dim
         return state
 
     def _rows(
         self,
         modality: str,
         provider: EmbeddingProvider,
-        ids: list[str],
+        text_provider: EmbeddingProvider | None,
         items: list[Item],
         metas: list[str],
         namespace: str,
         now: dt.datetime,
         vectors: list[Any],
+        columns: list[dict[str, Any]],
     ) -> pa.Table:
         import numpy as np
 
-        schema = base_schema(modality, provider.dim, provider.fingerprint())
+        text_dim = int(text_provider.dim) if text_provider is not None else None
+        schema = base_schema(modality, provider.dim, provider.fingerprint(), text_dim)
+        allowed = {f.name for f in EXTRA_COLUMNS[modality]}
+        for c in columns:
+            if set(c) - allowed:
+                raise ProviderError(
+                    f"provider {provider.name!r} returned unknown columns {sorted(set(c) - allowed)} for "
+                    f"{modality} memories (allowed: {sorted(allowed)})"
+                )
+        n = len(items)
         flat = np.concatenate(vectors).reshape(-1)
-        cols = {
-            "id": ids,
-            "namespace": [namespace] * len(ids),
-            "created_at": [now] * len(ids),
-            "updated_at": [None] * len(ids),
+        cols: dict[str, Any] = {
+            "id": [str(uuid.uuid4()) for _ in range(n)],
+            "namespace": [namespace] * n,
+            "created_at": [now] * n,
+            "updated_at": [None] * n,
             "source": [it.source for it in items],
             "content": [it.content for it in items],
             "media": [it.media for it in items],
             "media_type": [it.media_type for it in items],
             "metadata": metas,
-            "provider": [provider.name] * len(ids),
+            "provider": [provider.name] * n,
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), int(provider.dim)),
         }
+        for name in allowed:
+            cols[name] = [c.get(name) for c in columns]
+        if modality in TEXT_COLUMN:
+            cols[f"{TEXT_COLUMN[modality]}_embedding"] = self._text_vectors(
+                [c.get(TEXT_COLUMN[modality]) for c in columns], text_provider
+            )
         return pa.table([cols[f.name] for f in schema], schema=schema)
+
+    @staticmethod
+    def _text_vectors(texts: list[str | None], provider: EmbeddingProvider | None) -> pa.Array:
+        """Embeddings of a derived text column; null where there is no text (silence) or no provider."""
+        import numpy as np
+
+        if provider is None:
+            return pa.nulls(len(texts), pa.list_(pa.float32()))
+        dim = int(provider.dim)
+        present = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+        out = np.zeros((len(texts), dim), dtype=np.float32)
+        if present:
+            out[present] = provider.embed_batch([texts[i] for i in present])
+        have = set(present)
+        mask = pa.array([i not in have for i in range(len(texts))])
+        return pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1), pa.float32()), dim, mask=mask)
 
     def delete(self, ids: str | Iterable[str]) -> int:
         """Delete memories by id in one commit. Unknown ids raise ``MemoryNotFoundError`` and delete nothing."""
@@ -331,7 +395,21 @@ class MemoryStore:
         item = prepare(content, current.modality) if content is not None else None
         meta = _metadata_json(metadata) if metadata is not None else None
         provider = self.provider_for(current.modality)
-        vector = provider.embed_batch([item.payload]) if item is not None else None
+        vector, columns, text_vec = None, {}, None
+        if item is not None:
+            pieces = provider.expand(item.payload)
+            if len(pieces) != 1:
+                raise InvalidInputError(
+                    f"the new content becomes {len(pieces)} rows (e.g. audio longer than one window); "
+                    "delete the memory and add the content instead"
+                )
+            payload, columns = pieces[0]
+            vecs, cols = provider.embed_with_columns([payload])
+            vector, columns = vecs, {**columns, **cols[0]}
+            if current.modality in TEXT_COLUMN:
+                text_vec = self._text_vectors(
+                    [columns.get(TEXT_COLUMN[current.modality])], self._text_provider_for(current.modality)
+                )
 
         def build(m: Manifest) -> Manifest:
             state = m.tables.get(current.modality)
@@ -351,7 +429,10 @@ class MemoryStore:
                         media_type=item.media_type,
                         source=item.source or row["source"],
                         embedding=vector[0].tolist(),
+                        **columns,
                     )
+                    if text_vec is not None:
+                        row[f"{TEXT_COLUMN[current.modality]}_embedding"] = text_vec.to_pylist()[0]
                 new = pa.concat_tables(
                     [table.filter(pc.invert(hit)), pa.Table.from_pylist([row], schema=table.schema)]
                 )
@@ -414,8 +495,9 @@ class MemoryStore:
         con = connect(self._storage, m)
         try:
             for mod in m.tables:
-                cols = "id, namespace, created_at, updated_at, source, content, media, media_type, metadata, provider"
-                rows = run(con, f"SELECT {cols} FROM {view_name(mod)} WHERE id = ?", [id]).to_pylist()  # noqa: S608
+                exclude = ", ".join(vector_columns(mod))
+                sql = f"SELECT * EXCLUDE ({exclude}) FROM {view_name(mod)} WHERE id = ?"  # noqa: S608
+                rows = run(con, sql, [id]).to_pylist()
                 if rows:
                     return self._memory(mod, rows[0])
         finally:
@@ -448,13 +530,26 @@ class MemoryStore:
         item = prepare(query)
         target = modality or item.modality
         provider = self.provider_for(target)
-        vector = provider.embed_query(item.payload, item.modality)
+        column, dim = "embedding", int(provider.dim)
+        if (
+            item.modality != target
+            and item.modality not in provider.query_modalities
+            and target in TEXT_COLUMN
+        ):
+            # e.g. text -> audio: rank by the transcript's embedding from the text provider
+            text = self._text_provider_for(target)
+            if text is None or item.modality != text.modality:
+                provider.embed_query(item.payload, item.modality)  # raises the ModalityError that explains
+            assert text is not None
+            column, dim = f"{TEXT_COLUMN[target]}_embedding", int(text.dim)
+            vector = text.embed_query(item.payload, item.modality)
+        else:
+            vector = provider.embed_query(item.payload, item.modality)
         m = self._manifest()
-        state = m.tables.get(target)
-        if state is None:
+        if target not in m.tables:
             return []
         named = isinstance(params, Mapping)
-        sql = search_sql(target, state.dim, where, named)
+        sql = search_sql(target, dim, where, named, column)
         qv = vector.astype("float32").tolist()
         if named:
             all_params: Any = {**dict(params or {}), "aiosm_q": qv, "aiosm_ns": namespace, "aiosm_k": k}
@@ -528,6 +623,7 @@ class MemoryStore:
             provider=row.get("provider", ""),
             score=row.get("score"),
             media=row.get("media"),
+            extra={f.name: row.get(f.name) for f in EXTRA_COLUMNS[modality]},
         )
 
     def __repr__(self) -> str:
