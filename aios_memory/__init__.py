@@ -25,8 +25,9 @@ from aios_memory.errors import (
     WeightFileError,
 )
 from aios_memory.hookspecs import hookimpl
+from aios_memory.memory import Memory
 from aios_memory.provider import EmbeddingProvider
-from aios_memory.store import Memory, MemoryStore
+from aios_memory.store import MemoryStore
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,70 @@
+"""A memory as the Python API returns it, and the checks shared by reads and writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aios_memory.errors import InvalidInputError
+from aios_memory.schema import EXTRA_COLUMNS
+
+
+@dataclass
+class Memory:
+    id: str
+    modality: str
+    namespace: str
+    created_at: dt.datetime
+    content: str | None = None
+    source: str | None = None
+    media_type: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    provider: str = ""
+    updated_at: dt.datetime | None = None
+    score: float | None = None
+    media: bytes | None = field(default=None, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)  # modality columns: start_s, end_s, transcript
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def check_namespace(namespace: Any) -> str:
+    if not isinstance(namespace, str) or not namespace or len(namespace) > 256 or "\x00" in namespace:
+        raise InvalidInputError(
+            f"namespace must be a non-empty string of at most 256 characters, got {namespace!r}"
+        )
+    return namespace
+
+
+def metadata_json(metadata: Any) -> str:
+    if metadata is None:
+        return "{}"
+    if not isinstance(metadata, Mapping):
+        raise InvalidInputError(f"metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        return json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
+
+
+def memory_from_row(modality: str, row: dict[str, Any]) -> Memory:
+    return Memory(
+        id=row["id"],
+        modality=modality,
+        namespace=row["namespace"],
+        created_at=row["created_at"],
+        updated_at=row.get("updated_at"),
+        content=row.get("content"),
+        source=row.get("source"),
+        media_type=row.get("media_type"),
+        metadata=json.loads(row["metadata"]) if row.get("metadata") else {},
+        provider=row.get("provider", ""),
+        score=row.get("score"),
+        media=row.get("media"),
+        extra={f.name: row.get(f.name) for f in EXTRA_COLUMNS[modality]},
+    )
