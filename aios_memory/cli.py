@@ -327,14 +327,25 @@ def models_list() -> None:
 
 
 @cli.command()
-@click.option("--reset", is_flag=True, help="Remove the demo memories first and add them again.")
+@click.option("--reset", is_flag=True, help="Remove the demo text memories first and add them again.")
+@click.option("--no-audio", is_flag=True, help="Skip the audio part (Whisper).")
 @click.pass_context
-def demo(ctx: click.Context, reset: bool) -> None:
-    """The main job: build a store from bundled data and run example queries."""
-    from aios_memory.demo import run_demo
+def demo(ctx: click.Context, reset: bool, no_audio: bool) -> None:
+    """The main job: build a store from bundled data and real audio, and run example queries."""
+    from aios_memory.demo import demo_audio_files, run_audio_demo, run_demo
+    from aios_memory.plugins import get_providers
 
     install_model("text")
-    run_demo(_store(ctx), echo=click.echo, reset=reset)
+    store = _store(ctx)
+    run_demo(store, echo=click.echo, reset=reset)
+    files = [] if no_audio or "whisper-base" not in get_providers() else demo_audio_files()
+    if files:
+        install_model("whisper")
+        run_audio_demo(store, files, echo=click.echo)
+    elif not no_audio:
+        click.echo(
+            "\n(audio part skipped: no spoken clips found; `apt-get install alsa-utils` provides them)"
+        )
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 DEMO_SOURCE = "aios-memory:demo"
@@ -20,6 +21,38 @@ QUERIES = [
 def demo_memories() -> list[dict[str, Any]]:
     text = resources.files("aios_memory").joinpath("data/demo_memories.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+ALSA_SOUNDS = Path("/usr/share/sounds/alsa")  # Debian's alsa-utils: real voices saying "Front Left", ...
+
+
+def demo_audio_files() -> list[Path]:
+    """The spoken clips this machine has (none where alsa-utils is not installed)."""
+    return (
+        sorted(p for p in ALSA_SOUNDS.glob("*.wav") if p.name != "Noise.wav") if ALSA_SOUNDS.is_dir() else []
+    )
+
+
+def run_audio_demo(store: Any, files: list[Path], echo: Callable[[str], None] = print) -> None:
+    """Audio memories: Whisper transcribes each clip; text queries find clips through their transcripts."""
+    have = set(
+        store.sql("SELECT source FROM audio_memories WHERE namespace = ?", ["sounds"])
+        .column("source")
+        .to_pylist()
+    )
+    new = [f for f in files if f.resolve().as_uri() not in have]
+    if new:
+        store.add_many(new, namespace="sounds")
+        echo(f"\nadded {len(new)} spoken clips from {ALSA_SOUNDS} (Whisper transcribed them)")
+    echo("\n== text -> audio, through Whisper transcripts ==")
+    for query in ("rear left", "front center"):
+        hit = store.search(query, k=1, modality="audio", namespace="sounds")[0]
+        echo(
+            f"? {query}\n  {hit.score:.3f}  {Path(hit.source).name}  transcript: {hit.extra['transcript']!r}"
+        )
+    echo("\n== audio -> audio, through Whisper encoder vectors ==")
+    for hit in store.search(files[0], k=2, namespace="sounds"):
+        echo(f"  {hit.score:.3f}  {Path(hit.source).name}")
 
 
 def run_demo(store: Any, echo: Callable[[str], None] = print, reset: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from conftest import png_bytes, run_cli
 
@@ -102,8 +103,11 @@ def test_demo_is_the_main_job(model_home, tmp_path):
     assert "vegetarian" in after_cook
     after_db = out.split("how do databases survive a power cut?")[1].splitlines()[1]
     assert "crash safe" in after_db
+    if Path("/usr/share/sounds/alsa/Rear_Left.wav").exists():  # the audio part: real voices, real Whisper
+        assert "added 8 spoken clips" in out
+        assert "Rear_Left.wav" in out.split("? rear left")[1].splitlines()[1]
     again = run_cli(*s, "demo").stdout
-    assert "already holds 25 demo memories" in again
+    assert "already holds 25 demo memories" in again and "added 8 spoken clips" not in again
 
 
 def test_tampered_weight_file_is_refused_and_store_unchanged(model_home, tmp_path):
