@@ -233,3 +233,13 @@ def test_install_from_a_model_bin_folder(ct2_dir, tmp_path):
     wf = read_weights(p.weights_path)
     assert wf.source["converter"] == "ctranslate2" and len(wf.tensors) == 245
     assert p.transcribe((ALSA / "Rear_Center.wav").read_bytes()) == "Rear Center."
+
+
+@pytest.mark.slow
+def test_silence_and_noise_get_no_words(installed):
+    """Whisper's no-speech rule plus a -60 dBFS floor: no hallucinated "you" for silent windows."""
+    import numpy as np
+
+    assert installed.transcribe((np.zeros(16000 * 10, dtype=np.float32), 16000)) == ""
+    assert installed.transcribe((ALSA / "Noise.wav").read_bytes()) == ""
+    assert installed.transcribe((ALSA / "Rear_Left.wav").read_bytes()) == "Rear, left."

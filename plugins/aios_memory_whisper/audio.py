@@ -30,6 +30,7 @@ LOG_FLOOR = 1e-10  # clamp before log10
 DYNAMIC_RANGE = 8.0  # log10 units kept below the maximum
 MIN_SECONDS = 0.01  # shorter input (one hop) carries no frame of its own: refused
 MAX_CHANNELS = 16
+SILENCE_PEAK = 10 ** (-60 / 20)  # -60 dBFS: a window whose loudest sample is below this holds no speech
 
 AudioInput = bytes | bytearray | memoryview | Path | tuple[Any, int]
 
@@ -164,3 +165,9 @@ def log_mel(samples: np.ndarray) -> Any:
     logs = torch.clamp(mel, min=LOG_FLOOR).log10()
     logs = torch.maximum(logs, logs.max() - DYNAMIC_RANGE)
     return (logs + 4.0) / 4.0
+
+
+def is_silent(samples: np.ndarray) -> bool:
+    """True when no sample reaches ``SILENCE_PEAK``: Whisper hallucinates words ("you") on such windows,
+    even where its own no-speech rule lets them through, so they get an empty transcript."""
+    return samples.size == 0 or float(np.abs(samples).max()) < SILENCE_PEAK

@@ -17,6 +17,12 @@ from aios_memory.errors import InvalidInputError
 from aios_memory_whisper.model import Whisper
 
 MAX_NEW_TOKENS = 224
+# Whisper's silence rule (openai-whisper's transcribe): a window whose <|nocaptions|> probability at the
+# start-of-transcript position exceeds NO_SPEECH_THRESHOLD, and whose sampled tokens average a
+# log-probability below LOGPROB_THRESHOLD, holds no speech: its transcript is empty, not a hallucination.
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+NO_SPEECH = "<|nocaptions|>"
 SOT, EOT = "<|startoftranscript|>", "<|endoftext|>"
 TRANSCRIBE, TRANSLATE, NO_TIMESTAMPS = "<|transcribe|>", "<|translate|>", "<|notimestamps|>"
 
@@ -55,8 +61,12 @@ def greedy_decode(
     prompt: list[int],
     eot: int,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    no_speech: int | None = None,
 ) -> list[list[int]]:
-    """Sampled token ids (without the prompt and ``<|endoftext|>``) for audio features ``(B, 1500, C)``."""
+    """Sampled token ids (without the prompt and ``<|endoftext|>``) for audio features ``(B, 1500, C)``.
+
+    With ``no_speech`` (the ``<|nocaptions|>`` id), windows judged silent by Whisper's rule get ``[]``.
+    """
     assert features.ndim == 3, features.shape
     B, cfg = features.shape[0], model.cfg
     assert len(prompt) + max_new_tokens <= cfg.n_text_ctx
@@ -68,10 +78,16 @@ def greedy_decode(
     tokens = torch.tensor([prompt] * B, dtype=torch.long)  # (B, P)
     out: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool)
+    sum_logprob = torch.zeros(B)
+    no_speech_prob = torch.zeros(B)
     for step in range(max_new_tokens):
-        logits = model.decoder(tokens, cache)[:, -1].float()  # (B, V)
+        all_logits = model.decoder(tokens, cache).float()  # (B, T, V)
+        if step == 0 and no_speech is not None:  # at the <|startoftranscript|> position
+            no_speech_prob = all_logits[:, 0].softmax(-1)[:, no_speech]
+        logits = all_logits[:, -1]  # (B, V)
         logits.masked_fill_(begin if step == 0 else suppress, float("-inf"))
         nxt = logits.argmax(-1)  # (B,)
+        sum_logprob += torch.where(done, 0.0, logits.log_softmax(-1).gather(1, nxt[:, None])[:, 0])
         nxt[done] = eot
         done |= nxt == eot
         for b in range(B):
@@ -80,6 +96,10 @@ def greedy_decode(
         if bool(done.all()):
             break
         tokens = nxt[:, None]  # (B, 1)
+    if no_speech is not None:
+        avg_logprob = sum_logprob / torch.tensor([len(o) + 1 for o in out], dtype=torch.float32)
+        silent = (no_speech_prob > NO_SPEECH_THRESHOLD) & (avg_logprob < LOGPROB_THRESHOLD)
+        out = [[] if bool(silent[b]) else out[b] for b in range(B)]
     return out
 
 

@@ -53,6 +53,7 @@ class WhisperProvider(EmbeddingProvider):
         self._tokenizer: Any = None
         self._prompt: list[int] = []
         self._eot = 0
+        self._no_speech: int | None = None
 
     @property
     def directory(self) -> Path:
@@ -95,7 +96,7 @@ class WhisperProvider(EmbeddingProvider):
         import torch
         from tokenizers import Tokenizer
 
-        from aios_memory_whisper.decoding import SpecialTokens, prompt_tokens
+        from aios_memory_whisper.decoding import NO_SPEECH, SpecialTokens, prompt_tokens
         from aios_memory_whisper.model import Whisper, WhisperConfig
 
         wf = read_weights(self.weights_path, model=MODEL_ID)  # every tensor's sha256 checked
@@ -108,6 +109,7 @@ class WhisperProvider(EmbeddingProvider):
         model.eval().requires_grad_(False)
         self._prompt = prompt_tokens(tok, self.language)
         self._eot = SpecialTokens.from_tokenizer(tok).eot
+        self._no_speech = tok.token_to_id(NO_SPEECH)
         self._model, self._tokenizer = model, tok
 
     # --- audio ---------------------------------------------------------------------------------------
@@ -149,11 +151,17 @@ class WhisperProvider(EmbeddingProvider):
         """(1500, 512) float32 encoder states of one audio item's first 30 s (padding frames included)."""
         return self._features([audio])[0][0].numpy()
 
-    def _transcribe_features(self, features: Any) -> list[str]:
+    def _transcribe_features(self, features: Any, silent: list[bool] | None = None) -> list[str]:
         from aios_memory_whisper.decoding import decode_text, greedy_decode
 
-        ids = greedy_decode(self._model, features, self._prompt, self._eot)
-        return [decode_text(self._tokenizer, t, self._eot) for t in ids]
+        silent = silent or [False] * len(features)
+        speech = [i for i, quiet in enumerate(silent) if not quiet]
+        out = [""] * len(features)
+        if speech:
+            ids = greedy_decode(self._model, features[speech], self._prompt, self._eot, no_speech=self._no_speech)
+            for i, t in zip(speech, ids, strict=True):
+                out[i] = decode_text(self._tokenizer, t, self._eot)
+        return out
 
     def transcribe_tokens(self, audio: Any) -> list[int]:
         """Greedy token ids (prompt and ``<|endoftext|>`` excluded) of one item's first 30 s."""
@@ -164,13 +172,19 @@ class WhisperProvider(EmbeddingProvider):
 
     def transcribe(self, audio: Any) -> str:
         """The English transcript of audio (every 30 s window, joined by spaces)."""
+        from aios_memory_whisper.audio import is_silent, load_audio
+
         pieces = [payload for payload, _ in self.expand(audio)]
-        return " ".join(t for t in self._transcribe_features(self._features(pieces)[0]) if t)
+        silent = [is_silent(load_audio(p)) for p in pieces]
+        return " ".join(t for t in self._transcribe_features(self._features(pieces)[0], silent) if t)
 
     # --- provider API ----------------------------------------------------------------------------------
     def _embed(self, items: list[Any]) -> np.ndarray:
         return self._features(items)[1]
 
     def _embed_with_columns(self, items: list[Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        from aios_memory_whisper.audio import is_silent, load_audio
+
         features, pooled = self._features(items)  # one encoder pass for vectors and transcripts
-        return pooled, [{"transcript": t} for t in self._transcribe_features(features)]
+        silent = [is_silent(load_audio(item)) for item in items]
+        return pooled, [{"transcript": t} for t in self._transcribe_features(features, silent)]
