@@ -1,8 +1,12 @@
-"""Every ```python block in the README and docs/ runs, in order, per file, against the real model."""
+"""Every ```python block in the README and docs/ runs, in order, per file, in a fresh process."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,19 +17,50 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
 def test_every_doc_is_collected():
-    assert {p.name for p in DOCS} >= {"README.md", "quickstart.md", "concepts.md", "plugins.md", "sql.md"}
+    assert {p.name for p in DOCS} >= {
+        "README.md",
+        "quickstart.md",
+        "concepts.md",
+        "plugins.md",
+        "sql.md",
+        "models.md",
+    }
+
+
+@pytest.fixture(scope="module")
+def docs_home(model_home, tmp_path_factory):
+    """A model home with the real text and Whisper weights, and a CLIP converted from seeded random weights
+    (no package ships real CLIP weights), plus a few real photos to work on."""
+    from aios_memory_converters.clip import convert_clip
+    from test_clip_model import TINY, make_clip_folder, real_images
+
+    from aios_memory.plugins import get_provider
+
+    get_provider("whisper-base").install()
+    root = tmp_path_factory.mktemp("docs")
+    shutil.copytree(model_home / "models" / "text", root / "home" / "models" / "text")
+    shutil.copytree(model_home / "models" / "whisper", root / "home" / "models" / "whisper")
+    make_clip_folder(root / "hf", TINY, seed=7)
+    convert_clip(root / "hf", root / "home" / "models" / "clip")
+    images = real_images()
+    for name in ("chelsea", "rocket", "coffee"):
+        (root / "photos" / f"{name}.png").parent.mkdir(exist_ok=True)
+        (root / "photos" / f"{name}.png").write_bytes(images[name])
+    return root
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
-def test_python_blocks_run(doc, model_home, tmp_path, monkeypatch, capsys):
+def test_python_blocks_run(doc, docs_home, tmp_path):
     blocks = BLOCK.findall(doc.read_text())
     if not blocks:
         pytest.skip(f"{doc.name} has no python blocks")
-    monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {"__name__": f"doc_{doc.stem}"}
-    for i, code in enumerate(blocks):
-        try:
-            exec(compile(code, f"{doc.name}[block {i}]", "exec"), namespace)
-        except Exception as exc:  # report which block of which file broke
-            raise AssertionError(f"{doc.name} block {i} failed: {exc!r}\n{code}") from exc
-    assert capsys.readouterr().out  # the examples print what they show
+    for png in (docs_home / "photos").glob("*.png"):
+        shutil.copy(png, tmp_path / png.name)
+    script = "\n".join(f"print('--- block {i}', flush=True)\n{code}" for i, code in enumerate(blocks))
+    env = {**os.environ, "AIOS_MEMORY_HOME": str(docs_home / "home")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, f"{doc.name}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    printed = [line for line in proc.stdout.splitlines() if not line.startswith("--- block")]
+    assert printed  # the examples print what they show
