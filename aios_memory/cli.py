@@ -139,7 +139,7 @@ def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_
         files.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
     store = _store(ctx)
     skipped: list[str] = []
-    added = 0
+    added = rows = 0
     with tqdm(total=len(files), unit="file", desc="import", file=sys.stderr) as bar:
         for start in range(0, len(files), commit_every):
             batch, sources = [], []
@@ -155,13 +155,14 @@ def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_
                     batch.append(item)
                     sources.append(f.resolve().as_uri())
             metas = [{"filename": Path(s).name} for s in sources]
-            added += len(
+            rows += len(
                 store.add_many(
                     batch, namespace=namespace, sources=sources, metadata=metas, progress=bar.update
                 )
             )
+            added += len(batch)
     click.echo(
-        f"imported {added} memories into {store.path}"
+        f"imported {added} files as {rows} memories into {store.path}"
         + (f"; skipped {len(skipped)} unsupported files" if skipped else "")
     )
     for s in skipped:
@@ -261,6 +262,22 @@ def doctor(ctx: click.Context) -> None:
     _echo_json(report)
     if not report["ok"]:
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--modality", type=click.Choice(["text", "image", "audio"]), default=None)
+@click.pass_context
+def compact(ctx: click.Context, modality: str | None) -> None:
+    """Merge each table's fragments into one (old files stay until `cleanup`)."""
+    _echo_json({"merged_fragments": _store(ctx).compact(modality)})
+
+
+@cli.command()
+@click.option("--older-than", default=3600.0, show_default=True, help="Seconds a version must have been superseded.")
+@click.pass_context
+def cleanup(ctx: click.Context, older_than: float) -> None:
+    """Delete superseded versions and unreferenced files older than --older-than seconds."""
+    _echo_json(_store(ctx).cleanup(older_than))
 
 
 @cli.command()

@@ -16,6 +16,7 @@ from aios_memory.provider import MODALITIES
 
 MAX_TEXT_CHARS = 10_000_000
 MAX_MEDIA_BYTES = 512 * 1024 * 1024
+MAX_SAMPLE_RATE = 384_000
 
 # (offset, magic, second check (offset, bytes) or None, modality, MIME type)
 _SIGNATURES: list[tuple[int, bytes, tuple[int, bytes] | None, str, str]] = [
@@ -119,11 +120,23 @@ def _prepare(content: Any, source: str | None) -> Item:
         return Item("image", content, media=data, media_type="image/png", source=source)
     if isinstance(content, tuple) and len(content) == 2 and isinstance(content[1], int):
         samples, sr = content
-        if sr <= 0:
-            raise InvalidInputError(f"sample rate must be positive, got {sr}")
-        if getattr(samples, "size", len(samples)) == 0:
+        if not 0 < sr <= MAX_SAMPLE_RATE:
+            raise InvalidInputError(f"sample rate must be from 1 to {MAX_SAMPLE_RATE} Hz, got {sr}")
+        try:
+            import numpy as np
+
+            arr = np.asarray(samples, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"audio samples must be a numeric array: {exc}") from exc
+        if arr.ndim not in (1, 2):
+            raise InvalidInputError(
+                f"audio samples must be 1-D (mono) or 2-D (channels), got shape {arr.shape}"
+            )
+        if arr.size == 0:
             raise EmptyContentError("audio has no samples")
-        return Item("audio", content, media=_encode_audio(samples, sr), media_type="audio/wav", source=source)
+        if not np.isfinite(arr).all():
+            raise InvalidInputError("audio samples contain NaN or infinite values")
+        return Item("audio", (arr, sr), media=_encode_audio(arr, sr), media_type="audio/wav", source=source)
     if hasattr(content, "read"):
         data = content.read()
         if isinstance(data, str):

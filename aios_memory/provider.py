@@ -143,10 +143,14 @@ class EmbeddingProvider:
             )
         if not np.isfinite(arr).all():
             raise ProviderError(f"provider {self.name!r} returned NaN or infinite values")
-        norms = np.linalg.norm(arr, axis=1, keepdims=True)
+        wide = arr.astype(np.float64)  # float32 norms overflow for huge and underflow for tiny values
+        norms = np.linalg.norm(wide, axis=1, keepdims=True)
         if (norms == 0).any():
             raise ProviderError(f"provider {self.name!r} returned an all-zero vector")
-        return np.ascontiguousarray(arr / norms, dtype=np.float32)
+        unit = (wide / norms).astype(np.float32)
+        if not np.isfinite(unit).all() or (np.abs(unit).sum(axis=1) == 0).any():
+            raise ProviderError(f"provider {self.name!r} returned vectors that cannot be normalised")
+        return np.ascontiguousarray(unit)
 
     # --- models ----------------------------------------------------------------------------------------
     def is_installed(self) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from aios_memory.errors import AiosMemoryError, QueryError, StoreCorruptError
@@ -29,9 +30,16 @@ def view_name(modality: str) -> str:
 
 
 def connect(
-    storage: Storage, manifest: Manifest, embedders: Mapping[str, Any] | None = None
+    storage: Storage,
+    manifest: Manifest,
+    embedders: Mapping[str, Any] | None = None,
+    namespace: str | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """A locked-down connection with one view per modality and the ``embed_*`` SQL functions."""
+    """A locked-down connection with one view per modality and the ``embed_*`` SQL functions.
+
+    With ``namespace``, the views hold only that namespace's rows: no SQL on this connection (a search's
+    ``where`` predicate included) can see another namespace's memories.
+    """
     con = duckdb.connect(":memory:")
     try:
         for modality in MODALITIES:
@@ -45,6 +53,10 @@ def connect(
                         f"store {storage.root} version {manifest.version}: a fragment of {modality} memories "
                         f"is missing or unreadable ({exc}); run `aios-memory doctor`"
                     ) from exc
+                if namespace is not None:
+                    source = source.filter(pc.field("namespace") == namespace)
+            elif state is not None:  # every row deleted: an empty table that keeps its vector types
+                source = base_schema(modality, state.dim, text_dim=state.text_dim).empty_table()
             else:
                 source = base_schema(modality, None).empty_table()
             con.register(view_name(modality), source)
@@ -129,8 +141,6 @@ def search_sql(modality: str, dim: int, where: str | None, named: bool, column: 
         raise QueryError(f"{modality} memories have no vector column {column!r}")
     view = view_name(modality)
     if where is not None:
-        if ";" in where:
-            raise QueryError("a where predicate may not contain ';'")
         source = f"WITH filtered AS (SELECT * FROM {view} WHERE ({where})) "  # noqa: S608 - predicate is the caller's SQL by contract; values are parameters
         view = "filtered"
     else:

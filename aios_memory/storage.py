@@ -71,7 +71,9 @@ class LocalBackend:
     def write_parquet(self, rel: str, table: pa.Table) -> int:
         """Write a new immutable file and fsync it; returns its size."""
         p = self.path(rel)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        if not p.parent.is_dir():  # a modality's first fragment: make its directory entry durable too
+            p.parent.mkdir(parents=True, exist_ok=True)
+            self.fsync_dir(str(Path(rel).parent.parent))
         with open(p, "xb") as f:
             pq.write_table(table, f, compression="zstd")
             f.flush()
@@ -216,9 +218,12 @@ class Storage:
             if not create:
                 raise StoreError(f"no store at {self.root}")
             self.root.mkdir(parents=True)
-        (self.root / VERSIONS).mkdir(exist_ok=True)
-        (self.root / DATA).mkdir(exist_ok=True)
+            LocalBackend(self.root.parent).fsync_dir(".")
         self.backend = LocalBackend(self.root)
+        if not (self.root / VERSIONS).is_dir() or not (self.root / DATA).is_dir():
+            (self.root / VERSIONS).mkdir(exist_ok=True)
+            (self.root / DATA).mkdir(exist_ok=True)
+            self.backend.fsync_dir(".")
         self.lock_timeout = lock_timeout
         self._lock = FileLock(str(self.root / LOCK))
 
@@ -306,10 +311,14 @@ class Storage:
         with self.writer_lock():
             versions = self.versions()
             keep = set(versions[-max(1, keep_versions) :])
-            for v in versions:
-                if v not in keep and now - self.backend.mtime(manifest_name(v)) > older_than:
+            for v, successor in zip(versions, versions[1:], strict=False):
+                # age counts from when v stopped being the newest: a reader may have opened it until then
+                if v not in keep and now - self.backend.mtime(manifest_name(successor)) > older_than:
                     self.backend.delete(manifest_name(v))
                     removed_versions += 1
+            for name in self.backend.list(VERSIONS):  # a crashed writer's unlinked temp manifests
+                if name.startswith(".tmp-") and now - self.backend.mtime(f"{VERSIONS}/{name}") > older_than:
+                    self.backend.delete(f"{VERSIONS}/{name}")
             referenced: set[str] = set()
             for v in self.versions():
                 referenced |= self.read_manifest(v).fragment_paths()

@@ -127,14 +127,14 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         return sorted(out, key=lambda d: d["name"])
 
     # --- writing -----------------------------------------------------------------------------------
-    def _connect(self, manifest: Manifest) -> Any:
+    def _connect(self, manifest: Manifest, namespace: str | None = None) -> Any:
         embedders = {}
         try:
             text = self.provider_for("text")
             embedders["embed_text"] = (text.embed_batch, int(text.dim))
         except (ProviderNotFoundError, ProviderMismatchError):
             pass
-        return connect(self._storage, manifest, embedders)
+        return connect(self._storage, manifest, embedders, namespace)
 
     def sql(self, query: str, params: Params = None) -> pa.Table:
         """Run read-only SQL over ``text_memories``, ``image_memories``, ``audio_memories``; returns Arrow."""
@@ -202,7 +202,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         else:
             vector = provider.embed_query(item.payload, item.modality)
         m = self._manifest()
-        if target not in m.tables:
+        if target not in m.tables or not m.tables[target].fragments:
             return []
         named = isinstance(params, Mapping)
         sql = search_sql(target, dim, where, named, column)
@@ -211,7 +211,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             all_params: Any = {**dict(params or {}), "aiosm_q": qv, "aiosm_ns": namespace, "aiosm_k": k}
         else:
             all_params = [*(params or []), qv, namespace, namespace, k]
-        con = self._connect(m)
+        con = self._connect(m, namespace)  # views hold only this namespace: where cannot reach others
         try:
             rows = run(con, sql, all_params).to_pylist()
         finally:

@@ -212,7 +212,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise WeightFileError(f"{path} is a Parquet file but not an aios-memory weight file")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise WeightFileError(f"{path}: its metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise WeightFileError(f"{path}: its metadata is not a JSON object")
     if meta.get("format") != FORMAT_VERSION:
         raise WeightFileError(
             f"{path} has weight-file format {meta.get('format')}, this build reads {FORMAT_VERSION}"
@@ -251,6 +256,8 @@ def read_weights(
             nbytes = cols["nbytes"][row]
             if dtype not in DTYPES:
                 raise WeightFileError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+            if any(d < 0 for d in shape) or nbytes < 0:
+                raise WeightFileError(f"{path}: tensor {name!r} has a negative dimension or size")
             if math.prod(shape) * DTYPES[dtype][1] != nbytes or offsets[i + 1] - offsets[i] < nbytes:
                 raise WeightFileError(
                     f"{path}: tensor {name!r} has {nbytes} bytes, which does not fit shape {shape}"

@@ -77,6 +77,8 @@ class WritesMixin:
         ``metadata`` is one dict for every item or a list with one per item. ``progress(n)`` is called
         as each batch of ``n`` items has been embedded.
         """
+        if isinstance(items, (str, bytes, bytearray)):
+            raise InvalidInputError("add_many takes a list of items; use add() for a single one")
         contents = list(items)
         namespace = check_namespace(namespace)
         n = len(contents)
@@ -98,6 +100,7 @@ class WritesMixin:
         tables: dict[str, pa.Table] = {}
         providers: dict[str, EmbeddingProvider] = {}
         text_providers: dict[str, EmbeddingProvider | None] = {}
+        row_items: dict[str, list[int]] = {}  # input index of each row, per modality
         now = now_utc()
         for mod, idx in by_modality.items():
             provider = providers[mod] = self.provider_for(mod)
@@ -113,6 +116,7 @@ class WritesMixin:
                 columns.extend({**extra, **c} for (_, _, extra), c in zip(chunk, cols, strict=True))
                 if progress is not None:
                     progress(sum(1 for r in range(start, start + len(chunk)) if last_row[rows[r][0]] == r))
+            row_items[mod] = [i for i, _, _ in rows]
             tables[mod] = self._rows(
                 mod,
                 provider,
@@ -132,7 +136,14 @@ class WritesMixin:
             return m
 
         self._storage.commit(f"add {n}", build)
-        return [i for t in tables.values() for i in t.column("id").to_pylist()]
+        ordered = sorted(
+            (item, row, id_)
+            for mod, table in tables.items()
+            for row, (item, id_) in enumerate(
+                zip(row_items[mod], table.column("id").to_pylist(), strict=True)
+            )
+        )
+        return [id_ for _, _, id_ in ordered]  # input order (an item split into windows: its rows in order)
 
     def _text_provider_for(self, modality: str) -> EmbeddingProvider | None:
         """The provider that embeds ``modality``'s derived text column (audio transcripts), if any."""
@@ -233,7 +244,16 @@ class WritesMixin:
 
     def delete(self, ids: str | Iterable[str]) -> int:
         """Delete memories by id in one commit. Unknown ids raise ``MemoryNotFoundError`` and delete nothing."""
-        wanted = {ids} if isinstance(ids, str) else set(ids)
+        if isinstance(ids, str):
+            ids = [ids]
+        try:
+            wanted = set(ids)
+        except TypeError:
+            raise InvalidInputError(
+                f"ids must be a string or an iterable of strings, got {type(ids).__name__}"
+            ) from None
+        if not all(isinstance(i, str) for i in wanted):
+            raise InvalidInputError("memory ids are strings")
         if not wanted:
             return 0
 
@@ -242,12 +262,11 @@ class WritesMixin:
             for mod, state in m.tables.items():
                 kept: list[Fragment] = []
                 for frag in state.fragments:
-                    table = self._read_fragment(frag)
-                    hit = pc.is_in(table.column("id"), pa.array(sorted(wanted), pa.string()))
-                    n_hit = pc.sum(hit).as_py() or 0
-                    if not n_hit:
+                    if not self._has_ids(frag, wanted):
                         kept.append(frag)
                         continue
+                    table = self._read_fragment(frag)
+                    hit = pc.is_in(table.column("id"), pa.array(sorted(wanted), pa.string()))
                     found.update(pc.filter(table.column("id"), hit).to_pylist())
                     rest = table.filter(pc.invert(hit))
                     if rest.num_rows:
@@ -292,10 +311,10 @@ class WritesMixin:
         def build(m: Manifest) -> Manifest:
             state = m.tables.get(current.modality)
             for pos, frag in enumerate(state.fragments if state else []):
+                if not self._has_ids(frag, {id}):
+                    continue
                 table = self._read_fragment(frag)
                 hit = pc.equal(table.column("id"), id)
-                if not (pc.sum(hit).as_py() or 0):
-                    continue
                 row = table.filter(hit).to_pylist()[0]
                 row["updated_at"] = now_utc()
                 if meta is not None:
@@ -326,6 +345,7 @@ class WritesMixin:
         merged: dict[str, int] = {}
 
         def build(m: Manifest) -> Manifest | None:
+            merged.clear()  # a retried attempt starts over
             for mod, state in m.tables.items():
                 if (modality is None or mod == modality) and len(state.fragments) > 1:
                     table = pa.concat_tables([self._read_fragment(f) for f in state.fragments])
@@ -340,9 +360,14 @@ class WritesMixin:
         """Remove old versions and files no retained version names (older than ``older_than`` seconds)."""
         return self._storage.cleanup(older_than)
 
-    def _read_fragment(self, frag: Fragment) -> pa.Table:
+    def _has_ids(self, frag: Fragment, ids: set[str]) -> bool:
+        """Whether a fragment holds any of ``ids``, reading only its id column (not the media)."""
+        col = self._read_fragment(frag, columns=["id"]).column("id")
+        return bool(pc.any(pc.is_in(col, pa.array(sorted(ids), pa.string()))).as_py())
+
+    def _read_fragment(self, frag: Fragment, columns: list[str] | None = None) -> pa.Table:
         try:
-            return pq.read_table(self._storage.abspath(frag))
+            return pq.read_table(self._storage.abspath(frag), columns=columns)
         except (FileNotFoundError, pa.ArrowException, OSError) as exc:
             raise StoreCorruptError(
                 f"fragment {frag.path} of {self.path} is missing or unreadable ({exc})"

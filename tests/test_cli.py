@@ -41,6 +41,11 @@ def test_add_search_sql_delete_stats(model_home, tmp_path):
     assert stats["tables"]["text"]["memories"] == 1 and stats["namespaces"] == {"agent": 1}
     doctor = json.loads(run_cli(*s, "doctor").stdout)
     assert doctor["ok"] is True
+    run_cli(*s, "add", "A third memory, in its own fragment", "-n", "agent")
+    assert json.loads(run_cli(*s, "compact").stdout) == {"merged_fragments": {"text": 2}}
+    assert json.loads(run_cli(*s, "cleanup", "--older-than", "0").stdout)["files_removed"] == 3
+    stats = json.loads(run_cli(*s, "stats").stdout)["tables"]["text"]
+    assert stats["memories"] == 2 and stats["fragments"] == 1
 
 
 def test_errors_are_clear_and_exit_nonzero(model_home, tmp_path):
@@ -66,7 +71,7 @@ def test_import_skips_what_no_provider_can_embed(model_home, tmp_path):
     (folder / "photo.png").write_bytes(png_bytes(size=32))  # CLIP is registered but has no weights here
     (folder / "blob.bin").write_bytes(bytes(range(256)))
     proc = run_cli("--store", str(tmp_path / "st"), "import", str(folder))
-    assert "imported 2 memories" in proc.stdout and "skipped 2" in proc.stdout
+    assert "imported 2 files as 2 memories" in proc.stdout and "skipped 2" in proc.stdout
     assert "photo.png" in proc.stderr and "aios-memory models install clip --from" in proc.stderr
     assert "import: 100%" in proc.stderr  # the progress bar ran to the end
 

@@ -85,3 +85,9 @@ def test_misdeclared_provider():
 
     with pytest.raises(ProviderError, match="must set"):
         Bad()
+
+
+def test_normalisation_survives_huge_and_tiny_values():
+    huge = Counting(lambda n: np.full((n, 4), 3e38, dtype=np.float32)).embed_batch(["x"])
+    tiny = Counting(lambda n: np.full((n, 4), 1e-30, dtype=np.float32)).embed_batch(["x"])
+    assert np.allclose(huge, 0.5) and np.allclose(tiny, 0.5)

@@ -100,10 +100,29 @@ def test_cleanup_removes_only_unreferenced_old_files(tmp_path):
     s.commit("compact", replace)
     assert s.cleanup(older_than=3600) == {"versions_removed": 0, "files_removed": 0}  # too young
     old = time.time() - 7200
-    for rel in [manifest_name(1), m1.tables["text"].fragments[0].path, orphan.path]:
+    for rel in [manifest_name(1), manifest_name(2), m1.tables["text"].fragments[0].path, orphan.path]:
         os.utime(s.backend.path(rel), (old, old))
     assert s.cleanup(older_than=3600) == {"versions_removed": 1, "files_removed": 2}
     assert s.versions() == [2] and s.read_manifest().tables["text"].rows == 7
+
+
+def test_cleanup_spares_a_version_superseded_just_now(tmp_path):
+    """Age counts from when a version stopped being the newest, not from when it was written: on a store
+    idle for hours, a compact followed at once by cleanup must not pull files from under a reader."""
+    s = Storage(tmp_path / "s")
+    m1 = _append(s, 3)
+    old = time.time() - 7200
+    for rel in [manifest_name(1), m1.tables["text"].fragments[0].path]:
+        os.utime(s.backend.path(rel), (old, old))
+
+    def replace(m: Manifest) -> Manifest:
+        m.tables["text"].fragments = [s.write_fragment("text", _table(3))]
+        return m
+
+    s.commit("compact", replace)  # version 1 superseded now
+    assert s.cleanup(older_than=3600) == {"versions_removed": 0, "files_removed": 0}
+    pinned = s.read_manifest(1)
+    assert all(s.backend.exists(f.path) for f in pinned.tables["text"].fragments)
 
 
 def test_store_path_that_is_a_file(tmp_path):

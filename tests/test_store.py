@@ -225,10 +225,26 @@ class _CharTrigrams(EmbeddingProvider):
         return out
 
 
+class _MeanColour(EmbeddingProvider):
+    """A real (if simple) image provider: the mean RGB colour plus a constant."""
+
+    name = "mean-colour-4"
+    modality = "image"
+    dim = 4
+
+    def _embed(self, items):
+        import io
+
+        from PIL import Image
+
+        return [[*np.asarray(Image.open(io.BytesIO(b)).convert("RGB")).mean((0, 1)), 1.0] for b in items]
+
+
 class _TrigramPlugin:
     @hookimpl
     def register_embedding_providers(self, register):
         register(_CharTrigrams())
+        register(_MeanColour())
 
 
 @pytest.fixture()
@@ -283,3 +299,51 @@ def test_concurrent_writer_processes_lose_nothing(store, model_home):
     assert len(rows) == len(set(rows)) == 45
     assert seen == sorted(seen)  # a reader never sees the count go backwards
     assert store.version == 45 and store.verify()["ok"]
+
+
+def test_where_cannot_escape_its_namespace(store):
+    """Even a predicate crafted to close the CTE and rebuild the query only sees the namespace's rows."""
+    store.add("alice's note", namespace="alice")
+    store.add("secret of bob", namespace="bob")
+    escape = (
+        "true)) SELECT * EXCLUDE (media, embedding), 1.0::DOUBLE AS score FROM text_memories "
+        "WHERE CAST(? AS FLOAT[384]) IS NOT NULL OR ? IS NULL OR ? IS NULL LIMIT ? --"
+    )
+    try:
+        got = [m.content for m in store.search("note", namespace="alice", where=escape)]
+    except QueryError:
+        got = []
+    assert "secret of bob" not in got
+    assert [m.content for m in store.search("x", namespace="alice", where="content LIKE ?", params=["%a;b%"])] == []
+
+
+def test_ids_keep_input_order_across_modalities(store, trigram_plugin):
+    ids = store.add_many(["alpha", png_bytes(size=16), "beta", png_bytes("coffee", 16), "gamma"])
+    got = [store.get(i) for i in ids]
+    assert [m.modality for m in got] == ["text", "image", "text", "image", "text"]
+    assert [m.content for m in got if m.modality == "text"] == ["alpha", "beta", "gamma"]
+    assert got[1].provider == "mean-colour-4"  # CLIP has no weights here: the installed image provider
+
+
+def test_search_after_deleting_everything(store):
+    ids = store.add_many(["one", "two"])
+    store.delete(ids)
+    assert store.search("one") == []
+    assert store.sql("SELECT count(*) AS n FROM text_memories").column("n")[0].as_py() == 0
+
+
+def test_more_bad_input_is_typed_and_harmless(store):
+    store.add("kept")
+    before = _snapshot(store)
+    for call in (
+        lambda: store.add_many("hey"),
+        lambda: store.delete(123),
+        lambda: store.delete([1]),
+        lambda: store.add((["a"], 16000)),
+        lambda: store.add((np.zeros((2, 2, 2)), 16000)),
+        lambda: store.add((np.zeros(10), 10**12)),
+        lambda: store.add((np.full(10, np.nan), 16000)),
+    ):
+        with pytest.raises(InvalidInputError):
+            call()
+        assert _snapshot(store) == before

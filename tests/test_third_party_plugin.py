@@ -68,7 +68,7 @@ def test_plugin_embeds_image_memories(venv, tmp_path, model_home):
     (folder / "note.txt").write_text("A note about the photos: the cat is called Chelsea.")
     store = tmp_path / "store"
     out = run_cli("--store", str(store), "import", str(folder), "-n", "photos", python=str(venv))
-    assert "imported 6 memories" in out.stdout
+    assert "imported 6 files as 6 memories" in out.stdout
     stats = json.loads(run_cli("--store", str(store), "stats", python=str(venv)).stdout)
     assert stats["tables"]["image"] == {**stats["tables"]["image"], "provider": "colorhist-64", "memories": 5}
     assert stats["tables"]["text"]["memories"] == 1

@@ -130,3 +130,19 @@ def test_real_model_file_loads_and_verifies(model_home):
     assert wf.nbytes > 90_000_000
     assert wf.config["max_seq_length"] == 256
     wf.check_side_file("tokenizer.json")
+
+
+def test_crafted_metadata_and_negative_shapes(sample, tmp_path):
+    path, _ = sample
+    table = pq.read_table(path)
+    for i, raw in enumerate([b"{not json", b"[1]"]):
+        bad = tmp_path / f"meta{i}.parquet"
+        pq.write_table(table.replace_schema_metadata({b"aios_memory.weights": raw}), bad)
+        with pytest.raises(WeightFileError, match="metadata"):
+            read_weights(bad)
+    shapes = table.column("shape").to_pylist()
+    shapes[0] = [-7, -5]  # the product still matches the byte count
+    bad = tmp_path / "negative.parquet"
+    pq.write_table(table.set_column(2, table.schema.field("shape"), pa.array(shapes, pa.list_(pa.int64()))), bad)
+    with pytest.raises(WeightFileError, match="negative"):
+        read_weights(bad)
