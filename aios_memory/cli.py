@@ -273,7 +273,9 @@ def compact(ctx: click.Context, modality: str | None) -> None:
 
 
 @cli.command()
-@click.option("--older-than", default=3600.0, show_default=True, help="Seconds a version must have been superseded.")
+@click.option(
+    "--older-than", default=3600.0, show_default=True, help="Seconds a version must have been superseded."
+)
 @click.pass_context
 def cleanup(ctx: click.Context, older_than: float) -> None:
     """Delete superseded versions and unreferenced files older than --older-than seconds."""

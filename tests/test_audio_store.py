@@ -103,7 +103,9 @@ def test_long_audio_becomes_one_row_per_window(model_home, tmp_path):
     assert [(r["start_s"], r["end_s"]) for r in rows] == [(0.0, 30.0), (30.0, 60.0), (60.0, 70.0)]
     assert "left" in rows[0]["transcript"].lower() and "left" in rows[1]["transcript"].lower()
     assert rows[2]["transcript"] == ""  # digital silence: no hallucinated words
-    nulls = store.sql("SELECT count(*) AS n FROM audio_memories WHERE transcript_embedding IS NULL").column("n")
+    nulls = store.sql("SELECT count(*) AS n FROM audio_memories WHERE transcript_embedding IS NULL").column(
+        "n"
+    )
     assert nulls[0].as_py() == 1  # and nothing for a text query to find
     hit = store.search("front left", k=1, modality="audio")[0]
     assert hit.extra["start_s"] in (0.0, 30.0)

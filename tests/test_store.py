@@ -314,7 +314,9 @@ def test_where_cannot_escape_its_namespace(store):
     except QueryError:
         got = []
     assert "secret of bob" not in got
-    assert [m.content for m in store.search("x", namespace="alice", where="content LIKE ?", params=["%a;b%"])] == []
+    assert [
+        m.content for m in store.search("x", namespace="alice", where="content LIKE ?", params=["%a;b%"])
+    ] == []
 
 
 def test_ids_keep_input_order_across_modalities(store, trigram_plugin):

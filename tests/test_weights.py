@@ -143,6 +143,8 @@ def test_crafted_metadata_and_negative_shapes(sample, tmp_path):
     shapes = table.column("shape").to_pylist()
     shapes[0] = [-7, -5]  # the product still matches the byte count
     bad = tmp_path / "negative.parquet"
-    pq.write_table(table.set_column(2, table.schema.field("shape"), pa.array(shapes, pa.list_(pa.int64()))), bad)
+    pq.write_table(
+        table.set_column(2, table.schema.field("shape"), pa.array(shapes, pa.list_(pa.int64()))), bad
+    )
     with pytest.raises(WeightFileError, match="negative"):
         read_weights(bad)

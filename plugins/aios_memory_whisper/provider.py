@@ -158,7 +158,9 @@ class WhisperProvider(EmbeddingProvider):
         speech = [i for i, quiet in enumerate(silent) if not quiet]
         out = [""] * len(features)
         if speech:
-            ids = greedy_decode(self._model, features[speech], self._prompt, self._eot, no_speech=self._no_speech)
+            ids = greedy_decode(
+                self._model, features[speech], self._prompt, self._eot, no_speech=self._no_speech
+            )
             for i, t in zip(speech, ids, strict=True):
                 out[i] = decode_text(self._tokenizer, t, self._eot)
         return out
