@@ -113,7 +113,7 @@ def write_weights(
         compression="NONE",
         use_dictionary=False,
         write_statistics=["name", "dtype", "nbytes"],
-        row_group_size=max(1, len(names)),
+        row_group_size=1,  # one tensor per row group: a reader holds at most one raw chunk beside the decoded data
     )
     tmp.replace(path)
     return path
@@ -238,7 +238,7 @@ def read_weights(
     if model is not None and meta.get("model") != model:
         raise WeightFileError(f"{path} holds model {meta.get('model')!r}, expected {model!r}")
     try:
-        table = pq.read_table(path, memory_map=True, use_threads=False)
+        table = pq.read_table(path, memory_map=False, pre_buffer=False, use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         raise WeightFileError(f"{path} is truncated or corrupt ({exc}); reinstall the model") from exc
     if table.num_rows != meta.get("tensors"):
