@@ -183,3 +183,29 @@ class EmbeddingProvider:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.modality} dim={self.dim}>"
+
+
+class ConvertedModelProvider(EmbeddingProvider):
+    """A provider whose weights a converter wrote once into ``<model dir>/weights.parquet``.
+
+    ``directory`` defaults to ``$AIOS_MEMORY_HOME/models/<model_name>``; tests and tools may pass another.
+    """
+
+    WEIGHTS_FILE: ClassVar[str] = "weights.parquet"
+
+    def __init__(self, directory: Path | None = None) -> None:
+        super().__init__()
+        self._dir = directory
+
+    @property
+    def directory(self) -> Path:
+        from aios_memory.home import model_dir
+
+        return self._dir if self._dir is not None else model_dir(self.model_name or self.name)
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / self.WEIGHTS_FILE
+
+    def is_installed(self) -> bool:
+        return self.weights_path.is_file()

