@@ -29,6 +29,10 @@ class ModalityError(InvalidInputError):
     """Content of one modality given where another is required."""
 
 
+class InputTooLargeError(InvalidInputError):
+    """Input over one of the documented limits (text length, media bytes, image pixels, audio duration)."""
+
+
 # --- providers and models ----------------------------------------------------------------------------
 class ProviderError(AiosMemoryError):
     """An embedding provider failed or returned something unusable."""

@@ -34,11 +34,14 @@ def connect(
     manifest: Manifest,
     embedders: Mapping[str, Any] | None = None,
     namespace: str | None = None,
+    sandboxed: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """A locked-down connection with one view per modality and the ``embed_*`` SQL functions.
 
     With ``namespace``, the views hold only that namespace's rows: no SQL on this connection (a search's
-    ``where`` predicate included) can see another namespace's memories.
+    ``where`` predicate included) can see another namespace's memories. ``sandboxed=False`` leaves file
+    access on (for a caller who asked for it explicitly); the memories themselves stay immutable either
+    way, since the views read committed Parquet fragments through Arrow.
     """
     con = duckdb.connect(":memory:")
     try:
@@ -62,8 +65,9 @@ def connect(
             con.register(view_name(modality), source)
         for fname, (fn, dim) in (embedders or {}).items():
             _register_embedder(con, fname, fn, dim)
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
+        if sandboxed:
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
     except BaseException:
         con.close()
         raise

@@ -127,14 +127,14 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         return sorted(out, key=lambda d: d["name"])
 
     # --- writing -----------------------------------------------------------------------------------
-    def _connect(self, manifest: Manifest, namespace: str | None = None) -> Any:
+    def _connect(self, manifest: Manifest, namespace: str | None = None, sandboxed: bool = True) -> Any:
         embedders = {}
         try:
             text = self.provider_for("text")
             embedders["embed_text"] = (text.embed_batch, int(text.dim))
         except (ProviderNotFoundError, ProviderMismatchError):
             pass
-        return connect(self._storage, manifest, embedders, namespace)
+        return connect(self._storage, manifest, embedders, namespace, sandboxed)
 
     def sql(self, query: str, params: Params = None) -> pa.Table:
         """Run read-only SQL over ``text_memories``, ``image_memories``, ``audio_memories``; returns Arrow."""
@@ -143,6 +143,15 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             return run(con, query, params)
         finally:
             con.close()
+
+    def connection(self, *, allow_file_access: bool = False) -> Any:
+        """A DuckDB connection over this version's memory views, for SQL beyond one read-only statement.
+
+        The caller closes it. By default it cannot read or write files, like ``sql()``; with
+        ``allow_file_access=True`` (an explicit choice) it can, e.g. to ``COPY`` results out. Either way
+        the memories cannot be changed through it: writes go through the ``MemoryStore`` API only.
+        """
+        return self._connect(self._manifest(), sandboxed=not allow_file_access)
 
     def get(self, id: str) -> Memory:
         if not isinstance(id, str):

@@ -94,3 +94,41 @@ def test_only_queries_are_accepted(filled):
             filled.sql(sql)
     assert filled.sql("EXPLAIN SELECT * FROM text_memories").num_rows >= 1
     assert filled.sql("DESCRIBE text_memories").num_rows == 11
+
+
+def test_explicit_connection_can_write_files_but_not_memories(filled, tmp_path):
+    con = filled.connection()
+    try:
+        with pytest.raises(Exception, match="disabled by configuration"):
+            con.execute(f"COPY (SELECT content FROM text_memories) TO '{tmp_path / 'blocked.csv'}'")
+    finally:
+        con.close()
+    before = filled.sql("SELECT id, content FROM text_memories ORDER BY id").to_pylist()
+    con = filled.connection(allow_file_access=True)  # asked for explicitly
+    try:
+        out = tmp_path / "export.csv"
+        con.execute(f"COPY (SELECT content FROM text_memories ORDER BY content) TO '{out}' (HEADER false)")
+        assert out.read_text().splitlines()[0] == "A kitten plays with yarn"
+        con.execute("DROP VIEW text_memories")  # only this connection's view goes
+    finally:
+        con.close()
+    assert filled.sql("SELECT id, content FROM text_memories ORDER BY id").to_pylist() == before
+
+
+def test_no_pickle_anywhere_in_the_code():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for path in [
+        *root.glob("aios_memory/**/*.py"),
+        *root.glob("plugins/**/*.py"),
+        *root.glob("converters/**/*.py"),
+    ]:
+        text = path.read_text()
+        if "import pickle" in text or "pickle.load" in text:
+            offenders.append(str(path))
+        for line in text.splitlines():
+            if "torch.load(" in line and "weights_only=True" not in line:
+                offenders.append(f"{path}: {line.strip()}")
+    assert offenders == []
