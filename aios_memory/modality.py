@@ -11,12 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aios_memory.errors import EmptyContentError, InvalidInputError, ModalityError, UnsupportedMediaError
+from aios_memory.errors import (
+    EmptyContentError,
+    InputTooLargeError,
+    InvalidInputError,
+    ModalityError,
+    UnsupportedMediaError,
+)
 from aios_memory.provider import MODALITIES
 
+# Documented input limits (docs/reliability.md); over one, ``prepare`` raises ``InputTooLargeError``
+# before any provider, decoder or allocation sized by the input runs.
 MAX_TEXT_CHARS = 10_000_000
 MAX_MEDIA_BYTES = 512 * 1024 * 1024
 MAX_SAMPLE_RATE = 384_000
+MAX_SOURCE_CHARS = 65_536
+MAX_IMAGE_PIXELS = 178_956_970  # Pillow's decompression-bomb error threshold (2x its warning threshold)
+MAX_IMAGE_ASPECT = 1_000  # long side / short side: models resize the short side up, the long side follows
+MAX_AUDIO_SECONDS = 3_600  # one hour: 120 Whisper windows; 8 hours at 16 kHz would be 1.8 GB of float32
 
 # (offset, magic, second check (offset, bytes) or None, modality, MIME type)
 _SIGNATURES: list[tuple[int, bytes, tuple[int, bytes] | None, str, str]] = [
@@ -63,12 +75,95 @@ class Item:
     source: str | None = None
 
 
+def _utf8(value: str, what: str) -> None:
+    """Refuse strings Arrow and DuckDB cannot store: lone surrogates (e.g. from ``surrogateescape``)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{what} is not valid Unicode (it cannot be encoded as UTF-8): {exc}"
+        ) from None
+
+
+def _check_source(source: Any) -> str | None:
+    if source is None:
+        return None
+    if not isinstance(source, str):
+        raise InvalidInputError(f"source must be a string (a URI) or None, got {type(source).__name__}")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise InputTooLargeError(f"source has {len(source)} characters; the limit is {MAX_SOURCE_CHARS}")
+    if "\x00" in source:
+        raise InvalidInputError("source contains a NUL character")
+    _utf8(source, "source")
+    return source
+
+
+def _check_image_size(width: int, height: int) -> None:
+    if width <= 0 or height <= 0:
+        raise InvalidInputError(f"image has no pixels ({width}x{height})")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {MAX_IMAGE_PIXELS}"
+        )
+    if max(width, height) > MAX_IMAGE_ASPECT * min(width, height):
+        raise InputTooLargeError(
+            f"image is {width}x{height}: one side is more than {MAX_IMAGE_ASPECT} times the other"
+        )
+
+
+def _check_image_header(data: bytes) -> None:
+    """Read only the image header (Pillow decodes no pixels here) and check its dimensions; a header
+    Pillow cannot read is left to the provider's decoder, which owns the formats it accepts."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise InputTooLargeError(f"image refused as a decompression bomb: {exc}") from None
+    except Exception:  # noqa: BLE001 - unreadable here; the provider's decoder gives the typed error
+        return
+    _check_image_size(width, height)
+
+
+def _check_audio_duration(frames: int, sample_rate: int) -> None:
+    if sample_rate > 0 and frames / sample_rate > MAX_AUDIO_SECONDS:
+        raise InputTooLargeError(
+            f"audio is {frames / sample_rate:.0f} s long; the limit is {MAX_AUDIO_SECONDS} s "
+            "(split longer recordings)"
+        )
+
+
+def _check_audio_header(data: bytes) -> None:
+    """Duration from the header where libsndfile reads one (WAV, FLAC, Ogg, AIFF, MP3); else left to
+    the provider's decoder, bounded by ``MAX_MEDIA_BYTES``."""
+    import soundfile
+
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - unreadable here; the provider's decoder gives the typed error
+        return
+    if not 0 < int(info.samplerate) <= MAX_SAMPLE_RATE:
+        raise InvalidInputError(
+            f"audio header says {info.samplerate} Hz; sample rates from 1 to {MAX_SAMPLE_RATE} Hz are accepted"
+        )
+    _check_audio_duration(int(info.frames), int(info.samplerate))
+
+
 def _read_media(data: bytes, source: str | None) -> Item:
     if len(data) == 0:
         raise EmptyContentError(f"media content is empty (0 bytes){f' at {source}' if source else ''}")
     if len(data) > MAX_MEDIA_BYTES:
-        raise InvalidInputError(f"media content is {len(data)} bytes; the limit is {MAX_MEDIA_BYTES}")
+        raise InputTooLargeError(f"media content is {len(data)} bytes; the limit is {MAX_MEDIA_BYTES}")
     modality, mime = sniff(data)
+    if modality == "image":
+        _check_image_header(data)
+    else:
+        _check_audio_header(data)
     return Item(modality, data, media=data, media_type=mime, source=source)
 
 
@@ -94,7 +189,7 @@ def prepare(content: Any, modality: str | None = None, source: str | None = None
     """Classify ``content`` and return the :class:`Item` the store embeds and keeps."""
     if modality is not None and modality not in MODALITIES:
         raise InvalidInputError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
-    item = _prepare(content, source)
+    item = _prepare(content, _check_source(source))
     if modality is not None and item.modality != modality:
         raise ModalityError(f"content is {item.modality}, but modality={modality!r} was requested")
     return item
@@ -105,9 +200,10 @@ def _prepare(content: Any, source: str | None) -> Item:
         if not content.strip():
             raise EmptyContentError("text is empty or whitespace only")
         if len(content) > MAX_TEXT_CHARS:
-            raise InvalidInputError(f"text has {len(content)} characters; the limit is {MAX_TEXT_CHARS}")
+            raise InputTooLargeError(f"text has {len(content)} characters; the limit is {MAX_TEXT_CHARS}")
         if "\x00" in content:
             raise InvalidInputError("text contains a NUL character")
+        _utf8(content, "text")
         return Item("text", content, content=content, source=source)
     if isinstance(content, Path):
         if not content.is_file():
@@ -116,6 +212,7 @@ def _prepare(content: Any, source: str | None) -> Item:
     if isinstance(content, (bytes, bytearray, memoryview)):
         return _read_media(bytes(content), source)
     if type(content).__module__.startswith("PIL.") and hasattr(content, "save"):
+        _check_image_size(*content.size)
         data = _encode_pil(content)
         return Item("image", content, media=data, media_type="image/png", source=source)
     if isinstance(content, tuple) and len(content) == 2 and isinstance(content[1], int):
@@ -125,7 +222,8 @@ def _prepare(content: Any, source: str | None) -> Item:
         try:
             import numpy as np
 
-            arr = np.asarray(samples, dtype=np.float32)
+            with np.errstate(over="ignore"):  # out-of-range values become inf, refused below
+                arr = np.asarray(samples, dtype=np.float32)
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"audio samples must be a numeric array: {exc}") from exc
         if arr.ndim not in (1, 2):
@@ -134,11 +232,17 @@ def _prepare(content: Any, source: str | None) -> Item:
             )
         if arr.size == 0:
             raise EmptyContentError("audio has no samples")
+        frames = arr.shape[1] if arr.ndim == 2 and arr.shape[0] < arr.shape[1] else arr.shape[0]
+        _check_audio_duration(frames, sr)  # before any pass over (or copy of) the samples
+        if arr.nbytes > MAX_MEDIA_BYTES:
+            raise InputTooLargeError(
+                f"audio is {arr.nbytes} bytes as float32 WAV; the limit is {MAX_MEDIA_BYTES}"
+            )
         if not np.isfinite(arr).all():
             raise InvalidInputError("audio samples contain NaN or infinite values")
         return Item("audio", (arr, sr), media=_encode_audio(arr, sr), media_type="audio/wav", source=source)
     if hasattr(content, "read"):
-        data = content.read()
+        data = content.read(MAX_MEDIA_BYTES + 1)  # never more than the limit into memory
         if isinstance(data, str):
             raise InvalidInputError("file objects must be opened in binary mode ('rb')")
         return _read_media(data, source or getattr(content, "name", None) and str(content.name))
