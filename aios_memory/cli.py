@@ -84,7 +84,12 @@ def add(
     items: list[Any] = ([text] if text is not None else []) + list(files)
     if not items:
         raise click.UsageError("give TEXT or at least one --file")
-    meta = json.loads(metadata) if metadata else None
+    try:
+        meta = json.loads(metadata) if metadata else None
+    except ValueError as exc:
+        from aios_memory.errors import InvalidInputError
+
+        raise InvalidInputError(f"--metadata is not valid JSON: {exc}") from None
     for id_ in _store(ctx).add_many(items, modality=modality, namespace=namespace, metadata=meta):
         click.echo(id_)
 

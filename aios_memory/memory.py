@@ -38,7 +38,17 @@ def check_namespace(namespace: Any) -> str:
         raise InvalidInputError(
             f"namespace must be a non-empty string of at most 256 characters, got {namespace!r}"
         )
+    check_utf8(namespace, "namespace")
     return namespace
+
+
+def check_utf8(text: str, what: str) -> str:
+    """Refuse strings that cannot be stored as UTF-8 (lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(f"{what} is not valid Unicode text ({exc.reason} at {exc.start})") from None
+    return text
 
 
 def metadata_json(metadata: Any) -> str:
@@ -47,9 +57,12 @@ def metadata_json(metadata: Any) -> str:
     if not isinstance(metadata, Mapping):
         raise InvalidInputError(f"metadata must be a dict, got {type(metadata).__name__}")
     try:
-        return json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False, sort_keys=True)
+        text = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
+    except RecursionError:
+        raise InvalidInputError("metadata is nested too deeply") from None
+    return check_utf8(text, "metadata")
 
 
 def memory_from_row(modality: str, row: dict[str, Any]) -> Memory:

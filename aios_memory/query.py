@@ -74,10 +74,20 @@ def connect(
     return con
 
 
+_UDF_ERRORS: dict[int, AiosMemoryError] = {}  # per connection: the typed error a SQL function raised
+
+
 def _register_embedder(
     con: duckdb.DuckDBPyConnection, fname: str, fn: Callable[[list[str]], np.ndarray], dim: int
 ) -> None:
     def udf(texts: pa.Array) -> pa.Array:
+        try:
+            return embed(texts)
+        except AiosMemoryError as exc:  # DuckDB drops the cause: keep it for run() to re-raise as it was
+            _UDF_ERRORS[id(con)] = exc
+            raise
+
+    def embed(texts: pa.Array) -> pa.Array:
         values = texts.to_pylist()
         # DuckDB calls this once per chunk of rows, so a constant argument arrives repeated: embed each
         # distinct string once.
@@ -108,6 +118,11 @@ def run(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> pa.T
     """Execute one SQL statement with parameters; every DuckDB error becomes a ``QueryError``."""
     if not isinstance(sql, str) or not sql.strip():
         raise QueryError("SQL must be a non-empty string")
+    check_params(params)
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QueryError("SQL is not valid Unicode text") from None
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
@@ -123,10 +138,20 @@ def run(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> pa.T
         rel = con.sql(sql, params=params if params is not None else None)
         return rel.to_arrow_table() if rel is not None else pa.table({})
     except duckdb.Error as exc:
-        cause = exc.__cause__ or exc.__context__
+        cause = exc.__cause__ or exc.__context__ or _UDF_ERRORS.pop(id(con), None)
         if isinstance(cause, AiosMemoryError):  # raised inside a SQL function such as embed_text
-            raise type(cause)(str(cause)) from exc
+            raise cause from exc
         raise QueryError(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        _UDF_ERRORS.pop(id(con), None)
+
+
+def check_params(params: Any) -> None:
+    """Parameters are None, a mapping (``$name``) or a list/tuple (``?``); never a bare string or scalar."""
+    if params is None or isinstance(params, Mapping):
+        return
+    if isinstance(params, (str, bytes, bytearray)) or not isinstance(params, Sequence):
+        raise QueryError(f"params must be a list, a tuple or a dict, got {type(params).__name__}")
 
 
 def vector_columns(modality: str) -> list[str]:

@@ -23,11 +23,11 @@ from aios_memory.errors import (
     StoreCorruptError,
 )
 from aios_memory.home import default_store_path
-from aios_memory.memory import Memory, check_namespace, memory_from_row
+from aios_memory.memory import Memory, check_namespace, check_utf8, memory_from_row
 from aios_memory.modality import prepare
 from aios_memory.plugins import get_provider, get_providers
 from aios_memory.provider import MODALITIES, EmbeddingProvider
-from aios_memory.query import Params, connect, run, search_sql, vector_columns, view_name
+from aios_memory.query import Params, check_params, connect, run, search_sql, vector_columns, view_name
 from aios_memory.schema import TEXT_COLUMN
 from aios_memory.storage import Manifest, Storage
 from aios_memory.writes import WritesMixin
@@ -156,6 +156,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
     def get(self, id: str) -> Memory:
         if not isinstance(id, str):
             raise InvalidInputError(f"memory ids are strings, got {type(id).__name__}")
+        check_utf8(id, "a memory id")
         m = self._manifest()
         con = connect(self._storage, m)
         try:
@@ -192,6 +193,9 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             raise QueryError("where must be a non-empty SQL predicate string")
         if params is not None and where is None:
             raise QueryError("params were given without a where predicate")
+        check_params(params)
+        if isinstance(params, Mapping) and any(str(name).startswith("aiosm_") for name in params):
+            raise QueryError("parameter names starting with 'aiosm_' are reserved for the store's own")
         item = prepare(query)
         target = modality or item.modality
         provider = self.provider_for(target)

@@ -23,7 +23,7 @@ from aios_memory.errors import (
     ProviderMismatchError,
     StoreCorruptError,
 )
-from aios_memory.memory import Memory, check_namespace, metadata_json, now_utc
+from aios_memory.memory import Memory, check_namespace, check_utf8, metadata_json, now_utc
 from aios_memory.modality import Item, prepare
 from aios_memory.plugins import get_provider
 from aios_memory.provider import EmbeddingProvider
@@ -79,15 +79,26 @@ class WritesMixin:
         """
         if isinstance(items, (str, bytes, bytearray)):
             raise InvalidInputError("add_many takes a list of items; use add() for a single one")
-        contents = list(items)
+        try:
+            contents = list(items)
+        except TypeError:
+            raise InvalidInputError(
+                f"add_many takes an iterable of items, got {type(items).__name__}"
+            ) from None
         namespace = check_namespace(namespace)
         n = len(contents)
         if isinstance(metadata, Mapping) or metadata is None:
             metas = [metadata_json(metadata)] * n
-        else:
+        elif isinstance(metadata, Sequence) and not isinstance(metadata, (str, bytes, bytearray)):
             metas = [metadata_json(m) for m in metadata]
             if len(metas) != n:
                 raise InvalidInputError(f"got {len(metas)} metadata entries for {n} items")
+        else:
+            raise InvalidInputError(
+                f"metadata must be a dict, or a list with one dict per item; got {type(metadata).__name__}"
+            )
+        if isinstance(sources, (str, bytes, bytearray)):
+            raise InvalidInputError("sources must be a list with one source per item, not a single string")
         srcs = list(sources) if sources is not None else [None] * n
         if len(srcs) != n:
             raise InvalidInputError(f"got {len(srcs)} sources for {n} items")
@@ -254,6 +265,8 @@ class WritesMixin:
             ) from None
         if not all(isinstance(i, str) for i in wanted):
             raise InvalidInputError("memory ids are strings")
+        for i in wanted:
+            check_utf8(i, "a memory id")
         if not wanted:
             return 0
 
