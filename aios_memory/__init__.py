@@ -11,6 +11,7 @@ Importing this package loads no model and no torch; providers load their weights
 from aios_memory.errors import (
     AiosMemoryError,
     EmptyContentError,
+    InputTooLargeError,
     InvalidInputError,
     MemoryNotFoundError,
     ModalityError,
@@ -35,6 +36,7 @@ __all__ = [
     "AiosMemoryError",
     "EmbeddingProvider",
     "EmptyContentError",
+    "InputTooLargeError",
     "InvalidInputError",
     "Memory",
     "MemoryNotFoundError",
