@@ -217,3 +217,13 @@ def test_tokenizer_ids_equal_transformers(vocab_folder, tmp_path, layout):
     assert max(len(ids) for ids in got) == 77
     assert all(ids[0] == 49406 and ids[-1] == 49407 for ids in got)
     assert got[CAPTIONS.index("dog")] == [49406, 1929, 49407]  # OpenAI CLIP's id for "dog</w>"
+
+
+def test_direct_callers_get_the_aspect_limit():
+    from aios_memory_clip.preprocess import resize_and_crop
+    from PIL import Image
+
+    from aios_memory.errors import InputTooLargeError
+
+    with pytest.raises(InputTooLargeError):
+        resize_and_crop(Image.new("RGB", (5000, 2)))

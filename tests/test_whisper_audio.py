@@ -148,3 +148,13 @@ def test_windows_of_thirty_seconds():
 def test_pad_or_trim():
     assert len(A.pad_or_trim(np.ones(10, dtype=np.float32))) == A.N_SAMPLES
     assert len(A.pad_or_trim(np.ones(A.N_SAMPLES + 7, dtype=np.float32))) == A.N_SAMPLES
+
+
+def test_direct_callers_get_the_duration_limit():
+    from aios_memory_whisper.audio import to_mono_16k
+
+    from aios_memory.errors import InputTooLargeError
+    from aios_memory.modality import MAX_AUDIO_SECONDS
+
+    with pytest.raises(InputTooLargeError):
+        to_mono_16k(np.zeros((MAX_AUDIO_SECONDS + 1) * 8000, dtype=np.float32), 8000)

@@ -88,6 +88,13 @@ def resized_size(width: int, height: int, size: int = IMAGE_SIZE) -> tuple[int, 
 
 def resize_and_crop(img: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     """RGB image -> (size, size, 3) uint8: bicubic resize of the shortest side, then a centre crop."""
+    from aios_memory.errors import InputTooLargeError
+    from aios_memory.modality import MAX_IMAGE_ASPECT
+
+    if max(img.width, img.height) > MAX_IMAGE_ASPECT * max(1, min(img.width, img.height)):
+        raise InputTooLargeError(  # the long side would grow with the short one: a 15 GB array for 1x100000
+            f"image is {img.width}x{img.height}; the aspect-ratio limit is {MAX_IMAGE_ASPECT}:1"
+        )
     w, h = resized_size(img.width, img.height, size)
     arr = np.asarray(img.resize((w, h), resample=RESAMPLE))  # (h, w, 3) uint8
     top, left = (h - size) // 2, (w - size) // 2

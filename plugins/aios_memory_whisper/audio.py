@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from aios_memory.errors import EmptyContentError, InvalidInputError, UnsupportedMediaError
+from aios_memory.errors import EmptyContentError, InputTooLargeError, InvalidInputError, UnsupportedMediaError
+from aios_memory.modality import MAX_AUDIO_SECONDS
 
 SAMPLE_RATE = 16_000  # Hz: Whisper's input rate
 N_FFT = 400  # 25 ms window
@@ -71,6 +72,8 @@ def to_mono_16k(samples: Any, sample_rate: int) -> np.ndarray:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise InvalidInputError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     a = np.asarray(samples)
+    if a.size > MAX_AUDIO_SECONDS * sample_rate * max(1, min(a.shape) if a.ndim == 2 else 1):
+        raise InputTooLargeError(f"audio is longer than the {MAX_AUDIO_SECONDS} s limit")
     if a.dtype.kind == "i":  # PCM integers to [-1, 1)
         a = a.astype(np.float32) / float(2 ** (8 * a.dtype.itemsize - 1))
     elif a.dtype.kind == "u":
