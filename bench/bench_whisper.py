@@ -11,23 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from harness import median_time
+
 ALSA = Path("/usr/share/sounds/alsa")
-
-
-def median_time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def peak_rss_mb(code: str) -> float:
@@ -42,31 +33,9 @@ def peak_rss_mb(code: str) -> float:
 
 def hf_folder(weights: Path, dst: Path) -> Path:
     """A transformers Whisper folder (model.safetensors) holding exactly the converted tensors, float32."""
-    import numpy as np
-    import torch
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from aios_memory_converters.whisper_hf import to_hf_whisper
 
-    from aios_memory.weights import read_weights
-
-    wf = read_weights(weights)
-    c = wf.config
-    cfg = WhisperConfig(
-        vocab_size=c["vocab_size"],
-        num_mel_bins=c["n_mels"],
-        d_model=c["d_model"],
-        encoder_layers=c["encoder_layers"],
-        decoder_layers=c["decoder_layers"],
-        encoder_attention_heads=c["n_head"],
-        decoder_attention_heads=c["n_head"],
-        encoder_ffn_dim=c["ffn_dim"],
-        decoder_ffn_dim=c["ffn_dim"],
-        max_source_positions=c["n_audio_ctx"],
-        max_target_positions=c["n_text_ctx"],
-    )
-    model = WhisperForConditionalGeneration(cfg)
-    state = {f"model.{k}": torch.from_numpy(t.numpy().astype(np.float32)) for k, t in wf.tensors.items()}
-    state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]
-    model.load_state_dict(state, strict=True)
+    model = to_hf_whisper(weights)
     model.save_pretrained(dst)
     return dst
 

@@ -12,42 +12,18 @@ strategies here: each is a strict xfail in tests/test_hostile_input.py, listed i
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from trigram_provider import NAME
 
-from aios_memory import EmbeddingProvider, MemoryStore, hookimpl
+from aios_memory import MemoryStore
 from aios_memory.errors import AiosMemoryError
-from aios_memory.plugins import register_plugin, unregister_plugin
-
-
-class _Trigrams(EmbeddingProvider):
-    """Hashed character trigrams (crc32, stable across processes), 32-d."""
-
-    name = "fuzz-trigram-32"
-    modality = "text"
-    dim = 32
-
-    def _embed(self, items: list[Any]) -> np.ndarray:
-        out = np.zeros((len(items), self.dim), dtype=np.float32)
-        for i, s in enumerate(items):
-            s = f"  {s} "
-            for j in range(len(s) - 2):
-                out[i, zlib.crc32(s[j : j + 3].encode()) % self.dim] += 1
-        return out
-
-
-class _Plugin:
-    @hookimpl
-    def register_embedding_providers(self, register: Callable[[EmbeddingProvider], None]) -> None:
-        register(_Trigrams())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,10 +34,10 @@ def trigram_plugin(tmp_path_factory: pytest.TempPathFactory):
 
     saved = os.environ.get("AIOS_MEMORY_HOME")
     os.environ["AIOS_MEMORY_HOME"] = str(tmp_path_factory.mktemp("fuzz_home"))
-    plugin = _Plugin()
-    register_plugin(plugin, name="fuzz-test")
+    import trigram_provider
+
+    trigram_provider.register()  # once per process, shared with the crash and concurrency tests
     yield
-    unregister_plugin(plugin)
     if saved is None:
         del os.environ["AIOS_MEMORY_HOME"]
     else:
@@ -70,7 +46,7 @@ def trigram_plugin(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def fuzz_store(tmp_path_factory: pytest.TempPathFactory) -> MemoryStore:
-    store = MemoryStore(tmp_path_factory.mktemp("fuzz") / "store", providers={"text": _Trigrams.name})
+    store = MemoryStore(tmp_path_factory.mktemp("fuzz") / "store", providers={"text": NAME})
     store.add_many(["seed one", "seed two"], namespace="a", metadata={"k": 1})
     store.add("seed three", namespace="b")
     return store
@@ -222,7 +198,7 @@ class StoreMachine(RuleBasedStateMachine):
         import tempfile
 
         self._tmp = tempfile.TemporaryDirectory(prefix="aiosm-fuzz-")
-        self.store = MemoryStore(Path(self._tmp.name) / "s", providers={"text": _Trigrams.name})
+        self.store = MemoryStore(Path(self._tmp.name) / "s", providers={"text": NAME})
         self.model: dict[str, tuple[str, str, dict[str, Any]]] = {}  # id -> (content, namespace, metadata)
         self.version = self.store.version
 

@@ -84,38 +84,9 @@ def ct2_folder(dst: Path) -> Path:
 
 def hf_model(weights: Path):  # type: ignore[no-untyped-def]
     """``transformers.WhisperForConditionalGeneration`` (base) holding the converted weights, float32."""
-    import torch
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from aios_memory_converters.whisper_hf import to_hf_whisper
 
-    from aios_memory.weights import read_weights
-
-    wf = read_weights(weights)
-    c = wf.config
-    cfg = WhisperConfig(
-        vocab_size=c["vocab_size"],
-        num_mel_bins=c["n_mels"],
-        d_model=c["d_model"],
-        encoder_layers=c["encoder_layers"],
-        decoder_layers=c["decoder_layers"],
-        encoder_attention_heads=c["n_head"],
-        decoder_attention_heads=c["n_head"],
-        encoder_ffn_dim=c["ffn_dim"],
-        decoder_ffn_dim=c["ffn_dim"],
-        max_source_positions=c["n_audio_ctx"],
-        max_target_positions=c["n_text_ctx"],
-        suppress_tokens=c["suppress_tokens"],
-        begin_suppress_tokens=c["begin_suppress_tokens"],
-        decoder_start_token_id=50258,
-        eos_token_id=50257,
-        pad_token_id=50257,
-        bos_token_id=50257,
-    )
-    model = WhisperForConditionalGeneration(cfg).eval()
-    state = {f"model.{k}": torch.from_numpy(t.numpy().astype(np.float32)) for k, t in wf.tensors.items()}
-    state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not missing and not unexpected, (missing, unexpected)
-    return model
+    return to_hf_whisper(weights)
 
 
 @pytest.fixture(scope="module")

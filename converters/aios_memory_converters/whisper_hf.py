@@ -159,3 +159,42 @@ def convert_hf_whisper(folder: str | Path, out_dir: str | Path) -> Path:
             raise WeightFileError(f"{src}: proj_out is not tied to decoder.embed_tokens; unsupported")
     source = {**source, "folder": str(src.resolve()), "converter": "whisper_hf"}
     return finish_whisper(tensors, cfg, suppress, begin, src / "tokenizer.json", out_dir, source)
+
+
+def to_hf_whisper(weights: str | Path) -> Any:
+    """The inverse direction, for references and benchmarks: a ``transformers``
+    ``WhisperForConditionalGeneration`` holding exactly the tensors of one of our weight files, in float32.
+
+    Names map back by adding ``model.``; ``proj_out`` is tied to ``decoder.embed_tokens`` (not stored).
+    """
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from aios_memory.weights import read_weights
+
+    wf = read_weights(weights)
+    c = wf.config
+    cfg = WhisperConfig(
+        vocab_size=c["vocab_size"],
+        num_mel_bins=c["n_mels"],
+        d_model=c["d_model"],
+        encoder_layers=c["encoder_layers"],
+        decoder_layers=c["decoder_layers"],
+        encoder_attention_heads=c["n_head"],
+        decoder_attention_heads=c["n_head"],
+        encoder_ffn_dim=c["ffn_dim"],
+        decoder_ffn_dim=c["ffn_dim"],
+        max_source_positions=c["n_audio_ctx"],
+        max_target_positions=c["n_text_ctx"],
+        suppress_tokens=c["suppress_tokens"],
+        begin_suppress_tokens=c["begin_suppress_tokens"],
+        decoder_start_token_id=50258,
+        eos_token_id=50257,
+        pad_token_id=50257,
+        bos_token_id=50257,
+    )
+    model = WhisperForConditionalGeneration(cfg).eval()
+    state = {f"model.{k}": torch.from_numpy(t.numpy().astype(np.float32)) for k, t in wf.tensors.items()}
+    state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True)
+    return model
