@@ -52,3 +52,27 @@ def base_schema(
     if modality in TEXT_COLUMN:
         fields.append(pa.field(f"{TEXT_COLUMN[modality]}_embedding", _vec(text_dim)))
     return pa.schema(fields, metadata={META_KEY: json.dumps(meta)})
+
+
+# The change log: one row per update or delete, holding the memory as it was *before* that change. With
+# the current row (or the absence of one) it gives each memory's whole timeline; see ``history()``.
+HISTORY_SCHEMA = pa.schema(
+    [
+        pa.field("memory_id", pa.string(), nullable=False),
+        pa.field("modality", pa.string(), nullable=False),
+        pa.field("namespace", pa.string(), nullable=False),
+        pa.field("version", pa.int64(), nullable=False),  # the store version that made the change
+        pa.field("at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("operation", pa.string(), nullable=False),  # "update" | "delete"
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+        pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+        pa.field("source", pa.string()),
+        pa.field("content", pa.string()),
+        pa.field("media_type", pa.string()),
+        pa.field("media_sha256", pa.string()),
+        pa.field("metadata", pa.string()),
+        pa.field("transcript", pa.string()),
+    ],
+    metadata={META_KEY: json.dumps({"table": "history", "schema_version": SCHEMA_VERSION})},
+)
+HISTORY_DIR = "_history"  # data/_history/<uuid>.parquet

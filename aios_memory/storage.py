@@ -139,6 +139,8 @@ class Manifest:
     created_at: float = 0.0
     operation: str = "create"
     tables: dict[str, TableState] = field(default_factory=dict)
+    # Fragments of the change log (``history``): one row per update or delete of a memory.
+    history: list[Fragment] = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
         body = {
@@ -148,6 +150,8 @@ class Manifest:
             "operation": self.operation,
             "tables": {m: asdict(t) for m, t in sorted(self.tables.items())},
         }
+        if self.history:  # absent when empty: manifests of stores that never changed a memory stay as they were
+            body["history"] = [asdict(f) for f in self.history]
         canon = json.dumps(body, sort_keys=True, separators=(",", ":"))
         body["checksum"] = hashlib.sha256(canon.encode()).hexdigest()
         return json.dumps(body, sort_keys=True, indent=1).encode()
@@ -174,7 +178,8 @@ class Manifest:
                 )
                 for m, t in body["tables"].items()
             }
-            return cls(body["version"], body["created_at"], body["operation"], tables)
+            history = [Fragment(**f) for f in body.get("history", [])]
+            return cls(body["version"], body["created_at"], body["operation"], tables, history)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StoreCorruptError(
                 f"manifest {where} is damaged ({exc}); run `aios-memory doctor` to inspect the store"
@@ -197,10 +202,11 @@ class Manifest:
                 )
                 for m, t in self.tables.items()
             },
+            list(self.history),
         )
 
     def fragment_paths(self) -> set[str]:
-        return {f.path for t in self.tables.values() for f in t.fragments}
+        return {f.path for t in self.tables.values() for f in t.fragments} | {f.path for f in self.history}
 
 
 def manifest_name(version: int) -> str:

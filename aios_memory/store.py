@@ -47,6 +47,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         providers: Mapping[str, str] | None = None,
         create: bool = True,
         lock_timeout: float = 60.0,
+        dedupe: float | bool | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else default_store_path()
         self._storage = Storage(self.path, create=create, lock_timeout=lock_timeout)
@@ -55,6 +56,8 @@ class MemoryStore(WritesMixin, CrossModalMixin):
                 raise InvalidInputError(f"unknown modality {modality!r} in providers=")
         self._chosen = dict(providers or {})
         self._pinned: int | None = None
+        self._dedupe: float | bool | None = None
+        self._dedupe = self._dedupe_threshold(dedupe)  # the default of add(dedupe=None); validated now
         self._manifest()  # fail now, not later, on a damaged manifest
 
     # --- versions ----------------------------------------------------------------------------------

@@ -27,10 +27,11 @@ from aios_memory.memory import Memory, check_namespace, check_utf8, metadata_jso
 from aios_memory.modality import Item, prepare
 from aios_memory.plugins import get_provider
 from aios_memory.provider import EmbeddingProvider
-from aios_memory.schema import EXTRA_COLUMNS, TEXT_COLUMN, base_schema
+from aios_memory.schema import EXTRA_COLUMNS, HISTORY_DIR, HISTORY_SCHEMA, TEXT_COLUMN, base_schema
 from aios_memory.storage import Fragment, Manifest, Storage, TableState
 
 EMBED_BATCH = 64
+DEFAULT_DEDUPE = 0.97  # cosine at or above which ``dedupe=True`` treats two memories as the same
 
 
 class WritesMixin:
@@ -56,10 +57,16 @@ class WritesMixin:
         namespace: str = "default",
         metadata: Mapping[str, Any] | None = None,
         source: str | None = None,
+        dedupe: float | bool | None = None,
     ) -> str:
-        """Store one memory; returns its id."""
+        """Store one memory; returns its id (with ``dedupe``, possibly the id of an existing near-identical one)."""
         return self.add_many(
-            [content], modality=modality, namespace=namespace, metadata=[metadata], sources=[source]
+            [content],
+            modality=modality,
+            namespace=namespace,
+            metadata=[metadata],
+            sources=[source],
+            dedupe=dedupe,
         )[0]
 
     def add_many(
@@ -71,12 +78,20 @@ class WritesMixin:
         metadata: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
         sources: Sequence[str | None] | None = None,
         progress: Callable[[int], None] | None = None,
+        dedupe: float | bool | None = None,
     ) -> list[str]:
         """Store many memories in one atomic commit: all become visible together, or none do.
 
         ``metadata`` is one dict for every item or a list with one per item. ``progress(n)`` is called
         as each batch of ``n`` items has been embedded.
+
+        ``dedupe`` (default: the store's ``dedupe`` setting) is a cosine threshold: an item whose embedding
+        is at least that similar to a memory of the same modality and namespace (committed, or earlier in
+        this batch) is not stored again, and its place in the returned list holds the existing id.
+        ``True`` means :data:`DEFAULT_DEDUPE`, ``False`` turns it off for this call. Items that become
+        several rows (audio longer than one window) are always stored.
         """
+        threshold = self._dedupe_threshold(dedupe)
         if isinstance(items, (str, bytes, bytearray)):
             raise InvalidInputError("add_many takes a list of items; use add() for a single one")
         try:
@@ -140,21 +155,123 @@ class WritesMixin:
                 columns,
             )
 
-        def build(m: Manifest) -> Manifest:
+        return self._commit_tables(
+            f"add {n}", tables, providers, text_providers, row_items, namespace, threshold
+        )
+
+    def _commit_tables(
+        self,
+        operation: str,
+        tables: dict[str, pa.Table],
+        providers: dict[str, EmbeddingProvider],
+        text_providers: dict[str, EmbeddingProvider | None],
+        row_items: dict[str, list[int]],
+        namespace: str,
+        dedupe: float | None = None,
+    ) -> list[str]:
+        """Commit embedded rows (from :meth:`_rows`) atomically; ids in input order.
+
+        ``row_items[mod][r]`` is the input index of row ``r`` of ``tables[mod]``. With ``dedupe``, rows
+        near-identical to a committed memory or an earlier row are dropped inside the commit (under the
+        writers' lock, so two writers cannot both add the same memory) and map to the surviving id.
+        """
+        same_as: dict[tuple[str, int], str] = {}  # (modality, row) -> existing id
+
+        def build(m: Manifest) -> Manifest | None:
+            same_as.clear()  # a retried attempt starts over
+            changed = False
             for mod, table in tables.items():
                 state = self._table_state(m, mod, providers[mod], text_providers[mod])
-                state.fragments.append(self._storage.write_fragment(mod, table))
-            return m
+                if dedupe is not None:
+                    table = self._drop_duplicates(m, mod, table, row_items[mod], namespace, dedupe, same_as)
+                if table.num_rows:
+                    state.fragments.append(self._storage.write_fragment(mod, table))
+                    changed = True
+            return m if changed else None
 
-        self._storage.commit(f"add {n}", build)
+        self._storage.commit(operation, build)
         ordered = sorted(
-            (item, row, id_)
+            (item, row, same_as.get((mod, row), id_))
             for mod, table in tables.items()
             for row, (item, id_) in enumerate(
                 zip(row_items[mod], table.column("id").to_pylist(), strict=True)
             )
         )
         return [id_ for _, _, id_ in ordered]  # input order (an item split into windows: its rows in order)
+
+    # --- deduplication -----------------------------------------------------------------------------
+    def _dedupe_threshold(self, dedupe: float | bool | None) -> float | None:
+        if dedupe is None:
+            dedupe = getattr(self, "_dedupe", None)
+        if dedupe is None or dedupe is False:
+            return None
+        if dedupe is True:
+            return DEFAULT_DEDUPE
+        if isinstance(dedupe, (int, float)) and 0.0 < float(dedupe) <= 1.0:
+            return float(dedupe)
+        raise InvalidInputError(f"dedupe must be a cosine threshold in (0, 1], True or False; got {dedupe!r}")
+
+    def _drop_duplicates(
+        self,
+        m: Manifest,
+        modality: str,
+        table: pa.Table,
+        rows_item: list[int],
+        namespace: str,
+        threshold: float,
+        same_as: dict[tuple[str, int], str],
+    ) -> pa.Table:
+        """``table`` without the rows that duplicate a committed memory or an earlier kept row."""
+        import numpy as np
+
+        per_item: dict[int, int] = {}
+        for item in rows_item:
+            per_item[item] = per_item.get(item, 0) + 1
+        vectors = table.column("embedding").combine_chunks().values.to_numpy().reshape(table.num_rows, -1)
+        ids = table.column("id").to_pylist()
+        best_ids, best = self._nearest(modality, vectors, namespace, manifest=m)
+        keep: list[int] = []
+        for r in range(table.num_rows):
+            if per_item[rows_item[r]] > 1:  # one window of a long recording: never deduplicated
+                keep.append(r)
+                continue
+            match, score = best_ids[r], float(best[r])
+            if keep:  # earlier rows of this batch that are being stored
+                sims = vectors[keep] @ vectors[r]
+                j = int(np.argmax(sims))
+                if float(sims[j]) > score:
+                    match, score = ids[keep[j]], float(sims[j])
+            if match is not None and score >= threshold:
+                same_as[(modality, r)] = match
+            else:
+                keep.append(r)
+        return table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64()))
+
+    def _nearest(
+        self, modality: str, vectors: Any, namespace: str, manifest: Manifest | None = None
+    ) -> tuple[list[str | None], Any]:
+        """For each row of ``vectors`` (unit length), the most similar committed memory of ``namespace``:
+        its id and cosine (``None`` and ``-inf`` when there is none)."""
+        import numpy as np
+
+        m = manifest if manifest is not None else self._manifest()
+        n = len(vectors)
+        best_ids: list[str | None] = [None] * n
+        best = np.full(n, -np.inf, dtype=np.float64)
+        state = m.tables.get(modality)
+        for frag in state.fragments if state else []:
+            t = self._read_fragment(frag, columns=["id", "namespace", "embedding"])
+            t = t.filter(pc.equal(t.column("namespace"), namespace))
+            if not t.num_rows:
+                continue
+            stored = t.column("embedding").combine_chunks().values.to_numpy().reshape(t.num_rows, -1)
+            sims = np.asarray(vectors, dtype=np.float32) @ stored.T  # (n, rows)
+            j = sims.argmax(axis=1)
+            top = sims[np.arange(n), j]
+            frag_ids = t.column("id").to_pylist()
+            for r in np.nonzero(top > best)[0]:
+                best[r], best_ids[r] = top[r], frag_ids[j[r]]
+        return best_ids, best
 
     def _text_provider_for(self, modality: str) -> EmbeddingProvider | None:
         """The provider that embeds ``modality``'s derived text column (audio transcripts), if any."""
@@ -272,6 +389,7 @@ class WritesMixin:
 
         def build(m: Manifest) -> Manifest:
             found: set[str] = set()
+            gone: list[tuple[str, dict[str, Any]]] = []
             for mod, state in m.tables.items():
                 kept: list[Fragment] = []
                 for frag in state.fragments:
@@ -281,6 +399,7 @@ class WritesMixin:
                     table = self._read_fragment(frag)
                     hit = pc.is_in(table.column("id"), pa.array(sorted(wanted), pa.string()))
                     found.update(pc.filter(table.column("id"), hit).to_pylist())
+                    gone.extend((mod, row) for row in table.filter(hit).to_pylist())
                     rest = table.filter(pc.invert(hit))
                     if rest.num_rows:
                         kept.append(self._storage.write_fragment(mod, rest))
@@ -292,6 +411,7 @@ class WritesMixin:
                     + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                     + "; nothing was deleted"
                 )
+            self._log_changes(m, "delete", gone)
             return m
 
         self._storage.commit(f"delete {len(wanted)}", build)
@@ -329,6 +449,7 @@ class WritesMixin:
                 table = self._read_fragment(frag)
                 hit = pc.equal(table.column("id"), id)
                 row = table.filter(hit).to_pylist()[0]
+                self._log_changes(m, "update", [(current.modality, dict(row))])
                 row["updated_at"] = now_utc()
                 if meta is not None:
                     row["metadata"] = meta
@@ -364,6 +485,10 @@ class WritesMixin:
                     table = pa.concat_tables([self._read_fragment(f) for f in state.fragments])
                     merged[mod] = len(state.fragments)
                     state.fragments = [self._storage.write_fragment(mod, table)] if table.num_rows else []
+            if modality is None and len(m.history) > 1:
+                table = pa.concat_tables([self._read_fragment(f) for f in m.history])
+                merged[HISTORY_DIR] = len(m.history)
+                m.history = [self._storage.write_fragment(HISTORY_DIR, table)]
             return m if merged else None
 
         self._storage.commit("compact", build)
@@ -372,6 +497,84 @@ class WritesMixin:
     def cleanup(self, older_than: float = 3600.0) -> dict[str, int]:
         """Remove old versions and files no retained version names (older than ``older_than`` seconds)."""
         return self._storage.cleanup(older_than)
+
+    # --- history -----------------------------------------------------------------------------------
+    def _log_changes(self, m: Manifest, operation: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        """Append the before-state of changed memories to the change log, in the same commit."""
+        import hashlib
+
+        if not rows:
+            return
+        at = now_utc()
+        log = {
+            "memory_id": [r["id"] for _, r in rows],
+            "modality": [mod for mod, _ in rows],
+            "namespace": [r["namespace"] for _, r in rows],
+            "version": [m.version + 1] * len(rows),  # the version this commit creates
+            "at": [at] * len(rows),
+            "operation": [operation] * len(rows),
+            "created_at": [r.get("created_at") for _, r in rows],
+            "updated_at": [r.get("updated_at") for _, r in rows],
+            "source": [r.get("source") for _, r in rows],
+            "content": [r.get("content") for _, r in rows],
+            "media_type": [r.get("media_type") for _, r in rows],
+            "media_sha256": [
+                hashlib.sha256(r["media"]).hexdigest() if r.get("media") is not None else None for _, r in rows
+            ],
+            "metadata": [r.get("metadata") for _, r in rows],
+            "transcript": [r.get("transcript") for _, r in rows],
+        }
+        table = pa.table([log[f.name] for f in HISTORY_SCHEMA], schema=HISTORY_SCHEMA)
+        m.history.append(self._storage.write_fragment(HISTORY_DIR, table))
+
+    def history(self, id: str) -> list[dict[str, Any]]:
+        """A memory's timeline, oldest first: ``add``, each ``update``, and ``delete`` if it was deleted.
+
+        Each entry has ``operation``, ``at`` (when), ``version`` (the store version of the change; ``None``
+        for the add) and the memory's state *after* that change: ``content``, ``metadata``, ``source``,
+        ``media_type``, ``media_sha256``, ``transcript`` (all ``None`` after a delete). Works for deleted
+        memories too: the log keeps what they were. Raises ``MemoryNotFoundError`` for an id never seen.
+        """
+        import hashlib
+        import json
+
+        if not isinstance(id, str):
+            raise InvalidInputError(f"memory ids are strings, got {type(id).__name__}")
+        check_utf8(id, "a memory id")
+        m = self._manifest()
+        changes: list[dict[str, Any]] = []
+        for frag in m.history:
+            t = self._read_fragment(frag)
+            changes.extend(t.filter(pc.equal(t.column("memory_id"), id)).to_pylist())
+        changes.sort(key=lambda c: c["version"])
+        current: dict[str, Any] | None = None
+        try:
+            mem = self.get(id)
+            current = {
+                "content": mem.content,
+                "metadata": mem.metadata,
+                "source": mem.source,
+                "media_type": mem.media_type,
+                "media_sha256": hashlib.sha256(mem.media).hexdigest() if mem.media is not None else None,
+                "transcript": mem.extra.get("transcript"),
+            }
+        except MemoryNotFoundError:
+            if not changes:
+                raise
+        keys = ("content", "source", "media_type", "media_sha256", "transcript")
+
+        def state(c: dict[str, Any]) -> dict[str, Any]:
+            return {**{k: c[k] for k in keys}, "metadata": json.loads(c["metadata"] or "{}")}
+
+        first = changes[0] if changes else None
+        created = first["created_at"] if first else mem.created_at
+        states = [state(c) for c in changes] + [current]  # states[i]: the state after event i
+        events = [("add", created, None)] + [(c["operation"], c["at"], c["version"]) for c in changes]
+        out = []
+        for (op, at, version), after in zip(events, states, strict=True):
+            after = after or dict.fromkeys((*keys, "metadata"))
+            out.append({"operation": op, "at": at, "version": version, **after})
+        return out
 
     def _has_ids(self, frag: Fragment, ids: set[str]) -> bool:
         """Whether a fragment holds any of ``ids``, reading only its id column (not the media)."""
