@@ -1,0 +1,221 @@
+"""LangChain adapters: ``AiosMemoryVectorStore`` (a ``VectorStore``; ``as_retriever()`` works) and
+``AiosMemoryEmbeddings`` (an ``Embeddings`` over a registered provider, MiniLM by default).
+
+    from aios_memory.integrations.langchain import AiosMemoryVectorStore
+    vs = AiosMemoryVectorStore("agent-memory", namespace="user-42")
+    vs.add_texts(["The user's cat is called Miso"], metadatas=[{"kind": "fact"}])
+    vs.as_retriever(search_kwargs={"k": 1, "filter": {"kind": "fact"}}).invoke("pets?")
+
+The store embeds texts with its own text provider: vectors are never taken from another embedding
+model. Documents live in one namespace (per agent, user or session). Ids a caller gives are kept in
+the memory's metadata (key ``lc_id``) and are what ``Document.id`` reports; adding a text with an id
+that exists in the namespace replaces that document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aios_memory.integrations._common import (
+    add_kwargs,
+    compile_filter,
+    dict_filter,
+    metadata_of,
+    require,
+    select,
+    vector_search,
+)
+
+try:
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.vectorstores import VectorStore
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise require("langchain_core", "langchain") from exc
+
+from aios_memory.errors import InvalidInputError
+from aios_memory.store import MemoryStore
+
+ID_KEY = "lc_id"  # metadata key holding a caller-given LangChain id
+DEFAULT_TEXT_PROVIDER = "minilm-l6-v2"
+
+
+def _text_provider(provider: Any) -> Any:
+    from aios_memory.plugins import get_provider
+
+    p = get_provider(provider) if isinstance(provider, str) else provider
+    if p.modality != "text":
+        raise InvalidInputError(f"provider {p.name!r} embeds {p.modality}, not text")
+    return p
+
+
+class AiosMemoryEmbeddings(Embeddings):
+    """LangChain ``Embeddings`` backed by an aios-memory text provider (default: MiniLM-L6-v2, 384-d)."""
+
+    def __init__(self, provider: Any = DEFAULT_TEXT_PROVIDER) -> None:
+        self.provider = _text_provider(provider)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.provider.embed_batch(list(texts)).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.provider.embed_query(text, "text").tolist()
+
+
+def _open(store: MemoryStore | str | Path) -> MemoryStore:
+    return store if isinstance(store, MemoryStore) else MemoryStore(store)
+
+
+class AiosMemoryVectorStore(VectorStore):
+    """A LangChain vector store over the text memories of one namespace of a ``MemoryStore``.
+
+    ``filter`` (in the search methods, and ``as_retriever(search_kwargs=...)``) is a dict over metadata:
+    ``{"kind": "fact"}``, ``{"year": {"$gte": 2020}}``, ``{"$or": [{...}, {...}]}``; operators ``$eq $ne
+    $gt $gte $lt $lte $in $nin $like`` and ``$and $or $not``. It becomes a parameterised SQL predicate.
+    Scores are cosine similarities (higher is closer).
+    """
+
+    def __init__(
+        self,
+        store: MemoryStore | str | Path,
+        *,
+        namespace: str = "default",
+        embedding: Embeddings | None = None,
+    ) -> None:
+        from aios_memory.memory import check_namespace
+
+        self.store = _open(store)
+        self.namespace = check_namespace(namespace)
+        if embedding is not None:
+            if not isinstance(embedding, AiosMemoryEmbeddings):
+                raise InvalidInputError(
+                    "aios-memory embeds with its own providers; pass embedding=AiosMemoryEmbeddings(...) "
+                    f"or none, not {type(embedding).__name__}"
+                )
+            provider = self.store.provider_for("text")
+            if embedding.provider.name != provider.name:
+                raise InvalidInputError(
+                    f"the store embeds text with {provider.name!r}, not {embedding.provider.name!r}"
+                )
+
+    @property
+    def embeddings(self) -> Embeddings:
+        return AiosMemoryEmbeddings(self.store.provider_for("text"))
+
+    # --- writing -----------------------------------------------------------------------------------
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Embed and store ``texts`` in one commit; returns their ids (the given ones, else new ones)."""
+        texts = list(texts)
+        n = len(texts)
+        if metadatas is not None and len(metadatas) != n:
+            raise ValueError(f"got {len(metadatas)} metadatas for {n} texts")
+        if ids is not None and len(ids) != n:
+            raise ValueError(f"got {len(ids)} ids for {n} texts")
+        metas = [dict(m or {}) for m in (metadatas or [{}] * n)]
+        given = list(ids) if ids is not None else [None] * n
+        for meta, id_ in zip(metas, given, strict=True):
+            meta.pop(ID_KEY, None)
+            if id_ is not None:
+                if not isinstance(id_, str) or not id_:
+                    raise InvalidInputError(f"document ids are non-empty strings, got {id_!r}")
+                meta[ID_KEY] = id_
+        replaced = self._resolve([i for i in given if i is not None])
+        new = self.store.add_many(texts, namespace=self.namespace, metadata=metas, **add_kwargs(self.store))
+        if replaced:  # upsert: the older memories with these ids go once the new ones are committed
+            self.store.delete(replaced)
+        return [g if g is not None else s for g, s in zip(given, new, strict=True)]
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Delete documents by id (``None``: every document of the namespace); unknown ids are ignored."""
+        rows = (
+            self._resolve(ids) if ids is not None else [r["id"] for r in select(self.store, self.namespace)]
+        )
+        if rows:
+            self.store.delete(rows)
+        return True
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        store: MemoryStore | str | Path | None = None,
+        namespace: str = "default",
+        **kwargs: Any,
+    ) -> AiosMemoryVectorStore:
+        """A vector store on ``store`` (a path or ``MemoryStore``; required) holding ``texts``."""
+        if store is None:
+            raise ValueError("from_texts needs store= (a MemoryStore or the path of its directory)")
+        vs = cls(store, namespace=namespace, embedding=embedding)
+        vs.add_texts(texts, metadatas, ids=ids)
+        return vs
+
+    # --- reading -----------------------------------------------------------------------------------
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        return [self._document(r) for r in self._rows(ids)]
+
+    def similarity_search(
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[Document]:
+        return [doc for doc, _ in self.similarity_search_with_score(query, k, filter=filter, **kwargs)]
+
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """``(document, cosine similarity)`` pairs, best first."""
+        where, params = compile_filter(dict_filter(filter)) if filter else (None, None)
+        hits = self.store.search(
+            query, k=k, modality="text", namespace=self.namespace, where=where, params=params
+        )
+        return [(self._document(m.__dict__), float(m.score)) for m in hits]
+
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[Document]:
+        return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, filter=filter)]
+
+    def similarity_search_with_score_by_vector(
+        self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None
+    ) -> list[tuple[Document, float]]:
+        """Rank by a query vector in the store's text space (e.g. from ``self.embeddings``)."""
+        where, params = compile_filter(dict_filter(filter)) if filter else (None, [])
+        rows = vector_search(self.store, embedding, k, self.namespace, where, params)
+        return [(self._document(r), float(r["score"])) for r in rows]
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        return lambda score: min(1.0, max(0.0, score))  # cosine similarity, negatives as 0
+
+    # --- helpers -----------------------------------------------------------------------------------
+    def _rows(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The namespace's memories whose store id or given id is in ``ids``."""
+        wanted = [i for i in ids if isinstance(i, str)]
+        if not wanted:
+            return []
+        return select(
+            self.store,
+            self.namespace,
+            "list_contains(?::VARCHAR[], id) OR list_contains(?::VARCHAR[], json_extract_string(metadata, '$.lc_id'))",
+            [wanted, wanted],
+        )
+
+    def _resolve(self, ids: Sequence[str]) -> list[str]:
+        return [r["id"] for r in self._rows(ids)]
+
+    @staticmethod
+    def _document(row: dict[str, Any]) -> Document:
+        meta = row["metadata"] if isinstance(row.get("metadata"), dict) else metadata_of(row)
+        meta = dict(meta)
+        given = meta.pop(ID_KEY, None)
+        return Document(id=given or row["id"], page_content=row["content"] or "", metadata=meta)

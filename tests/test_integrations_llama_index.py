@@ -1,0 +1,236 @@
+"""The LlamaIndex adapters against the real ``llama-index-core`` and the real MiniLM weights, with every
+network connection refused: nothing may download (no OpenAI default, no NLTK or tiktoken fetch)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from llama_index.core import Document, Settings, StorageContext, VectorStoreIndex
+from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
+from llama_index.core.vector_stores.types import (
+    ExactMatchFilter,
+    FilterCondition,
+    FilterOperator,
+    MetadataFilter,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryMode,
+)
+
+from aios_memory import InvalidInputError
+from aios_memory.integrations.llama_index import AiosMemoryEmbedding, AiosMemoryVectorStore
+
+NODES = [
+    ("n-cat", "The user's cat is called Miso", {"kind": "fact", "year": 2024}, "doc-profile"),
+    ("n-tea", "The user prefers green tea over coffee", {"kind": "fact", "year": 2023}, "doc-profile"),
+    ("n-tokyo", "Flight to Tokyo on April 3", {"kind": "travel", "year": 2025}, "doc-calendar"),
+    (
+        "n-dentist",
+        "Dentist appointment on March 14 at 10:30",
+        {"kind": "health", "year": 2025},
+        "doc-calendar",
+    ),
+    ("n-parquet", "Parquet is a columnar storage format", {"kind": "note", "source": "wiki"}, "doc-notes"),
+]
+QUERIES = {
+    "what pet does the user have?": "n-cat",
+    "which hot drink does the user like?": "n-tea",
+    "when is the trip to Japan?": "n-tokyo",
+    "teeth checkup": "n-dentist",
+    "file formats for tables": "n-parquet",
+}
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(self, address, *args, **kwargs):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(f"network connection attempted to {address!r}")
+        return real_connect(self, address, *args, **kwargs)
+
+    real_connect = socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+def _nodes() -> list[TextNode]:
+    return [
+        TextNode(
+            id_=node_id,
+            text=text,
+            metadata=meta,
+            relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=doc)},
+        )
+        for node_id, text, meta, doc in NODES
+    ]
+
+
+@pytest.fixture()
+def index(model_home, tmp_path):
+    vector_store = AiosMemoryVectorStore(tmp_path / "store", namespace="agent-1")
+    index = VectorStoreIndex(
+        _nodes(),
+        storage_context=StorageContext.from_defaults(vector_store=vector_store),
+        embed_model=AiosMemoryEmbedding(),
+    )
+    return index
+
+
+def test_retriever_ranks_the_right_node_first_with_cosine_scores(index):
+    emb = AiosMemoryEmbedding()
+    texts = {node_id: text for node_id, text, _, _ in NODES}
+    vecs = dict(zip(texts, np.array(emb.get_text_embedding_batch(list(texts.values()))), strict=True))
+    retriever = index.as_retriever(similarity_top_k=len(NODES))
+    for query, expected in QUERIES.items():
+        hits = retriever.retrieve(query)
+        assert hits[0].node.node_id == expected, (query, [h.node.node_id for h in hits])
+        q = np.array(emb.get_query_embedding(query))
+        assert np.allclose([h.score for h in hits], [vecs[h.node.node_id] @ q for h in hits], atol=1e-5)
+    assert Settings._embed_model is None and Settings._llm is None  # the global defaults never resolved
+
+
+def test_nodes_round_trip(index):
+    vector_store = index.vector_store
+    got = {n.node_id: n for n in vector_store.get_nodes()}
+    assert set(got) == {node_id for node_id, *_ in NODES}
+    for node_id, text, meta, doc in NODES:
+        node = got[node_id]
+        assert type(node) is TextNode and node.text == text and node.metadata == meta
+        assert node.ref_doc_id == doc and node.source_node.node_id == doc
+    assert [n.node_id for n in vector_store.get_nodes(node_ids=["n-tea"])] == ["n-tea"]
+
+
+def test_metadata_filters(index):
+    def ids(*filters, condition=FilterCondition.AND, query="anything"):
+        f = MetadataFilters(filters=list(filters), condition=condition)
+        return sorted(
+            h.node.node_id for h in index.as_retriever(similarity_top_k=10, filters=f).retrieve(query)
+        )
+
+    assert ids(ExactMatchFilter(key="kind", value="fact")) == ["n-cat", "n-tea"]
+    assert ids(MetadataFilter(key="year", value=2025, operator=FilterOperator.GTE)) == [
+        "n-dentist",
+        "n-tokyo",
+    ]
+    assert ids(MetadataFilter(key="year", value=2024, operator=FilterOperator.LT)) == ["n-tea"]
+    assert ids(MetadataFilter(key="kind", value=["note", "health"], operator=FilterOperator.IN)) == [
+        "n-dentist",
+        "n-parquet",
+    ]
+    assert ids(MetadataFilter(key="kind", value="fact", operator=FilterOperator.NE)) == [
+        "n-dentist",
+        "n-parquet",
+        "n-tokyo",
+    ]
+    assert ids(MetadataFilter(key="source", value="wik", operator=FilterOperator.TEXT_MATCH)) == ["n-parquet"]
+    assert ids(
+        ExactMatchFilter(key="kind", value="travel"),
+        ExactMatchFilter(key="kind", value="note"),
+        condition="or",
+    ) == ["n-parquet", "n-tokyo"]
+    nested = MetadataFilters(
+        filters=[
+            ExactMatchFilter(key="kind", value="fact"),
+            MetadataFilters(
+                filters=[MetadataFilter(key="year", value=2024, operator=FilterOperator.GTE)], condition="and"
+            ),
+        ],
+        condition="and",
+    )
+    assert [h.node.node_id for h in index.as_retriever(filters=nested, similarity_top_k=5).retrieve("x")] == [
+        "n-cat"
+    ]
+    assert ids(ExactMatchFilter(key="year", value="2024")) == []  # a string is not the number 2024
+    hits = index.as_retriever(
+        similarity_top_k=1, filters=MetadataFilters(filters=[ExactMatchFilter(key="kind", value="fact")])
+    ).retrieve("which hot drink does the user like?")
+    assert [h.node.node_id for h in hits] == ["n-tea"]
+    with pytest.raises(InvalidInputError, match="not supported"):
+        ids(MetadataFilter(key="kind", value=["a"], operator=FilterOperator.ANY))
+    with pytest.raises(InvalidInputError):
+        ids(ExactMatchFilter(key="kind') OR TRUE --", value="x"))
+
+
+def test_delete_by_document_nodes_and_clear(index):
+    vector_store = index.vector_store
+    index.delete_ref_doc("doc-calendar")
+    assert sorted(n.node_id for n in vector_store.get_nodes()) == ["n-cat", "n-parquet", "n-tea"]
+    assert (
+        index.as_retriever(similarity_top_k=1).retrieve("when is the trip to Japan?")[0].node.node_id
+        != "n-tokyo"
+    )
+    vector_store.delete_nodes(node_ids=["n-tea"])
+    assert sorted(n.node_id for n in vector_store.get_nodes()) == ["n-cat", "n-parquet"]
+    vector_store.delete_nodes(filters=MetadataFilters(filters=[ExactMatchFilter(key="kind", value="note")]))
+    assert [n.node_id for n in vector_store.get_nodes()] == ["n-cat"]
+    vector_store.clear()
+    assert vector_store.get_nodes() == []
+
+
+def test_upsert_namespaces_and_query_forms(index, tmp_path):
+    vector_store = index.vector_store
+    # the same node id again replaces the node
+    vector_store.add(
+        [TextNode(id_="n-cat", text="The user's cat is now called Tom", metadata={"kind": "fact"})]
+    )
+    cats = vector_store.get_nodes(node_ids=["n-cat"])
+    assert [n.text for n in cats] == ["The user's cat is now called Tom"]
+    # another namespace of the same store sees none of these nodes
+    other = AiosMemoryVectorStore(vector_store.client, namespace="agent-2")
+    assert other.get_nodes() == []
+    other.add([TextNode(id_="n-x", text="Agent two remembers the rocket launch")])
+    assert [n.node_id for n in other.get_nodes()] == ["n-x"] and len(vector_store.get_nodes()) == len(NODES)
+    # a query by text alone (no embedding) and by embedding give the same result
+    emb = AiosMemoryEmbedding()
+    by_text = vector_store.query(
+        VectorStoreQuery(query_str="what pet does the user have?", similarity_top_k=2)
+    )
+    by_vec = vector_store.query(
+        VectorStoreQuery(
+            query_embedding=emb.get_query_embedding("what pet does the user have?"), similarity_top_k=2
+        )
+    )
+    assert by_text.ids == by_vec.ids and by_text.ids[0] == "n-cat"
+    assert np.allclose(by_text.similarities, by_vec.similarities, atol=1e-5)
+    assert vector_store.query(
+        VectorStoreQuery(query_str="x", similarity_top_k=3, doc_ids=["doc-notes"])
+    ).ids == ["n-parquet"]
+    with pytest.raises(InvalidInputError, match="384"):
+        vector_store.query(VectorStoreQuery(query_embedding=[0.5] * 8, similarity_top_k=1))
+    with pytest.raises(InvalidInputError, match="mode"):
+        vector_store.query(VectorStoreQuery(query_str="x", mode=VectorStoreQueryMode.MMR))
+
+
+def test_from_documents_offline(model_home, tmp_path):
+    """The default node parser (SentenceSplitter, tiktoken) runs offline; documents keep their ids."""
+    vector_store = AiosMemoryVectorStore(tmp_path / "store")
+    index = VectorStoreIndex.from_documents(
+        [
+            Document(text="Paris is the capital of France. It lies on the Seine.", id_="geo"),
+            Document(text="The mitochondria is the powerhouse of the cell.", id_="bio"),
+        ],
+        storage_context=StorageContext.from_defaults(vector_store=vector_store),
+        embed_model=AiosMemoryEmbedding(),
+    )
+    hit = index.as_retriever(similarity_top_k=1).retrieve("biology of cells")[0]
+    assert hit.node.ref_doc_id == "bio" and "mitochondria" in hit.node.text
+
+
+def test_the_network_guard_refuses_connections():
+    with pytest.raises(AssertionError, match="network connection attempted"):
+        socket.create_connection(("127.0.0.1", 9), timeout=1)
+
+
+def test_without_llama_index_the_import_says_what_to_install():
+    code = (
+        "import sys; sys.modules['llama_index'] = None\n"  # as if llama-index-core were not installed
+        "import aios_memory.integrations.llama_index\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and 'pip install "aios-memory[llama-index]"' in proc.stderr
