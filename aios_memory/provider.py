@@ -99,6 +99,40 @@ class EmbeddingProvider:
     def _embed_with_columns(self, items: list[Any]) -> tuple[Any, list[dict[str, Any]]]:
         return self._embed(items), [{} for _ in items]
 
+    # --- split embedding: CPU preprocessing in worker threads, model compute in one ------------------------
+    def preprocess(self, items: list[Any]) -> Any:
+        """Pure CPU work on checked items (decode, resize, log-mel): returns what ``forward`` takes.
+
+        Thread-safe and model-free apart from a config read, so an ingestion pipeline runs it in worker
+        threads while the model computes the previous batch. Default: the items themselves.
+        ``forward(preprocess(items))`` must equal ``_embed_with_columns(items)`` exactly.
+        """
+        return items
+
+    def forward(self, batch: Any) -> tuple[Any, list[dict[str, Any]]]:
+        """Model compute on a ``preprocess`` result: ``(vectors, per-item columns)``. Default: the whole
+        of ``_embed_with_columns`` (providers that do not split do all their work here)."""
+        return self._embed_with_columns(batch)
+
+    def preprocess_batch(self, items: Sequence[Any]) -> Any:
+        """Check items at the boundary, then ``preprocess`` them (loads the model first, for its config)."""
+        items = list(items)
+        for item in items:
+            self._check_item(item, self.modality)
+        self.load()
+        return self.preprocess(items)
+
+    def embed_preprocessed(self, batch: Any, n: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """``forward`` a ``preprocess_batch`` result of ``n`` items; vectors checked and normalised like
+        ``embed_with_columns``, whose result this equals."""
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32), []
+        self.load()
+        vectors, columns = self.forward(batch)
+        if len(columns) != n:
+            raise ProviderError(f"provider {self.name!r} returned {len(columns)} column rows for {n} items")
+        return self._finish(vectors, n), [dict(c) for c in columns]
+
     def embed_query(self, query: Any, modality: str | None = None) -> np.ndarray:
         """Embed one query to search this provider's table; ``modality`` is the query's own modality."""
         modality = modality or self.modality

@@ -6,8 +6,21 @@ metadata (key ``aios_memory.weights``) holds the format version, the model's con
 came from, and the sha256 of any side files (tokenizers) written beside it. No pickle, no code: bytes,
 shapes and hashes only.
 
-Reading is one copy: Parquet pages (uncompressed) are decoded once into an Arrow buffer, and every
-tensor is a zero-copy view of that buffer. Every tensor's sha256 is checked before it is handed out.
+Reading is zero-copy where the layout allows it, which is every file ``write_weights`` writes: one tensor
+per row group, one uncompressed PLAIN data page per chunk, so a tensor's bytes are the last bytes of its
+column chunk, right after their 4-byte length. ``read_weights`` maps the file (``mmap``, copy-on-write)
+and hands out views of the mapped pages, after checking every offset against the footer and the file size
+and every length prefix; any other layout (compression, a dictionary page, a rewritten file) falls back to
+decoding the pages once into an Arrow buffer. Either way every tensor's sha256 is checked, straight from
+the bytes it will be read from, before it is handed out.
+
+Why copy-on-write (``ACCESS_COPY``) and not a read-only map: the tensors are writable memory, so torch
+takes them without its "non-writable buffer" warning, and a model that wrote into a weight in place would
+get a private copy of that page, never touching the file or another process's view. Pages nobody writes
+stay shared with the page cache, so a loaded model costs no anonymous memory. The map outlives the file
+name: ``write_weights`` replaces files by rename, so a reinstall never changes the pages a running
+process maps. Truncating or rewriting a weight file in place under a running process (which nothing here
+does) would show through the map, or fault with SIGBUS: as with any mapped file, don't.
 """
 
 from __future__ import annotations
@@ -15,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
+import os
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -132,8 +147,11 @@ class Tensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    buffer: pa.Buffer  # zero-copy view into the decoded Parquet column
+    buffer: pa.Buffer  # zero-copy view into the mapped file, or into the decoded Parquet column
     sha256: str
+    view: memoryview | None = field(
+        default=None, repr=False
+    )  # mapped tensors: a writable (copy-on-write) view
 
     def numpy(self) -> np.ndarray:
         np_dtype = DTYPES[self.dtype][0]
@@ -144,7 +162,8 @@ class Tensor:
         return np.frombuffer(self.buffer, dtype=np.dtype(np_dtype).newbyteorder("<")).reshape(self.shape)
 
     def torch(self) -> Any:
-        """A torch tensor sharing this tensor's memory (read-only by contract: do not modify in place)."""
+        """A torch tensor sharing this tensor's memory. Mapped tensors are copy-on-write pages: writing
+        one in place changes this process's copy only. Decoded tensors are read-only by contract."""
         import warnings
 
         import torch
@@ -152,6 +171,8 @@ class Tensor:
         dtype = getattr(torch, self.dtype)
         if self.buffer.size == 0:
             return torch.empty(self.shape, dtype=dtype)
+        if self.view is not None:
+            return torch.from_numpy(np.frombuffer(self.view, dtype=np.uint8)).view(dtype).reshape(self.shape)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": we never write to it
             raw = torch.from_numpy(np.frombuffer(self.buffer, dtype=np.uint8))
@@ -167,11 +188,21 @@ class WeightFile:
     files: dict[str, str]
     tensors: dict[str, Tensor] = field(repr=False)
     nbytes: int = 0
+    mapped: bool = False  # True: tensors are views of the mmap'd file; False: of a decoded copy
+
+    def mismatches(self, threads: int = 2) -> list[str]:
+        """Names of the tensors whose bytes do not match their sha256, in file order."""
+        # largest first, so one big embedding table does not start last and run alone
+        order = sorted(self.tensors.values(), key=lambda t: -t.buffer.size)
+        with ThreadPoolExecutor(max(1, threads)) as pool:  # hashlib releases the GIL on large buffers
+            bad = {n for n in pool.map(_verify, order) if n}
+        return [n for n in self.tensors if n in bad]
 
     def verify(self, threads: int = 2) -> None:
         """Check every tensor's sha256; raises ``WeightFileError`` naming the first mismatching tensor."""
-        with ThreadPoolExecutor(max(1, threads)) as pool:  # hashlib releases the GIL on large buffers
-            bad = [n for n in pool.map(_verify, self.tensors.values()) if n]
+        self._refuse(self.mismatches(threads))
+
+    def _refuse(self, bad: list[str]) -> None:
         if bad:
             raise WeightFileError(
                 f"{self.path}: sha256 mismatch in tensor {bad[0]!r}"
@@ -229,51 +260,256 @@ def _verify(t: Tensor) -> str | None:
     return None if hashlib.sha256(memoryview(t.buffer)).hexdigest() == t.sha256 else t.name
 
 
+def _bad(path: Path, why: str) -> WeightFileError:
+    return WeightFileError(f"{path} is truncated or corrupt ({why}); reinstall the model")
+
+
+def _row_columns(
+    path: Path, meta: dict[str, Any], source: Any = None
+) -> tuple[pq.ParquetFile, dict[str, list[Any]]]:
+    """The open file and its small per-tensor columns (everything but ``data``), each row checked.
+    ``source``: the mapped file's bytes, so footer, columns and tensors come from one and the same inode."""
+    try:
+        pf = pq.ParquetFile(source if source is not None else path, memory_map=False, pre_buffer=False)
+        small = pf.read(columns=["name", "dtype", "shape", "nbytes", "sha256"], use_threads=False)
+    except (pa.ArrowException, OSError) as exc:
+        raise _bad(path, str(exc)) from exc
+    if small.num_rows != meta.get("tensors") or pf.metadata.num_rows != small.num_rows:
+        raise WeightFileError(f"{path} has {small.num_rows} tensors, its metadata says {meta.get('tensors')}")
+    cols = {n: small.column(n).to_pylist() for n in small.column_names}
+    for name, dtype, shape, nbytes in zip(
+        cols["name"], cols["dtype"], cols["shape"], cols["nbytes"], strict=True
+    ):
+        if dtype not in DTYPES:
+            raise WeightFileError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        if any(d < 0 for d in shape) or nbytes < 0:
+            raise WeightFileError(f"{path}: tensor {name!r} has a negative dimension or size")
+        if math.prod(shape) * DTYPES[dtype][1] != nbytes:
+            raise WeightFileError(
+                f"{path}: tensor {name!r} has {nbytes} bytes, which does not fit shape {tuple(shape)}"
+            )
+    return pf, cols
+
+
+def _padded(nbytes: int) -> int:
+    return nbytes + (-nbytes % ALIGN)
+
+
+def data_spans(pf: pq.ParquetFile, nbytes: list[int], file_size: int) -> list[tuple[int, int]] | None:
+    """``[(offset, length), ...]`` of each tensor's padded bytes in the file, from the footer alone, or
+    None when the layout is not the one ``write_weights`` writes (then the pages must be decoded).
+
+    The layout: row group i holds tensor i alone; its ``data`` chunk is one uncompressed PLAIN page (no
+    dictionary, no levels: the column is required and flat) whose last bytes are the value, preceded by
+    its 4-byte length. Every span is checked to lie inside the file's data region, between the magic and
+    the footer; the length prefixes are checked by the caller against the mapped bytes.
+    """
+    md = pf.metadata
+    if md.num_row_groups != len(nbytes):
+        return None
+    try:
+        col = pf.schema_arrow.get_field_index("data")
+    except KeyError:
+        return None
+    footer_start = file_size - 8 - md.serialized_size  # "...footer | 4-byte footer length | PAR1"
+    spans = []
+    for i, n in enumerate(nbytes):
+        rg = md.row_group(i)
+        if rg.num_rows != 1 or col < 0 or col >= rg.num_columns:
+            return None
+        c = rg.column(col)
+        if (
+            c.path_in_schema != "data"
+            or c.physical_type != "BYTE_ARRAY"
+            or c.compression != "UNCOMPRESSED"
+            or c.has_dictionary_page
+            or c.dictionary_page_offset is not None
+            or c.num_values != 1
+            or not set(c.encodings) <= {"PLAIN", "RLE", "BIT_PACKED"}
+            or c.total_compressed_size != c.total_uncompressed_size
+        ):
+            return None
+        length = _padded(n)
+        end = c.data_page_offset + c.total_compressed_size
+        start = end - length
+        # page header (>= 1 byte) and length prefix (4 bytes) between the page offset and the value
+        if not (4 <= c.data_page_offset < start - 4 and end <= footer_start):
+            return None
+        spans.append((start, length))
+    return spans
+
+
+def _map(path: Path) -> tuple[mmap.mmap, os.stat_result] | None:
+    """A private map of the whole file and the ``fstat`` of the descriptor it was mapped from."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_size == 0:
+                return None
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
+    except (OSError, ValueError):
+        return None
+    try:  # fault the (page-cached) pages in up front: one call instead of a fault per 64 KiB later
+        m.madvise(getattr(mmap, "MADV_POPULATE_READ", 22))  # Linux >= 5.14
+    except (OSError, ValueError, AttributeError):
+        try:
+            m.madvise(mmap.MADV_WILLNEED)
+        except (OSError, ValueError, AttributeError):
+            pass
+    return m, st
+
+
+def _mapped_views(m: mmap.mmap, pf: pq.ParquetFile, nbytes: list[int]) -> list[memoryview] | None:
+    """Zero-copy views of each tensor's bytes in the map of the file, or None (layout not recognised)."""
+    spans = data_spans(pf, nbytes, len(m))
+    if spans is None:
+        return None
+    view = memoryview(m)  # every slice keeps the map alive as long as a tensor uses it
+    out = []
+    for (start, length), n in zip(spans, nbytes, strict=True):
+        if int.from_bytes(m[start - 4 : start], "little") != length:
+            return None  # not the value's length: some other page layout (statistics, levels, ...)
+        out.append(view[start : start + n])
+    return out
+
+
+# --- verified-once cache (opt-in: AIOS_MEMORY_VERIFY=once) -------------------------------------------------
+VERIFY_ENV = "AIOS_MEMORY_VERIFY"  # "always" (default): hash every tensor on every load; "once": see below
+
+
+def _cache_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.verified.json")
+
+
+def _cache_key(st: os.stat_result, m: mmap.mmap, cols: dict[str, list[Any]]) -> dict[str, Any]:
+    """What a verification vouches for: the inode as the kernel describes it (ctime changes on every
+    write, truncate, chmod or utime, and cannot be set from user space), the footer bytes, and every
+    tensor's name, dtype, shape and recorded sha256."""
+    footer_len = int.from_bytes(m[len(m) - 8 : len(m) - 4], "little")
+    footer = m[max(0, len(m) - 8 - footer_len) :]
+    listing = json.dumps([cols[k] for k in ("name", "dtype", "shape", "nbytes", "sha256")]).encode()
+    return {
+        "format": FORMAT_VERSION,
+        "dev": st.st_dev,
+        "ino": st.st_ino,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "footer_sha256": hashlib.sha256(footer).hexdigest(),
+        "tensors_sha256": hashlib.sha256(listing).hexdigest(),
+    }
+
+
+def _cache_hit(path: Path, key: dict[str, Any]) -> bool:
+    try:
+        return json.loads(_cache_path(path).read_text()) == key
+    except (OSError, ValueError):
+        return False
+
+
+def _cache_store(path: Path, key: dict[str, Any]) -> None:
+    """Record a successful full verification, atomically; best effort (a read-only folder: no cache)."""
+    tmp = path.with_name(f".{path.name}.verified.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(key))
+        tmp.replace(_cache_path(path))
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def _decoded_buffers(path: Path, pf: pq.ParquetFile, nbytes: list[int], names: list[str]) -> list[pa.Buffer]:
+    """Each tensor's bytes, decoding the ``data`` pages once into an Arrow buffer (any Parquet layout)."""
+    try:
+        data = pf.read(columns=["data"], use_threads=False).column("data")
+    except (pa.ArrowException, OSError) as exc:
+        raise _bad(path, str(exc)) from exc
+    out: list[pa.Buffer] = []
+    for chunk in data.chunks:
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[
+            chunk.offset : chunk.offset + len(chunk) + 1
+        ]
+        raw = chunk.buffers()[2]
+        for i in range(len(chunk)):
+            row = len(out)
+            n = nbytes[row]
+            if offsets[i + 1] - offsets[i] < n:
+                raise WeightFileError(f"{path}: tensor {names[row]!r} stores fewer than its {n} bytes")
+            out.append(raw.slice(int(offsets[i]), n) if n else pa.py_buffer(b""))
+    if len(out) != len(nbytes):
+        raise _bad(path, f"{len(out)} data values for {len(nbytes)} tensors")
+    return out
+
+
 def read_weights(
-    path: str | Path, *, model: str | None = None, verify: bool = True, threads: int = 2
+    path: str | Path,
+    *,
+    model: str | None = None,
+    verify: bool = True,
+    threads: int = 2,
+    mmap: bool = True,
 ) -> WeightFile:
-    """Read a weight file; checks format, model name, every shape against its byte count and every sha256."""
+    """Read a weight file; checks format, model name, every shape against its byte count and every sha256.
+
+    ``mmap=True`` (default) maps the file and hands out views of its pages when the layout is the one
+    ``write_weights`` writes (``WeightFile.mapped`` says whether it was); otherwise, or with
+    ``mmap=False``, the pages are decoded once. A sha256 mismatch in the mapped bytes is re-checked on the
+    decoded pages before the file is refused, so an unrecognised-but-valid layout can never be refused.
+
+    ``AIOS_MEMORY_VERIFY=once`` (opt-in; the default ``always`` hashes every tensor on every load) skips
+    the hashing when a file beside the weights records a full verification of this very inode: device,
+    inode, size, mtime, ctime (which the kernel changes on any write, truncate or utime, and which user
+    space cannot set), the footer's sha256 and every tensor's recorded sha256, all read from the mapped
+    descriptor. What it gives up: corruption that bypasses the file system (bit rot, writes to the block
+    device) after the first load goes unnoticed. What it does not: someone able to write the weights can
+    already rewrite their recorded hashes, which are integrity checks, not signatures.
+    """
     path = Path(path)
     meta = read_meta(path)
     if model is not None and meta.get("model") != model:
         raise WeightFileError(f"{path} holds model {meta.get('model')!r}, expected {model!r}")
-    try:
-        table = pq.read_table(path, memory_map=False, pre_buffer=False, use_threads=False)
-    except (pa.ArrowException, OSError) as exc:
-        raise WeightFileError(f"{path} is truncated or corrupt ({exc}); reinstall the model") from exc
-    if table.num_rows != meta.get("tensors"):
-        raise WeightFileError(f"{path} has {table.num_rows} tensors, its metadata says {meta.get('tensors')}")
-    cols = {n: table.column(n).to_pylist() for n in ("name", "dtype", "shape", "nbytes", "sha256")}
-    tensors: dict[str, Tensor] = {}
-    row = 0
-    for chunk in table.column("data").chunks:
-        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[
-            chunk.offset : chunk.offset + len(chunk) + 1
-        ]
-        data = chunk.buffers()[2]
-        for i in range(len(chunk)):
-            name, dtype, shape = cols["name"][row], cols["dtype"][row], tuple(cols["shape"][row])
-            nbytes = cols["nbytes"][row]
-            if dtype not in DTYPES:
-                raise WeightFileError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-            if any(d < 0 for d in shape) or nbytes < 0:
-                raise WeightFileError(f"{path}: tensor {name!r} has a negative dimension or size")
-            if math.prod(shape) * DTYPES[dtype][1] != nbytes or offsets[i + 1] - offsets[i] < nbytes:
-                raise WeightFileError(
-                    f"{path}: tensor {name!r} has {nbytes} bytes, which does not fit shape {shape}"
-                )
-            buf = data.slice(int(offsets[i]), nbytes) if nbytes else pa.py_buffer(b"")
-            tensors[name] = Tensor(name, dtype, shape, buf, cols["sha256"][row])
-            row += 1
-    wf = WeightFile(
-        path=path,
-        model=meta["model"],
-        config=meta.get("config", {}),
-        source=meta.get("source", {}),
-        files=meta.get("files", {}),
-        tensors=tensors,
-        nbytes=sum(t.buffer.size for t in tensors.values()),
+    mapping = _map(path) if mmap else None
+    source = pa.BufferReader(pa.py_buffer(memoryview(mapping[0]))) if mapping else None
+    pf, cols = _row_columns(path, meta, source)
+    nbytes = cols["nbytes"]
+    views = _mapped_views(mapping[0], pf, nbytes) if mapping else None
+    buffers = (
+        [pa.py_buffer(v) for v in views]
+        if views is not None
+        else _decoded_buffers(path, pf, nbytes, cols["name"])
     )
-    if verify:
-        wf.verify(threads)
+
+    def build(bufs: list[pa.Buffer], vs: list[memoryview] | None) -> WeightFile:
+        tensors = {
+            name: Tensor(name, dtype, tuple(shape), buf, sha, vs[i] if vs is not None else None)
+            for i, (name, dtype, shape, sha, buf) in enumerate(
+                zip(cols["name"], cols["dtype"], cols["shape"], cols["sha256"], bufs, strict=True)
+            )
+        }
+        return WeightFile(
+            path=path,
+            model=meta["model"],
+            config=meta.get("config", {}),
+            source=meta.get("source", {}),
+            files=meta.get("files", {}),
+            tensors=tensors,
+            nbytes=sum(nbytes),
+            mapped=vs is not None,
+        )
+
+    wf = build(buffers, views)
+    if len(wf.tensors) != len(nbytes):
+        raise WeightFileError(f"{path}: tensor names are not unique")
+    if not verify:
+        return wf
+    once = os.environ.get(VERIFY_ENV, "always") == "once" and wf.mapped and mapping is not None
+    key = _cache_key(mapping[1], mapping[0], cols) if once and mapping is not None else None
+    if key is not None and _cache_hit(path, key):
+        return wf  # this very inode, unchanged since, passed a full verification
+    bad = wf.mismatches(threads)
+    if bad and wf.mapped:  # decide on the decoded pages, whatever the layout
+        wf = build(_decoded_buffers(path, pf, nbytes, cols["name"]), None)
+        bad = wf.mismatches(threads)
+    wf._refuse(bad)
+    if key is not None:
+        _cache_store(path, key)
     return wf

