@@ -148,6 +148,15 @@ def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_
 @click.option("--namespace", "-n", default=None)
 @click.option("--where", default=None, help="SQL predicate, values as ? placeholders.")
 @click.option("--param", "params", multiple=True, help="A value for a ? in --where (JSON or string).")
+@click.option(
+    "--half-life",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Seconds: decay each score by 0.5 ** (age / half-life).",
+)
+@click.option("--min-score", type=float, default=None, help="Drop results scoring below this (after decay).")
+@click.option("--newest", is_flag=True, help="Return the top k by score, newest first.")
+@click.option("--exact", is_flag=True, help="Never use an ANN index.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def search(
@@ -159,6 +168,10 @@ def search(
     namespace: str | None,
     where: str | None,
     params: tuple[str, ...],
+    half_life: float | None,
+    min_score: float | None,
+    newest: bool,
+    exact: bool,
     as_json: bool,
 ) -> None:
     """Rank memories by similarity to QUERY (text) or --file (image/audio)."""
@@ -171,6 +184,10 @@ def search(
         namespace=namespace,
         where=where,
         params=[_param(p) for p in params] if where else None,
+        half_life=half_life,
+        min_score=min_score,
+        order="newest" if newest else "score",
+        exact=True if exact else None,
     )
     if as_json:
         _echo_json([{k_: v for k_, v in r.__dict__.items() if k_ != "media"} for r in results])
@@ -182,6 +199,19 @@ def search(
         click.echo(f"{rank:>2}. {r.score:.4f}  [{r.modality}/{r.namespace}] {shown[:90]}  ({r.id})")
     if not results:
         click.echo("no memories matched")
+
+
+@cli.group()
+def index() -> None:
+    """Approximate-nearest-neighbour indexes (HNSW; needs `pip install "aios-memory[ann]"`)."""
+
+
+@index.command("create")
+@click.argument("modality", type=click.Choice(["text", "image", "audio"]))
+@click.pass_context
+def index_create(ctx: click.Context, modality: str) -> None:
+    """Build or extend MODALITY's HNSW index (a commit); searches use it from then on."""
+    _echo_json(_store(ctx).create_index(modality))
 
 
 @cli.command()

@@ -4,6 +4,8 @@ Layout of a store directory::
 
     _versions/00000000000000000007.manifest.json   one file per committed version, never rewritten
     data/<modality>/<uuid>.parquet                  immutable fragments, named once, never listed by readers
+    data/<modality>/<uuid>.embedding.f32            its sidecars: raw vectors (+ norms) and created_at,
+    data/<modality>/<uuid>.created_at.i64           memory-mapped by searches (see :mod:`aios_memory.vectors`)
     .lock                                           the writers' lock (filelock); readers never take it
 
 A commit writes its fragments (fsynced), then creates manifest ``v+1`` exclusively: written to a temp
@@ -21,7 +23,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +40,8 @@ VERSIONS = "_versions"
 DATA = "data"
 LOCK = ".lock"
 _MANIFEST_RE = re.compile(r"^(\d{20})\.manifest\.json$")
+_DATA_FILE_RE = re.compile(r"^[0-9a-f]{32}\.")  # fragments, their sidecars and index files: <uuid>.<what>
+ROW_GROUP_ROWS = 1024
 
 
 class LocalBackend:
@@ -68,6 +72,19 @@ class LocalBackend:
         finally:
             os.close(fd)
 
+    def write_new(self, rel: str, chunks: Iterable[Any]) -> int:
+        """Write a new immutable file from buffers (anything with the buffer protocol) and fsync it."""
+        p = self.path(rel)
+        with open(p, "xb") as f:
+            for chunk in chunks:
+                f.write(memoryview(chunk).cast("B"))
+            f.flush()
+            os.fsync(f.fileno())
+        return p.stat().st_size
+
+    def size(self, rel: str) -> int:
+        return self.path(rel).stat().st_size
+
     def write_parquet(self, rel: str, table: pa.Table) -> int:
         """Write a new immutable file and fsync it; returns its size."""
         p = self.path(rel)
@@ -75,7 +92,8 @@ class LocalBackend:
             p.parent.mkdir(parents=True, exist_ok=True)
             self.fsync_dir(str(Path(rel).parent.parent))
         with open(p, "xb") as f:
-            pq.write_table(table, f, compression="zstd")
+            # small row groups: a search reads back its k result rows without decoding whole fragments
+            pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
             f.flush()
             os.fsync(f.fileno())
         return p.stat().st_size
@@ -115,6 +133,36 @@ class Fragment:
     path: str  # relative to the store root, posix separators
     rows: int
     nbytes: int
+    # Sidecar files written with the fragment, by suffix: ``embedding.f32`` names
+    # ``<stem>.embedding.f32`` beside ``<stem>.parquet``. Empty in manifests from before sidecars.
+    sidecars: tuple[str, ...] = ()
+    sidecar_nbytes: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sidecars", tuple(self.sidecars))  # JSON gives a list
+
+    def sidecar_path(self, suffix: str) -> str:
+        return f"{self.path.removesuffix('.parquet')}.{suffix}"
+
+    def files(self) -> list[str]:
+        return [self.path, *(self.sidecar_path(s) for s in self.sidecars)]
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    """A derived ANN index over one vector column of a table (see :mod:`aios_memory.ann`)."""
+
+    path: str
+    kind: str
+    column: str
+    nbytes: int
+    # (fragment path, first key, rows) of every fragment whose rows it holds; key = first key + row
+    covers: tuple[tuple[str, int, int], ...]
+    rows: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "covers", tuple((str(p), int(f), int(r)) for p, f, r in self.covers))
 
 
 @dataclass
@@ -127,6 +175,7 @@ class TableState:
     # The provider (and its dim) that embeds this table's derived text column, e.g. audio transcripts.
     text_provider: str | None = None
     text_dim: int | None = None
+    index: IndexFile | None = None  # optional ANN index (derived data), absent in older manifests
 
     @property
     def rows(self) -> int:
@@ -150,7 +199,9 @@ class Manifest:
             "operation": self.operation,
             "tables": {m: asdict(t) for m, t in sorted(self.tables.items())},
         }
-        if self.history:  # absent when empty: manifests of stores that never changed a memory stay as they were
+        if (
+            self.history
+        ):  # absent when empty: manifests of stores that never changed a memory stay as they were
             body["history"] = [asdict(f) for f in self.history]
         canon = json.dumps(body, sort_keys=True, separators=(",", ":"))
         body["checksum"] = hashlib.sha256(canon.encode()).hexdigest()
@@ -175,6 +226,7 @@ class Manifest:
                     fragments=[Fragment(**f) for f in t["fragments"]],
                     text_provider=t.get("text_provider"),
                     text_dim=t.get("text_dim"),
+                    index=IndexFile(**t["index"]) if t.get("index") else None,
                 )
                 for m, t in body["tables"].items()
             }
@@ -199,6 +251,7 @@ class Manifest:
                     list(t.fragments),
                     t.text_provider,
                     t.text_dim,
+                    t.index,
                 )
                 for m, t in self.tables.items()
             },
@@ -206,7 +259,43 @@ class Manifest:
         )
 
     def fragment_paths(self) -> set[str]:
-        return {f.path for t in self.tables.values() for f in t.fragments} | {f.path for f in self.history}
+        """Every file this version names: fragments, their sidecars, index files, the change log."""
+        out = {p for t in self.tables.values() for f in t.fragments for p in f.files()}
+        out |= {t.index.path for t in self.tables.values() if t.index is not None}
+        return out | {p for f in self.history for p in f.files()}
+
+
+SMALL_FRAGMENT_BYTES = 64 << 20
+MERGED_FRAGMENT_BYTES = 256 << 20
+MAX_SMALL_FRAGMENTS = 8
+
+
+def plan_compaction(
+    fragments: list[Fragment],
+    *,
+    max_per_tier: int = MAX_SMALL_FRAGMENTS,
+    small_bytes: int = SMALL_FRAGMENT_BYTES,
+    fanout: int = 8,
+) -> list[list[Fragment]]:
+    """Which fragments of one table to merge, as groups (each becomes one fragment); ``[]``: none.
+
+    Size-tiered: fragments under ``small_bytes`` (Parquet + sidecars) fall into tiers by size, a factor
+    ``fanout`` apart (tier 0: under 1 KiB, tier 1: under 8 KiB, ...). A tier that holds more than
+    ``max_per_tier`` fragments is merged into one, which is over ``fanout`` times its smallest member
+    and so lands a tier up, so each row is rewritten about
+    log_fanout(final size / first size) times over its life, not once per commit. Fragments of
+    ``small_bytes`` or more are never rewritten. Pure: it reads nothing and the caller commits.
+    """
+    tiers: dict[int, list[Fragment]] = {}
+    for f in fragments:
+        size = f.nbytes + f.sidecar_nbytes
+        if size >= small_bytes:
+            continue
+        tier = 0
+        while size >= 1024 * fanout**tier:
+            tier += 1
+        tiers.setdefault(tier, []).append(f)
+    return [group for _, group in sorted(tiers.items()) if len(group) > max_per_tier]
 
 
 def manifest_name(version: int) -> str:
@@ -231,6 +320,7 @@ class Storage:
             (self.root / DATA).mkdir(exist_ok=True)
             self.backend.fsync_dir(".")
         self.lock_timeout = lock_timeout
+        self.manifest_reads = 0  # how many manifests this object has read (searches read one per call)
         self._lock = FileLock(str(self.root / LOCK))
 
     # --- reading ---------------------------------------------------------------------------------------
@@ -248,6 +338,7 @@ class Storage:
 
     def read_manifest(self, version: int | None = None) -> Manifest:
         """The manifest of ``version`` (default: the newest). Version 0 is the empty store."""
+        self.manifest_reads += 1
         if version is None:
             version = self.latest_version()
         if version == 0:
@@ -277,9 +368,16 @@ class Storage:
             ) from None
 
     def write_fragment(self, modality: str, table: pa.Table) -> Fragment:
-        rel = f"{DATA}/{modality}/{uuid.uuid4().hex}.parquet"
-        nbytes = self.backend.write_parquet(rel, table)
-        return Fragment(rel, table.num_rows, nbytes)
+        """Write ``table`` as a new fragment plus its sidecars (raw vectors, created_at), all fsynced."""
+        from aios_memory.vectors import sidecar_buffers
+
+        stem = f"{DATA}/{modality}/{uuid.uuid4().hex}"
+        nbytes = self.backend.write_parquet(f"{stem}.parquet", table)
+        suffixes, side = [], 0
+        for suffix, chunks in sidecar_buffers(table):
+            side += self.backend.write_new(f"{stem}.{suffix}", chunks)
+            suffixes.append(suffix)
+        return Fragment(f"{stem}.parquet", table.num_rows, nbytes, tuple(suffixes), side)
 
     def commit(self, operation: str, build: Callable[[Manifest], Manifest | None]) -> Manifest:
         """Commit the manifest ``build`` derives from the newest one (``None``: nothing to commit).
@@ -306,13 +404,17 @@ class Storage:
     # --- maintenance -----------------------------------------------------------------------------------
     def unreferenced_files(self, keep: set[str]) -> list[str]:
         return sorted(
-            rel for rel in self.backend.walk_files(DATA) if rel not in keep and rel.endswith(".parquet")
+            rel
+            for rel in self.backend.walk_files(DATA)
+            if rel not in keep and _DATA_FILE_RE.match(Path(rel).name)
         )
 
     def cleanup(self, older_than: float = 3600.0, keep_versions: int = 1) -> dict[str, int]:
         """Delete manifests older than ``older_than`` seconds (always keeping the newest ``keep_versions``)
-        and then the data files that no remaining manifest names and that are themselves that old."""
-        removed_versions = removed_files = 0
+        and then the data files that no remaining manifest names and that are themselves that old.
+        ``files_removed`` counts a fragment and its sidecars as one file."""
+        removed_versions = 0
+        removed_stems: set[str] = set()
         now = time.time()
         with self.writer_lock():
             versions = self.versions()
@@ -331,5 +433,5 @@ class Storage:
             for rel in self.unreferenced_files(referenced):
                 if now - self.backend.mtime(rel) > older_than:
                     self.backend.delete(rel)
-                    removed_files += 1
-        return {"versions_removed": removed_versions, "files_removed": removed_files}
+                    removed_stems.add(str(Path(rel).parent / Path(rel).name.split(".")[0]))
+        return {"versions_removed": removed_versions, "files_removed": len(removed_stems)}

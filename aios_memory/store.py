@@ -6,17 +6,22 @@ newest committed version at the time of the call unless the store is pinned with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aios_memory.ann import ann_refusal, ann_search, build_index
 from aios_memory.crossmodal import CrossModalMixin
 from aios_memory.errors import (
     InvalidInputError,
     MemoryNotFoundError,
+    ProviderError,
     ProviderMismatchError,
     ProviderNotFoundError,
     QueryError,
@@ -27,9 +32,21 @@ from aios_memory.memory import Memory, check_namespace, check_utf8, memory_from_
 from aios_memory.modality import prepare
 from aios_memory.plugins import get_provider, get_providers
 from aios_memory.provider import MODALITIES, EmbeddingProvider
-from aios_memory.query import Params, check_params, connect, run, search_sql, vector_columns, view_name
+from aios_memory.query import Params, check_params, connect, run, vector_columns, view_name
 from aios_memory.schema import TEXT_COLUMN
-from aios_memory.storage import Manifest, Storage
+from aios_memory.storage import Fragment, Manifest, Storage
+from aios_memory.vectors import (
+    TIME_SUFFIX,
+    decay_weights,
+    exact_scores,
+    fragment_times,
+    ids_of,
+    namespace_rows,
+    nearest,
+    rank,
+    read_rows,
+    schema_of,
+)
 from aios_memory.writes import WritesMixin
 
 # The provider a modality gets when the store has no table for it yet and the caller names none.
@@ -77,9 +94,12 @@ class MemoryStore(WritesMixin, CrossModalMixin):
     # --- providers ---------------------------------------------------------------------------------
     def provider_for(self, modality: str) -> EmbeddingProvider:
         """The provider of ``modality``'s table: the one it was built with, else the chosen/default one."""
+        return self._provider_in(self._manifest(), modality)
+
+    def _provider_in(self, m: Manifest, modality: str) -> EmbeddingProvider:
         if modality not in MODALITIES:
             raise InvalidInputError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
-        state = self._manifest().tables.get(modality)
+        state = m.tables.get(modality)
         chosen = self._chosen.get(modality)
         if chosen is not None:
             get_provider(chosen)  # an unknown name is a ProviderNotFoundError, whatever the table holds
@@ -133,7 +153,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
     def _connect(self, manifest: Manifest, namespace: str | None = None, sandboxed: bool = True) -> Any:
         embedders = {}
         try:
-            text = self.provider_for("text")
+            text = self._provider_in(manifest, "text")
             embedders["embed_text"] = (text.embed_batch, int(text.dim))
         except (ProviderNotFoundError, ProviderMismatchError):
             pass
@@ -182,12 +202,60 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         namespace: str | None = None,
         where: str | None = None,
         params: Params = None,
+        half_life: float | None = None,
+        order: str = "score",
+        min_score: float | None = None,
+        exact: bool | None = None,
     ) -> list[Memory]:
         """Rank memories by cosine similarity to ``query`` (text, image or audio).
 
         ``modality`` is the table searched (default: the query's own modality, so text searches text).
         ``where`` is an SQL predicate over the table's columns whose values come from ``params``.
+        ``half_life`` (seconds) multiplies each score by ``0.5 ** (age / half_life)``, age counted from
+        ``created_at``; ``min_score`` drops results scoring below it (after the decay); ``order="newest"``
+        returns the top ``k`` by score newest first. ``exact=True`` never uses an ANN index,
+        ``exact=False`` requires one (see :meth:`create_index`); by default an index is used when the
+        table has one and the search can use it. :meth:`explain_search` says what a search did.
         """
+        return self._search(query, k, modality, namespace, where, params, half_life, order, min_score, exact)[
+            0
+        ]
+
+    def explain_search(self, query: Any, k: int = 10, **kwargs: Any) -> dict[str, Any]:
+        """Run :meth:`search` and return what it did: ``path`` (``exact``, ``exact-selected`` or ``ann``),
+        ``rows`` in the table, ``selected`` by the namespace/where filter, ``scored`` (vectors whose
+        similarity was computed), ``fragments``, ``manifest_reads`` and the ``results``."""
+        kw = {
+            name: kwargs.pop(name, default)
+            for name, default in [
+                ("modality", None),
+                ("namespace", None),
+                ("where", None),
+                ("params", None),
+                ("half_life", None),
+                ("order", "score"),
+                ("min_score", None),
+                ("exact", None),
+            ]
+        }
+        if kwargs:
+            raise InvalidInputError(f"unknown search arguments: {', '.join(sorted(kwargs))}")
+        results, explain = self._search(query, k, *kw.values())
+        return {**explain, "results": results}
+
+    def _search(
+        self,
+        query: Any,
+        k: int,
+        modality: str | None,
+        namespace: str | None,
+        where: str | None,
+        params: Params,
+        half_life: float | None,
+        order: str,
+        min_score: float | None,
+        exact: bool | None,
+    ) -> tuple[list[Memory], dict[str, Any]]:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
         if namespace is not None:
@@ -199,9 +267,26 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         check_params(params)
         if isinstance(params, Mapping) and any(str(name).startswith("aiosm_") for name in params):
             raise QueryError("parameter names starting with 'aiosm_' are reserved for the store's own")
+        if half_life is not None and (
+            isinstance(half_life, bool)
+            or not isinstance(half_life, (int, float))
+            or not math.isfinite(half_life)
+            or half_life <= 0
+        ):
+            raise InvalidInputError(f"half_life must be a positive number of seconds, got {half_life!r}")
+        if order not in ("score", "newest"):
+            raise InvalidInputError(f"order must be 'score' or 'newest', got {order!r}")
+        if min_score is not None and (
+            isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or math.isnan(min_score)
+        ):
+            raise InvalidInputError(f"min_score must be a number, got {min_score!r}")
+        if exact not in (None, True, False):
+            raise InvalidInputError(f"exact must be True, False or None, got {exact!r}")
         item = prepare(query)
         target = modality or item.modality
-        provider = self.provider_for(target)
+        reads = _count_reads(self._storage)
+        m = self._manifest()  # the one manifest read of this search: everything below uses ``m``
+        provider = self._provider_in(m, target)
         column, dim = "embedding", int(provider.dim)
         if (
             item.modality != target
@@ -209,7 +294,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             and target in TEXT_COLUMN
         ):
             # e.g. text -> audio: rank by the transcript's embedding from the text provider
-            text = self._text_provider_for(target)
+            text = self._text_provider_in(m, target)
             if text is None or item.modality != text.modality:
                 provider.embed_query(item.payload, item.modality)  # raises the ModalityError that explains
             assert text is not None
@@ -217,22 +302,175 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             vector = text.embed_query(item.payload, item.modality)
         else:
             vector = provider.embed_query(item.payload, item.modality)
-        m = self._manifest()
-        if target not in m.tables or not m.tables[target].fragments:
-            return []
-        named = isinstance(params, Mapping)
-        sql = search_sql(target, dim, where, named, column)
-        qv = vector.astype("float32").tolist()
-        if named:
-            all_params: Any = {**dict(params or {}), "aiosm_q": qv, "aiosm_ns": namespace, "aiosm_k": k}
+        state = m.tables.get(target)
+        fragments = list(state.fragments) if state is not None else []
+        explain: dict[str, Any] = {
+            "version": m.version,
+            "modality": target,
+            "column": column,
+            "path": "exact",
+            "rows": sum(f.rows for f in fragments),
+            "selected": sum(f.rows for f in fragments),
+            "scored": 0,
+            "fragments": len(fragments),
+            "parquet_fallback": 0,
+            "index": None,
+        }
+        if not fragments:
+            explain["selected"] = 0
+            explain["manifest_reads"] = reads()
+            if exact is False:
+                raise QueryError(f"{target} memories have no ANN index; call create_index() first")
+            return [], explain
+        selections = self._select(m, target, fragments, namespace, where, params)
+        if selections is not None:
+            explain["path"] = "exact-selected"
+            explain["selected"] = int(sum(s.size for s in selections))
+        weight = None
+        now_us = int(time.time() * 1_000_000)
+        if half_life is not None:
+
+            def weight(i: int, idx: np.ndarray | slice) -> np.ndarray:
+                return decay_weights(
+                    fragment_times(self._storage, fragments[i])[idx], now_us, float(half_life)
+                )
+
+        index = state.index if state is not None else None
+        refusal = ann_refusal(index, column, fragments, explain["selected"], explain["rows"], half_life)
+        if exact is False and refusal is not None:
+            raise QueryError(f"no usable ANN index for this search of {target} memories: {refusal}")
+        if index is not None and refusal is None and exact is not True:
+            got = ann_search(self._storage, index, fragments, column, dim, vector, k, selections)
+            frag_idx, rows, scores = got.frag, got.row, got.score
+            explain.update(path="ann" if selections is None else "ann-selected", scored=got.scored)
+            explain["index"] = index.kind
         else:
-            all_params = [*(params or []), qv, namespace, namespace, k]
+            ranked = rank(self._storage, fragments, column, dim, vector, k, selections, weight)
+            explain["scored"], explain["parquet_fallback"] = ranked.scored, ranked.parquet_fallback
+            frag_idx, rows = ranked.frag, ranked.row
+            scores = exact_scores(self._storage, fragments, column, dim, vector, frag_idx, rows)
+            if weight is not None:
+                for i in np.unique(frag_idx):
+                    at = np.flatnonzero(frag_idx == i)
+                    scores[at] *= weight(int(i), rows[at])
+            if index is not None:
+                explain["index_not_used"] = "exact=True" if refusal is None else refusal
+        explain["manifest_reads"] = reads()
+        if min_score is not None:
+            keep = scores >= float(min_score)
+            frag_idx, rows, scores = frag_idx[keep], rows[keep], scores[keep]
+        if len(rows) > k:  # exact scores now: keep the top k and anything tied with the k-th
+            kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+            keep = scores >= kth
+            frag_idx, rows, scores = frag_idx[keep], rows[keep], scores[keep]
+        if not len(rows):
+            return [], explain
+        found = self._fetch(target, fragments, frag_idx, rows, scores)  # candidates: about k rows
+        out = sorted(found, key=lambda mem: (-(mem.score or 0.0), mem.id))[:k]
+        if order == "newest":
+            out.sort(key=lambda mem: mem.id)
+            out.sort(key=lambda mem: mem.created_at, reverse=True)
+        return out, explain
+
+    def _text_provider_in(self, m: Manifest, modality: str) -> EmbeddingProvider | None:
+        """``_text_provider_for`` on a given manifest (a search reads the manifest once)."""
+        if modality not in TEXT_COLUMN:
+            return None
+        state = m.tables.get(modality)
+        if state is not None and state.text_provider is not None:
+            return get_provider(state.text_provider)
+        if state is not None and state.rows:
+            return None
+        try:
+            return self._provider_in(m, "text")
+        except ProviderError:
+            return None
+
+    def _select(
+        self,
+        m: Manifest,
+        modality: str,
+        fragments: list[Fragment],
+        namespace: str | None,
+        where: str | None,
+        params: Params,
+    ) -> list[np.ndarray] | None:
+        """Per fragment, the row positions the namespace and ``where`` select (``None``: every row).
+
+        The namespace comes from each fragment's namespace column. ``where`` runs in DuckDB on the sandboxed
+        connection whose views hold only the namespace's rows, as one boolean per row of that view, in
+        scan order (DuckDB keeps insertion order for a plain projection); the user's values stay parameters.
+        """
+        if namespace is None and where is None:
+            return None
+        if namespace is not None:
+            selections = [namespace_rows(self._storage, f, namespace) for f in fragments]
+        else:
+            selections = [np.arange(f.rows, dtype=np.int64) for f in fragments]
+        if where is None:
+            return selections
+        view = view_name(modality)
         con = self._connect(m, namespace)  # views hold only this namespace: where cannot reach others
         try:
-            rows = run(con, sql, all_params).to_pylist()
+            # first as a WHERE clause, so that what a WHERE refuses (aggregates, windows) is refused here too
+            run(con, f"SELECT 1 FROM {view} WHERE ({where}) LIMIT 0", params)  # noqa: S608 - the caller's predicate by contract; values are parameters
+            mask_sql = f"SELECT COALESCE(CAST(({where}) AS BOOLEAN), false) AS aiosm_keep FROM {view}"  # noqa: S608
+            mask = run(con, mask_sql, params).column("aiosm_keep").to_numpy(zero_copy_only=False)
         finally:
             con.close()
-        return [memory_from_row(target, r) for r in rows]
+        expected = sum(s.size for s in selections)
+        if len(mask) != expected:
+            raise QueryError("where must be a predicate on each row (it returned one value per group)")
+        out, at = [], 0
+        for s in selections:
+            out.append(s[np.asarray(mask[at : at + s.size], bool)])
+            at += s.size
+        return out
+
+    def _fetch(
+        self,
+        modality: str,
+        fragments: list[Fragment],
+        frag_idx: np.ndarray,
+        rows: np.ndarray,
+        scores: np.ndarray,
+    ) -> list[Memory]:
+        """The result rows (without media and vectors) as memories, in the given order."""
+        skip = {"media", *vector_columns(modality)}
+        found: dict[int, dict[str, Any]] = {}
+        for i in np.unique(frag_idx):
+            at = np.flatnonzero(frag_idx == i)
+            frag = fragments[int(i)]
+            cols = [n for n in schema_of(self._storage, frag).names if n not in skip]
+            for j, row in zip(at, read_rows(self._storage, frag, rows[at], cols).to_pylist(), strict=True):
+                found[int(j)] = row
+        out = []
+        for j in range(len(rows)):
+            row = found[j]
+            row["score"] = float(scores[j])
+            out.append(memory_from_row(modality, row))
+        return out
+
+    def _nearest(
+        self, modality: str, vectors: Any, namespace: str, manifest: Manifest | None = None
+    ) -> tuple[list[str | None], np.ndarray]:
+        """For each row of ``vectors``, the most similar committed memory of ``namespace`` in ``modality``'s
+        table (by ``embedding``): its id and cosine (``None`` and ``-inf`` when there is none)."""
+        m = manifest if manifest is not None else self._manifest()
+        qs = np.asarray(vectors, np.float32)
+        if qs.ndim != 2:
+            raise InvalidInputError("vectors must be a (n, dim) array")
+        state = m.tables.get(modality)
+        if state is None or not state.fragments or not len(qs):
+            return [None] * len(qs), np.full(len(qs), -np.inf)
+        fragments = list(state.fragments)
+        selections: list[np.ndarray | None] = [namespace_rows(self._storage, f, namespace) for f in fragments]
+        f, r, best = nearest(self._storage, fragments, "embedding", state.dim, qs, selections)
+        found = np.flatnonzero(f >= 0)
+        ids: list[str | None] = [None] * len(qs)
+        for j, id_ in zip(found, ids_of(self._storage, fragments, f[found], r[found]), strict=True):
+            ids[int(j)] = id_
+        return ids, best
 
     def stats(self) -> dict[str, Any]:
         m = self._manifest()
@@ -244,6 +482,10 @@ class MemoryStore(WritesMixin, CrossModalMixin):
                 "memories": state.rows,
                 "fragments": len(state.fragments),
                 "bytes": sum(f.nbytes for f in state.fragments),
+                "sidecar_bytes": sum(f.sidecar_nbytes for f in state.fragments),
+                "index": None
+                if state.index is None
+                else {"kind": state.index.kind, "rows": state.index.rows},
             }
         namespaces: dict[str, int] = {}
         if m.tables:
@@ -271,6 +513,9 @@ class MemoryStore(WritesMixin, CrossModalMixin):
                         problems.append(f"{frag.path}: embedding type {field_type}, expected dim {state.dim}")
                 except (FileNotFoundError, pa.ArrowException, OSError, KeyError) as exc:
                     problems.append(f"{frag.path}: unreadable ({exc})")
+                problems.extend(self._check_sidecars(state, frag))
+            if state.index is not None and not self._storage.backend.exists(state.index.path):
+                problems.append(f"{state.index.path}: the {state.modality} ANN index file is missing")
         referenced: set[str] = set()
         for v in self._storage.versions():
             try:
@@ -280,5 +525,77 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         orphans = self._storage.unreferenced_files(referenced)
         return {"version": m.version, "ok": not problems, "problems": problems, "orphans": orphans}
 
+    def create_index(
+        self, modality: str = "text", *, kind: str = "hnsw", column: str = "embedding", **params: Any
+    ) -> dict[str, Any]:
+        """Build (or extend) the ANN index of ``modality``'s table and commit it; returns its description.
+
+        The index is derived data: searches use it by default when present (``search(..., exact=True)``
+        never does), rank rows committed after it exactly, skip rows that were deleted since, and rescore
+        every candidate exactly. Calling it again extends the previous index with the new fragments.
+        ``params``: ``connectivity``, ``expansion_add``, ``expansion_search``, ``dtype`` (``i8``/``f16``/``f32``).
+        """
+        if kind != "hnsw":
+            raise InvalidInputError(f"unknown index kind {kind!r}; only 'hnsw' is available")
+        m = self._manifest()
+        state = m.tables.get(modality)
+        if modality not in MODALITIES or state is None or not state.fragments:
+            raise InvalidInputError(f"there are no {modality} memories to index")
+        if column not in vector_columns(modality):
+            raise InvalidInputError(f"{modality} memories have no vector column {column!r}")
+        dim = state.dim if column == "embedding" else state.text_dim
+        if dim is None:
+            raise InvalidInputError(f"{modality} memories have no {column} vectors")
+        fragments = list(state.fragments)
+        t0 = time.perf_counter()
+        index = build_index(self._storage, modality, fragments, column, int(dim), state.index, params)
+        built_s = time.perf_counter() - t0
+
+        def build(new: Manifest) -> Manifest | None:
+            table = new.tables.get(modality)
+            if table is None or table.provider != state.provider or table.fingerprint != state.fingerprint:
+                return None  # the table was replaced meanwhile: the index describes nothing of it
+            table.index = index
+            return new
+
+        committed = self._storage.commit(f"index {modality}", build)
+        return {
+            "modality": modality,
+            "kind": kind,
+            "column": column,
+            "rows": index.rows,
+            "bytes": index.nbytes,
+            "seconds": built_s,
+            "version": committed.version,
+            "committed": committed.tables.get(modality) is not None
+            and committed.tables[modality].index == index,
+        }
+
+    def _check_sidecars(self, state: Any, frag: Fragment) -> list[str]:
+        """Each sidecar of ``frag`` exists with the size its rows and dimension imply."""
+        problems = []
+        for suffix in frag.sidecars:
+            rel = frag.sidecar_path(suffix)
+            if suffix == TIME_SUFFIX:
+                want = frag.rows * 8
+            else:
+                column = suffix.removesuffix(".f32")
+                dim = state.dim if column == "embedding" else state.text_dim
+                want = frag.rows * ((dim or 0) + 1) * 4
+            try:
+                size = self._storage.backend.size(rel)
+            except OSError:
+                problems.append(f"{rel}: sidecar missing")
+                continue
+            if size != want:
+                problems.append(f"{rel}: sidecar holds {size} bytes, expected {want}")
+        return problems
+
     def __repr__(self) -> str:
         return f"MemoryStore({str(self.path)!r}, version={self.version})"
+
+
+def _count_reads(storage: Storage) -> Callable[[], int]:
+    """A counter of the manifest reads from now on (``explain_search`` reports it)."""
+    start = storage.manifest_reads
+    return lambda: storage.manifest_reads - start

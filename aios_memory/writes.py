@@ -28,7 +28,7 @@ from aios_memory.modality import Item, prepare
 from aios_memory.plugins import get_provider
 from aios_memory.provider import EmbeddingProvider
 from aios_memory.schema import EXTRA_COLUMNS, HISTORY_DIR, HISTORY_SCHEMA, TEXT_COLUMN, base_schema
-from aios_memory.storage import Fragment, Manifest, Storage, TableState
+from aios_memory.storage import Fragment, Manifest, Storage, TableState, plan_compaction
 
 EMBED_BATCH = 64
 DEFAULT_DEDUPE = 0.97  # cosine at or above which ``dedupe=True`` treats two memories as the same
@@ -191,6 +191,8 @@ class WritesMixin:
             return m if changed else None
 
         self._storage.commit(operation, build)
+        for mod in tables:
+            self._auto_compact(mod)
         ordered = sorted(
             (item, row, same_as.get((mod, row), id_))
             for mod, table in tables.items()
@@ -199,6 +201,32 @@ class WritesMixin:
             )
         )
         return [(item, id_) for item, _, id_ in ordered]  # an item split into windows: its rows in order
+
+    def _auto_compact(self, modality: str) -> None:
+        """Merge runs of small fragments once a table holds too many (``storage.plan_compaction``), in a
+        commit of its own: many single adds would otherwise leave one tiny file per memory to open."""
+
+        def build(m: Manifest) -> Manifest | None:
+            state = m.tables.get(modality)
+            plan = plan_compaction(state.fragments) if state is not None else []
+            for group in plan:  # the merged fragment takes the place of the group's first
+                assert state is not None
+                table = pa.concat_tables([self._read_fragment(f) for f in group])
+                merged = self._storage.write_fragment(modality, table)
+                gone = {f.path for f in group}
+                state.fragments = [
+                    merged if f.path == group[0].path else f
+                    for f in state.fragments
+                    if f.path not in gone - {group[0].path}
+                ]
+            return m if plan else None
+
+        self._storage.commit(f"compact {modality}", build)
+
+    def _nearest(
+        self, modality: str, vectors: Any, namespace: str, manifest: Manifest | None = None
+    ) -> tuple[list[str | None], Any]:
+        raise NotImplementedError  # MemoryStore's, over the memory-mapped vector sidecars
 
     # --- deduplication -----------------------------------------------------------------------------
     def _dedupe_threshold(self, dedupe: float | bool | None) -> float | None:
@@ -247,32 +275,6 @@ class WritesMixin:
             else:
                 keep.append(r)
         return table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64()))
-
-    def _nearest(
-        self, modality: str, vectors: Any, namespace: str, manifest: Manifest | None = None
-    ) -> tuple[list[str | None], Any]:
-        """For each row of ``vectors`` (unit length), the most similar committed memory of ``namespace``:
-        its id and cosine (``None`` and ``-inf`` when there is none)."""
-        import numpy as np
-
-        m = manifest if manifest is not None else self._manifest()
-        n = len(vectors)
-        best_ids: list[str | None] = [None] * n
-        best = np.full(n, -np.inf, dtype=np.float64)
-        state = m.tables.get(modality)
-        for frag in state.fragments if state else []:
-            t = self._read_fragment(frag, columns=["id", "namespace", "embedding"])
-            t = t.filter(pc.equal(t.column("namespace"), namespace))
-            if not t.num_rows:
-                continue
-            stored = t.column("embedding").combine_chunks().values.to_numpy().reshape(t.num_rows, -1)
-            sims = np.asarray(vectors, dtype=np.float32) @ stored.T  # (n, rows)
-            j = sims.argmax(axis=1)
-            top = sims[np.arange(n), j]
-            frag_ids = t.column("id").to_pylist()
-            for r in np.nonzero(top > best)[0]:
-                best[r], best_ids[r] = top[r], frag_ids[j[r]]
-        return best_ids, best
 
     def _text_provider_for(self, modality: str) -> EmbeddingProvider | None:
         """The provider that embeds ``modality``'s derived text column (audio transcripts), if any."""

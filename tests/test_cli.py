@@ -160,3 +160,20 @@ def test_dedupe_and_history_commands(model_home, tmp_path):
     assert timeline[-1]["content"] == "The spare key is now in the mailbox."
     missing = run_cli(*s, "history", "nope", check=False)
     assert missing.returncode != 0 and "MemoryNotFoundError" in missing.stderr
+
+
+def test_search_options_and_index_create(model_home, tmp_path):
+    s = ["--store", str(tmp_path / "st")]
+    run_cli(*s, "add", "The garage code is 1234.")
+    run_cli(*s, "add", "The garage code changed to 9876.")
+    hits = json.loads(run_cli(*s, "search", "garage code", "--newest", "--json").stdout)
+    assert [h["content"] for h in hits][0] == "The garage code changed to 9876."
+    assert hits[0]["created_at"] >= hits[1]["created_at"]
+    assert json.loads(run_cli(*s, "search", "garage code", "--min-score", "0.99", "--json").stdout) == []
+    decayed = json.loads(run_cli(*s, "search", "garage code", "--half-life", "1e-3", "--json").stdout)
+    assert all(h["score"] < 0.5 for h in decayed)  # both memories are many half-lives old
+    built = json.loads(run_cli(*s, "index", "create", "text").stdout)
+    assert built
+    exact = json.loads(run_cli(*s, "search", "garage", "--exact", "--json").stdout)
+    approx = json.loads(run_cli(*s, "search", "garage", "--json").stdout)
+    assert [h["id"] for h in exact] == [h["id"] for h in approx]

@@ -1,0 +1,226 @@
+"""Optional ANN index: an HNSW graph (``usearch``) over one table's vectors, derived data beside the fragments.
+
+The index is an immutable file ``data/<modality>/<uuid>.hnsw.usearch`` named in the manifest
+(:class:`aios_memory.storage.IndexFile`) with the fragments it covers, each with the first key of its
+rows (key = first key + row). It is never trusted blindly:
+
+- fragments committed after the index was built are not in it: a search ranks them exactly and merges;
+- fragments it covers that a later commit removed (delete, update, compact) are skipped: their keys
+  are filtered out of the graph's answers;
+- the graph (8-bit quantised vectors) only proposes candidates: every candidate is rescored exactly
+  from the fragment's vector sidecar, so scores are the exact cosines.
+
+``create_index`` builds it (a commit); called again, it loads the previous graph, removes the keys of
+dead fragments and adds only the rows of new ones, unless dead keys exceed :data:`REBUILD_DEAD_RATIO`,
+when it rebuilds from scratch. ``usearch`` is imported only here, only when an index is built or used.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aios_memory.errors import InvalidInputError, StoreCorruptError, StoreError
+from aios_memory.storage import DATA, Fragment, IndexFile, Storage
+from aios_memory.vectors import CACHE, exact_scores, fragment_vectors, rank
+
+KIND = "hnsw"
+DEFAULTS = {"connectivity": 16, "expansion_add": 64, "expansion_search": 128, "dtype": "i8"}
+REBUILD_DEAD_RATIO = 0.25  # more dead keys than this: rebuild instead of extending
+MIN_SELECTED = 0.25  # a filter selecting less than this share of the table is ranked exactly
+CANDIDATES = 256  # the graph proposes max(4k, CANDIDATES) rows (search depth 2x that), reranked exactly
+ADD_BATCH = 65_536
+
+
+def _usearch() -> Any:
+    try:
+        from usearch.index import Index
+    except ImportError:
+        raise StoreError(
+            "the ANN index needs the usearch package: pip install usearch==2.26.6 numkong==7.8.6"
+        ) from None
+    return Index
+
+
+@dataclass
+class AnnResult:
+    frag: np.ndarray
+    row: np.ndarray
+    score: np.ndarray
+    scored: int
+
+
+def _live_map(index: IndexFile, fragments: list[Fragment]) -> dict[str, int]:
+    """Fragment path -> position in ``fragments``, for the fragments the index covers."""
+    pos = {f.path: i for i, f in enumerate(fragments)}
+    return {path: pos[path] for path, _first, _rows in index.covers if path in pos}
+
+
+def ann_refusal(
+    index: IndexFile | None,
+    column: str,
+    fragments: list[Fragment],
+    selected: int,
+    rows: int,
+    half_life: float | None,
+) -> str | None:
+    """Why this search cannot use ``index`` (``None``: it can)."""
+    if index is None:
+        return "the table has no index; call create_index()"
+    if index.column != column:
+        return f"the index covers {index.column!r}, this search ranks by {column!r}"
+    if half_life is not None:
+        return "a time-decayed ranking is exact only over every selected row"
+    if rows and selected < MIN_SELECTED * rows:
+        return f"the filter selects {selected} of {rows} rows: ranking them exactly is cheaper"
+    if not _live_map(index, fragments):
+        return "every fragment the index covers has been replaced; call create_index() again"
+    return None
+
+
+def ann_usable(
+    index: IndexFile | None,
+    column: str,
+    fragments: list[Fragment],
+    selected: int,
+    rows: int,
+    half_life: float | None,
+) -> bool:
+    return ann_refusal(index, column, fragments, selected, rows, half_life) is None
+
+
+def _open(storage: Storage, index: IndexFile) -> Any:
+    path = str(storage.backend.path(index.path))
+
+    def load() -> Any:
+        Index = _usearch()
+        try:
+            return Index.restore(path, view=True)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise StoreCorruptError(f"ANN index {index.path} is missing or unreadable ({exc})") from exc
+
+    return CACHE.get((path, "hnsw"), load)
+
+
+def ann_search(
+    storage: Storage,
+    index: IndexFile,
+    fragments: list[Fragment],
+    column: str,
+    dim: int,
+    query: np.ndarray,
+    k: int,
+    selections: list[np.ndarray | None] | None,
+) -> AnnResult:
+    """Top-``k`` by exact cosine among the graph's candidates plus every row of fragments it does not cover."""
+    graph = _open(storage, index)
+    live = _live_map(index, fragments)
+    q = np.asarray(query, np.float32).reshape(-1)
+    q = q / np.linalg.norm(q)
+    want = max(4 * k, CANDIDATES)
+    graph.expansion_search = max(int(index.params.get("expansion_search", 128)), 2 * want)
+    found = graph.search(q, want, threads=1)
+    keys = np.asarray(found.keys, np.int64).reshape(-1)
+    firsts = np.array([first for _p, first, _r in index.covers], np.int64)
+    which = np.searchsorted(firsts, keys, side="right") - 1
+    frag_list, row_list = [], []
+    for c, key in zip(which.tolist(), keys.tolist(), strict=True):
+        path, first, nrows = index.covers[c]
+        i = live.get(path)
+        r = key - first
+        if i is None or not 0 <= r < nrows:
+            continue  # a row of a fragment that a later commit replaced
+        if selections is not None:
+            sel = selections[i]
+            at = int(np.searchsorted(sel, r)) if sel is not None else 0
+            if sel is not None and (at >= sel.size or sel[at] != r):  # selections are sorted
+                continue
+        frag_list.append(i)
+        row_list.append(r)
+    f = np.asarray(frag_list, np.int64)
+    r = np.asarray(row_list, np.int64)
+    s = exact_scores(storage, fragments, column, dim, query, f, r) if len(r) else np.zeros(0)
+    scored = len(r)
+    # fragments committed after the index: ranked exactly, all of them (or their selected rows)
+    covered = set(live.values())
+    rest = [i for i in range(len(fragments)) if i not in covered]
+    if rest:
+        sub = [fragments[i] for i in rest]
+        sub_sel = None if selections is None else [selections[i] for i in rest]
+        ranked = rank(storage, sub, column, dim, q, k, sub_sel)
+        scored += ranked.scored
+        rf = np.asarray(rest, np.int64)[ranked.frag]
+        rs = exact_scores(storage, fragments, column, dim, query, rf, ranked.row)
+        f, r, s = np.concatenate([f, rf]), np.concatenate([r, ranked.row]), np.concatenate([s, rs])
+    ok = s > -np.inf
+    return AnnResult(f[ok], r[ok], s[ok], scored)
+
+
+def build_index(
+    storage: Storage,
+    modality: str,
+    fragments: list[Fragment],
+    column: str,
+    dim: int,
+    previous: IndexFile | None,
+    params: dict[str, Any] | None = None,
+    threads: int = 0,
+) -> IndexFile:
+    """Write a new index file covering ``fragments`` (extending ``previous`` when that pays) and fsync it."""
+    Index = _usearch()
+    opts = {**DEFAULTS, **(params or {})}
+    unknown = set(opts) - set(DEFAULTS)
+    if unknown:
+        raise InvalidInputError(f"unknown index parameters: {', '.join(sorted(unknown))}")
+    live_paths = {f.path for f in fragments}
+    graph, covers, next_key = None, [], 0
+    if previous is not None and previous.column == column and previous.params == opts:
+        dead = sum(rows for path, _f, rows in previous.covers if path not in live_paths)
+        if dead <= REBUILD_DEAD_RATIO * max(previous.rows, 1):
+            graph = Index.restore(str(storage.backend.path(previous.path)), view=False)
+            for path, first, rows in previous.covers:
+                if path in live_paths:
+                    covers.append((path, first, rows))
+                elif rows:
+                    graph.remove(np.arange(first, first + rows, dtype=np.uint64))
+            next_key = max((first + rows for _p, first, rows in previous.covers), default=0)
+    if graph is None:
+        graph = Index(
+            ndim=dim,
+            metric="ip",
+            dtype=opts["dtype"],
+            connectivity=int(opts["connectivity"]),
+            expansion_add=int(opts["expansion_add"]),
+            expansion_search=int(opts["expansion_search"]),
+        )
+    have = {path for path, _f, _r in covers}
+    for frag in fragments:
+        if frag.path in have or frag.rows == 0:
+            continue
+        mat, norms = fragment_vectors(storage, frag, column, dim)
+        for a in range(0, frag.rows, ADD_BATCH):
+            b = min(frag.rows, a + ADD_BATCH)
+            block = np.asarray(mat[a:b], np.float32) / norms[a:b, None]
+            ok = np.flatnonzero(np.isfinite(block).all(axis=1))  # null vectors are not indexed
+            if ok.size:
+                graph.add((next_key + a + ok).astype(np.uint64), block[ok], threads=threads)
+        covers.append((frag.path, next_key, frag.rows))
+        next_key += frag.rows
+    rel = f"{DATA}/{modality}/{uuid.uuid4().hex}.hnsw.usearch"
+    path = storage.backend.path(rel)
+    graph.save(str(path))
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+    return IndexFile(
+        path=rel,
+        kind=KIND,
+        column=column,
+        nbytes=path.stat().st_size,
+        covers=tuple(covers),
+        rows=int(sum(rows for _p, _f, rows in covers)),
+        params=opts,
+    )
