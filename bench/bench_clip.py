@@ -1,10 +1,14 @@
-"""CLIP ViT-B/32 benchmark: weight loading, vision-tower latency and throughput, peak memory; ours vs transformers.
+"""CLIP ViT-B/32 benchmark: weight loading, vision-tower latency and throughput, peak memory; ours vs
+transformers; and the opt-in reduced-precision modes (bf16, dynamic int8) vs our fp32.
 
-Run: python bench/bench_clip.py [--quick]
+Run: python bench/bench_clip.py [--quick] [--compile]
 No package ships CLIP weights, so both sides load the same seeded full-size checkpoint, saved by
-``transformers`` (safetensors) and converted once by our converter. Everything is measured in this one
-run, on this machine; each time is the best of several interleaved repeats (PyTorch eager mode, fp32, CPU).
-Peak RSS is measured in a fresh subprocess per side with ``resource.getrusage``. Prints one table.
+``transformers`` (safetensors) and converted once by our converter: the figures measure speed and numeric
+agreement, not semantic quality. Everything is measured in this one run, on this machine; each time is
+the best of several interleaved repeats (PyTorch eager mode, CPU). "floor" is the GEMM floor of
+bench/floors.py (the model's matmuls alone at the measured speed of those shapes); "% floor" = floor /
+ours. Peak RSS is measured in a fresh subprocess per side. ``--compile`` also times ``torch.compile``
+(compile time and steady state). ``run(quick)`` returns the rows for bench/run_all.py.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ def peak_rss_mb(code: str, args: list[str]) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def bench_vision(weights: Path, hf_dir: Path, pixels, reps: int) -> list[tuple[str, str, float, float, bool]]:
+def bench_vision(weights: Path, hf_dir: Path, pixels, reps: int) -> list[tuple]:
     """Vision tower only (no preprocessing): batch-1 latency and batch-32 throughput, ours vs transformers."""
     import torch
     from aios_memory_clip.provider import ClipProvider
@@ -99,7 +103,7 @@ def bench_vision(weights: Path, hf_dir: Path, pixels, reps: int) -> list[tuple[s
     provider.load()
     towers = {
         "ours": provider._model.encode_image,
-        "sdpa": CLIPModel.from_pretrained(str(hf_dir)).eval().get_image_features,
+        "sdpa": CLIPModel.from_pretrained(str(hf_dir), attn_implementation="sdpa").eval().get_image_features,
         "eager": CLIPModel.from_pretrained(str(hf_dir), attn_implementation="eager")
         .eval()
         .get_image_features,
@@ -113,29 +117,100 @@ def bench_vision(weights: Path, hf_dir: Path, pixels, reps: int) -> list[tuple[s
         single = race({k: lambda f=f: [f(pixels[i : i + 1]) for i in range(n)] for k, f in run.items()}, reps)
         b1 = {k: v / n for k, v in single.items()}
         b32 = race({k: lambda f=f: f(batch32) for k, f in run.items()}, reps)
+        ref_emb = torch.nn.functional.normalize(run["sdpa"](batch32).pooler_output, dim=-1)
+        cos = torch.nn.functional.cosine_similarity(run["ours"](batch32), ref_emb).min().item()
+    from floors import gemm_floor_s, model_flops
+
+    f1, f32 = gemm_floor_s("clip-vision", 1), gemm_floor_s("clip-vision", 32)
+    gf = model_flops("clip-vision", 32) / b32["ours"] / 1e9
     rows = []
     for ref, label in (("sdpa", "transformers (sdpa attn)"), ("eager", "transformers (eager attn)")):
+        note = f"vs {label}; ours at {f1 / b1['ours']:.0%} of the GEMM floor"
         rows.append(
-            ("vision latency, batch 1 (ms/image)", f"ours vs {label}", b1["ours"] * 1e3, b1[ref] * 1e3, False)
+            ("vision latency, batch 1", b1["ours"] * 1e3, b1[ref] * 1e3, False, "ms/image", f1 * 1e3, note)
         )
     for ref, label in (("sdpa", "transformers (sdpa attn)"), ("eager", "transformers (eager attn)")):
+        note = (
+            f"vs {label}; ours {gf:.0f} GFLOP/s = {f32 / b32['ours']:.0%} of the GEMM floor; "
+            f"min cosine to transformers {cos:.7f}"
+        )
         rows.append(
-            (
-                "vision throughput, batch 32 (images/s)",
-                f"ours vs {label}",
-                32 / b32["ours"],
-                32 / b32[ref],
-                True,
-            )
+            ("vision throughput, batch 32", 32 / b32["ours"], 32 / b32[ref], True, "images/s", 32 / f32, note)
         )
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="fewer repeats")
-    args = ap.parse_args()
-    reps = 3 if args.quick else 5
+def bench_precision(weights: Path, pixels, reps: int) -> list[tuple]:
+    """bf16 and dynamic int8 vs our fp32 (same seeded weights): batch-32 throughput, batch-1 latency,
+    cosine to fp32 and image->image recall on tests/test_precision_modes.py's photographs + crops/flips."""
+    import numpy as np
+    import torch
+    from aios_memory_clip.provider import ClipProvider
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from test_precision_modes import cosines, image_retrieval_set, overlap_at_k, recall_at_k, top_k
+
+    queries, corpus, relevant = image_retrieval_set()
+    modes = {m: ClipProvider(weights.parent, precision=m) for m in ("fp32", "bf16", "int8")}
+    emb = {m: (p.encode_image(queries), p.encode_image(corpus)) for m, p in modes.items()}
+    batch32 = pixels.repeat(4, 1, 1, 1)  # (32, 3, 224, 224)
+    towers = {m: p._model.encode_image for m, p in modes.items()}
+    with torch.inference_mode():
+        b32 = race({m: lambda f=f: f(batch32) for m, f in towers.items()}, reps)
+        b1 = race(
+            {m: lambda f=f: [f(pixels[i : i + 1]) for i in range(len(pixels))] for m, f in towers.items()},
+            reps,
+        )
+    top32 = top_k(*emb["fp32"], k=4)
+    rows = []
+    for m in ("bf16", "int8"):
+        cos = cosines(np.concatenate(emb[m]), np.concatenate(emb["fp32"]))
+        top = top_k(*emb[m], k=4)
+        note = (
+            f"vs our fp32; cosine to fp32 min {cos.min():.5f} mean {cos.mean():.5f} ({len(cos)} images); "
+            f"image->image recall@4 {recall_at_k(top, relevant):.3f} (fp32 {recall_at_k(top32, relevant):.3f}), "
+            f"top-4 overlap {overlap_at_k(top, top32):.3f}; seeded weights: numeric agreement only"
+        )
+        rows.append(
+            (f"{m} vision throughput, batch 32", 32 / b32[m], 32 / b32["fp32"], True, "images/s", None, note)
+        )
+        rows.append((f"{m} vision latency, batch 1", b1[m] / len(pixels) * 1e3, b1["fp32"] / len(pixels) * 1e3,
+                     False, "ms/image", None, "vs our fp32"))  # fmt: skip
+    return rows
+
+
+def bench_compile(weights: Path, pixels, reps: int) -> list[tuple]:
+    """``torch.compile`` (inductor, default mode) of our vision tower: compile time and steady state."""
+    import torch
+    from aios_memory_clip.provider import ClipProvider
+
+    p = ClipProvider(weights.parent)
+    p.load()
+    batch32 = pixels.repeat(4, 1, 1, 1)
+    with torch.inference_mode():
+        t = time.perf_counter()
+        compiled = torch.compile(p._model.encode_image)
+        compiled(batch32)
+        took = time.perf_counter() - t
+        b32 = race(
+            {"eager": lambda: p._model.encode_image(batch32), "compiled": lambda: compiled(batch32)}, reps
+        )
+    note = f"compiled vs our eager; first call (compile) {took:.1f} s"
+    return [
+        (
+            "torch.compile vision, batch 32",
+            32 / b32["compiled"],
+            32 / b32["eager"],
+            True,
+            "images/s",
+            None,
+            note,
+        )
+    ]
+
+
+def run(quick: bool = False, with_compile: bool = False) -> list[dict]:
+    reps = 3 if quick else 5
 
     import torch
     from aios_memory_clip.preprocess import preprocess_batch
@@ -159,13 +234,8 @@ def main() -> None:
         path = root / f"{name}.png"
         Image.fromarray(arr.astype("uint8") * (255 if arr.dtype == bool else 1)).save(path)
         files.append(str(path))
-    print(
-        f"checkpoint: {(root / 'hf' / 'model.safetensors').stat().st_size / 1e6:.0f} MB safetensors, "
-        f"{weights.stat().st_size / 1e6:.0f} MB Parquet",
-        flush=True,
-    )
 
-    rows: list[tuple[str, str, float, float, bool]] = []  # measure, comparison, ours, ref, higher is better
+    rows: list[tuple] = []  # measure, ours, reference, higher is better, unit, floor, note
 
     # --- weight loading (imports done; page cache warm) ------------------------------------------------
     load = race(
@@ -176,26 +246,58 @@ def main() -> None:
         reps,
     )
     rows.append(
-        ("weight load (s)", "ours (Parquet, sha256) vs from_pretrained", load["ours"], load["hf"], False)
+        (
+            "weight load",
+            load["ours"],
+            load["hf"],
+            False,
+            "s",
+            None,
+            "ours (Parquet, sha256) vs from_pretrained",
+        )
     )
 
     # --- vision tower: same preprocessed pixels ----------------------------------------------------------
     pixels = torch.from_numpy(preprocess_batch([Path(f).read_bytes() for f in files]))  # (8, 3, 224, 224)
     rows += bench_vision(weights, root / "hf", pixels, reps)
+    rows += bench_precision(weights, pixels, reps)
+    if with_compile:
+        rows += bench_compile(weights, pixels, reps)
 
     # --- end to end (preprocess + tower) and peak memory, each in a fresh process ------------------------
     rss_ours = peak_rss_mb(RSS_OURS, [str(weights.parent), *files])
     rss_hf = peak_rss_mb(RSS_HF, [str(root / "hf"), *files])
-    rows.append(("peak RSS: load + embed 8 images (MB)", "ours vs transformers", rss_ours, rss_hf, False))
+    rows.append(
+        ("peak RSS: load + embed 8 images", rss_ours, rss_hf, False, "MB", None, "ours vs transformers")
+    )
+    return [
+        {"area": "clip", "measure": m, "ours": o, "reference": r, "ratio": o / r if higher else r / o,
+         "floor": floor, "unit": unit, "note": note}
+        for m, o, r, higher, unit, floor, note in rows
+    ]  # fmt: skip
 
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    args = ap.parse_args()
+    import torch
+
+    rows = run(args.quick, args.compile)
     print(
         f"\nmachine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads\n"
     )
-    print(f"| {'measure':<40} | {'comparison':<42} | {'ours':>9} | {'reference':>9} | {'ratio':>7} |")
-    print(f"|{'-' * 42}|{'-' * 44}|{'-' * 11}|{'-' * 11}|{'-' * 9}|")
-    for measure, comp, o, r, higher in rows:
-        ratio = o / r if higher else r / o
-        print(f"| {measure:<40} | {comp:<42} | {o:>9.3f} | {r:>9.3f} | {ratio:>6.2f}x |")
+    print(
+        f"| {'measure':<36} | {'ours':>9} | {'reference':>9} | {'ratio':>6} | {'floor':>9} | {'unit':<8} | note"
+    )
+    print(f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 8}|{'-' * 11}|{'-' * 10}|------")
+    for r in rows:
+        floor = "" if r["floor"] is None else f"{r['floor']:9.3f}"
+        print(
+            f"| {r['measure']:<36} | {r['ours']:>9.3f} | {r['reference']:>9.3f} | {r['ratio']:5.2f}x | {floor:>9} "
+            f"| {r['unit']:<8} | {r['note']}"
+        )
     print(
         "\nratio: how many times better ours is (reference/ours for times and memory, ours/reference for rates)"
     )

@@ -32,7 +32,8 @@ def test_bundled_text_plugin_comes_through_the_entry_point_group():
     assert load_plugins() is pm  # idempotent
     assert "text" in [pm.get_name(p) for p in pm.get_plugins()]
     info = {p["name"]: p for p in plugin_info()}
-    assert info["text"]["providers"] == ["minilm-l6-v2"] and info["text"]["package"] == "aios-memory"
+    assert info["text"]["providers"] == ["minilm-l6-v2", "minilm-l6-v2@bf16", "minilm-l6-v2@int8"]
+    assert info["text"]["package"] == "aios-memory"
 
 
 def test_listing_loads_no_model_and_no_torch(tmp_path):

@@ -19,6 +19,7 @@ from aios_memory.weights import read_weights
 MODEL_ID = "clip-vit-base-patch32"
 IMAGE_BATCH = 32
 TEXT_BATCH = 64
+PRECISIONS = ("fp32", "bf16", "int8")  # as aios_memory_clip.model.PRECISIONS (not imported: no torch here)
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 INSTALL_HINT = (
     "no package ships CLIP weights: download a Hugging Face CLIP folder (openai/clip-vit-base-patch32 "
@@ -51,8 +52,16 @@ class ClipProvider(ConvertedModelProvider):
     model_name = "clip"
     source_pip = None  # no registry package ships CLIP weights
     version = "1"
+    precision = "fp32"
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, precision: str = "fp32") -> None:
+        """``precision``: ``fp32`` (default, exact), or the opt-in ``bf16`` / ``int8`` (dynamic) modes; a
+        reduced-precision provider is named ``clip-vit-b-32@bf16`` / ``@int8`` and shares the fp32 weights."""
+        if precision not in PRECISIONS:
+            raise ProviderError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision != "fp32":
+            self.name = f"{type(self).name}@{precision}"  # type: ignore[misc]
+            self.precision = precision
         super().__init__(directory)
         self._model: Any = None
         self._tokenizer: Any = None
@@ -91,20 +100,34 @@ class ClipProvider(ConvertedModelProvider):
             model = Clip(cfg)
         model.load_state_dict(wf.torch_state_dict(), strict=True, assign=True)  # zero-copy views
         model.eval().requires_grad_(False)
+        model.optimize(self.precision)  # bf16 weights or dynamic int8 Linear when asked; fp32: as loaded
         self._model, self._tokenizer, self._cfg = model, tok, cfg
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The base fingerprint; reduced precision adds ``precision`` (fp32 stores keep theirs unchanged)."""
+        fp = super().fingerprint()
+        return fp if self.precision == "fp32" else {**fp, "precision": self.precision}
 
     # --- provider protocol -----------------------------------------------------------------------------
     def _embed(self, items: list[Any]) -> np.ndarray:
-        import torch
+        return self.forward(self.preprocess(items))[0]
 
+    def preprocess(self, items: list[Any]) -> np.ndarray:
+        """Images -> ``(n, 3, S, S)`` float32 pixels: decode, orient, resize, crop, normalise (no torch)."""
         from aios_memory_clip.preprocess import preprocess_batch
 
-        out = np.empty((len(items), self.dim), dtype=np.float32)
+        return preprocess_batch(items, self._cfg.image_size)
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """``(n, 3, S, S)`` pixels -> ``(n, 512)`` image embeddings, ``IMAGE_BATCH`` images per pass."""
+        import torch
+
+        out = np.empty((len(batch), self.dim), dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, len(items), IMAGE_BATCH):
-                pixels = preprocess_batch(items[start : start + IMAGE_BATCH], self._cfg.image_size)
-                out[start : start + len(pixels)] = self._model.encode_image(torch.from_numpy(pixels)).numpy()
-        return out
+            for start in range(0, len(batch), IMAGE_BATCH):
+                pixels = torch.from_numpy(batch[start : start + IMAGE_BATCH])  # (B, 3, S, S)
+                out[start : start + len(pixels)] = self._model.encode_image(pixels).numpy()
+        return out, [{} for _ in range(len(batch))]
 
     def _embed_query(self, items: list[Any], modality: str) -> np.ndarray:
         if modality != "text":

@@ -172,8 +172,35 @@ class WhisperProvider(ConvertedModelProvider):
         return self._features(items)[1]
 
     def _embed_with_columns(self, items: list[Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        from aios_memory_whisper.audio import is_silent, load_audio
+        return self.forward(self.preprocess(items))
 
-        features, pooled = self._features(items)  # one encoder pass for vectors and transcripts
-        silent = [is_silent(load_audio(item)) for item in items]
-        return pooled, [{"transcript": t} for t in self._transcribe_features(features, silent)]
+    def preprocess(self, items: list[Any]) -> dict[str, Any]:
+        """Decode, resample and log-mel each item's first 30 s (no model): ``{"mels": (n, 80, 3000),
+        "frames": real encoder positions per item, "silent": per-item silence flags}``."""
+        import torch
+
+        from aios_memory_whisper.audio import N_FRAMES, N_MELS, is_silent, load_audio, log_mel, real_frames
+
+        samples = [load_audio(item) for item in items]
+        return {
+            "mels": torch.stack([log_mel(s) for s in samples])
+            if samples
+            else torch.zeros(0, N_MELS, N_FRAMES),
+            "frames": [real_frames(len(s)) for s in samples],
+            "silent": [is_silent(s) for s in samples],
+        }
+
+    def forward(self, batch: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Log-mels -> pooled encoder vectors ``(n, 512)`` and greedy transcripts (one encoder pass)."""
+        import torch
+
+        from aios_memory_whisper.model import pooled_embedding
+
+        mels = batch["mels"]  # (n, 80, 3000)
+        with torch.inference_mode():
+            features = torch.cat(
+                [self._model.encode(mels[s : s + BATCH]) for s in range(0, len(mels), BATCH)]
+            )
+            pooled = torch.nn.functional.normalize(pooled_embedding(features, batch["frames"]), dim=-1)
+        texts = self._transcribe_features(features, batch["silent"])  # (n, 1500, 512) states
+        return pooled.numpy(), [{"transcript": t} for t in texts]
