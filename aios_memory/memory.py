@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,11 +95,15 @@ def metadata_filter(
     placeholders and a list, for predicates that sit beside positional parameters.
     """
     if not isinstance(filter, Mapping) or not filter:
-        raise InvalidInputError("filter must be a non-empty dict of metadata key -> value (or list of values)")
+        raise InvalidInputError(
+            "filter must be a non-empty dict of metadata key -> value (or list of values)"
+        )
     clauses, params, positional = [], {}, []
     for i, (key, value) in enumerate(filter.items()):
         if not isinstance(key, str) or not key or len(key) > 256 or "\x00" in key:
-            raise InvalidInputError(f"filter keys are non-empty strings of at most 256 characters, got {key!r}")
+            raise InvalidInputError(
+                f"filter keys are non-empty strings of at most 256 characters, got {key!r}"
+            )
         check_utf8(key, "a filter key")
         options = list(value) if isinstance(value, (list, tuple)) else [value]
         if not options:
@@ -120,3 +124,21 @@ def metadata_filter(
     if not named:
         return re.sub(r"\$" + re.escape(prefix) + r"\w+", "?", where), positional
     return where, params
+
+
+def with_metadata_filter(where: str | None, params: Any, filter: Any) -> tuple[str | None, Any]:
+    """``where``/``params`` with a metadata ``filter`` ANDed in, in the caller's parameter style."""
+    if filter is None:
+        return where, params
+    if isinstance(params, Mapping):
+        clause, named = metadata_filter(filter, prefix="aiosmf_")
+        clash = sorted(set(params) & set(named))  # type: ignore[arg-type]
+        if clash:
+            raise InvalidInputError(f"parameter names {clash} collide with the metadata filter's own")
+        return (f"({where}) AND {clause}" if where else clause), {**params, **named}  # type: ignore[dict-item]
+    if params is not None and (
+        isinstance(params, (str, bytes, bytearray)) or not isinstance(params, Sequence)
+    ):
+        return where, params  # the search refuses these params with its own message
+    clause, positional = metadata_filter(filter, prefix="aiosmf_", named=False)
+    return (f"({where}) AND {clause}" if where else clause), [*(params or []), *positional]  # type: ignore[misc]

@@ -28,7 +28,7 @@ from aios_memory.errors import (
     StoreCorruptError,
 )
 from aios_memory.home import default_store_path
-from aios_memory.memory import Memory, check_namespace, check_utf8, memory_from_row
+from aios_memory.memory import Memory, check_namespace, check_utf8, memory_from_row, with_metadata_filter
 from aios_memory.modality import prepare
 from aios_memory.plugins import get_provider, get_providers
 from aios_memory.provider import MODALITIES, EmbeddingProvider
@@ -206,17 +206,20 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         order: str = "score",
         min_score: float | None = None,
         exact: bool | None = None,
+        filter: Mapping[str, Any] | None = None,
     ) -> list[Memory]:
         """Rank memories by cosine similarity to ``query`` (text, image or audio).
 
         ``modality`` is the table searched (default: the query's own modality, so text searches text).
         ``where`` is an SQL predicate over the table's columns whose values come from ``params``.
+        ``filter`` is metadata equality, ``{"key": value or [values]}``, ANDed with ``where``.
         ``half_life`` (seconds) multiplies each score by ``0.5 ** (age / half_life)``, age counted from
         ``created_at``; ``min_score`` drops results scoring below it (after the decay); ``order="newest"``
         returns the top ``k`` by score newest first. ``exact=True`` never uses an ANN index,
         ``exact=False`` requires one (see :meth:`create_index`); by default an index is used when the
         table has one and the search can use it. :meth:`explain_search` says what a search did.
         """
+        where, params = with_metadata_filter(where, params, filter)
         return self._search(query, k, modality, namespace, where, params, half_life, order, min_score, exact)[
             0
         ]
@@ -238,6 +241,9 @@ class MemoryStore(WritesMixin, CrossModalMixin):
                 ("exact", None),
             ]
         }
+        kw["where"], kw["params"] = with_metadata_filter(
+            kw["where"], kw["params"], kwargs.pop("filter", None)
+        )
         if kwargs:
             raise InvalidInputError(f"unknown search arguments: {', '.join(sorted(kwargs))}")
         results, explain = self._search(query, k, *kw.values())

@@ -102,3 +102,35 @@ def test_history_of_unknown_id(store):
         store.history("no-such-id")
     with pytest.raises(InvalidInputError):
         store.history(42)  # type: ignore[arg-type]
+
+
+def test_metadata_filter_equality_lists_and_parameters(store):
+    store.add_many(
+        ["Quarterly report due Friday", "Team lunch Thursday", "Budget review due Monday", "O'Brien's party"],
+        metadata=[
+            {"kind": "deadline", "team": "finance"},
+            {"kind": "social", "team": "finance"},
+            {"kind": "deadline", "team": "ops", "n": 1},
+            {"kind": "social", "host": "O'Brien"},
+        ],
+    )
+    due = store.search("what is due?", filter={"kind": "deadline"})
+    assert sorted(m.content for m in due) == ["Budget review due Monday", "Quarterly report due Friday"]
+    both = store.search("events", filter={"kind": ["deadline", "social"], "team": "finance"})
+    assert sorted(m.content for m in both) == ["Quarterly report due Friday", "Team lunch Thursday"]
+    assert [m.content for m in store.search("x", filter={"host": "O'Brien"})] == ["O'Brien's party"]
+    assert store.search("x", filter={"n": "1"}) == []  # JSON equality: the string "1" is not the number 1
+    assert [m.metadata["n"] for m in store.search("x", filter={"n": 1})] == [1]
+    # combined with a where predicate in either parameter style
+    pos = store.search("x", where="content LIKE ?", params=["%due%"], filter={"team": "ops"})
+    named = store.search("x", where="content LIKE $p", params={"p": "%due%"}, filter={"team": "ops"})
+    assert [m.content for m in pos] == [m.content for m in named] == ["Budget review due Monday"]
+    explained = store.explain_search("x", filter={"kind": "deadline"})
+    assert explained["selected"] == explained["scored"] == 2
+
+
+@pytest.mark.parametrize("bad", [{}, {"": 1}, {"k": []}, {"k": object()}, "kind=deadline", {1: "a"}])
+def test_bad_metadata_filters_are_refused(store, bad):
+    store.add("something")
+    with pytest.raises(InvalidInputError, match="filter"):
+        store.search("x", filter=bad)
