@@ -20,6 +20,9 @@ from aios_memory.errors import EmptyContentError, ModalityError, ProviderError
 MODALITIES = ("text", "image", "audio")
 
 
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
 class EmbeddingProvider:
     """Turns items of one modality into L2-normalised float32 vectors of a fixed dimension.
 
@@ -36,6 +39,7 @@ class EmbeddingProvider:
     model_name: ClassVar[str | None] = None
     source_pip: ClassVar[str | None] = None  # a registry package that ships the weights, if any
     version: ClassVar[str] = "1"
+    precision: str = "fp32"  # or an opt-in "bf16" / "int8" (see ``_use_precision``)
 
     def __init__(self) -> None:
         if not self.name or self.modality not in MODALITIES or int(self.dim) <= 0:
@@ -196,13 +200,24 @@ class EmbeddingProvider:
         return None
 
     def fingerprint(self) -> dict[str, Any]:
-        """What the store records in a table's schema metadata to refuse mixing providers."""
-        return {
+        """What the store records in a table's schema metadata to refuse mixing providers; a reduced
+        precision adds ``precision`` (fp32 tables keep the fingerprint they always had)."""
+        fp = {
             "provider": self.name,
             "modality": self.modality,
             "dim": int(self.dim),
             "version": self.version,
         }
+        return fp if self.precision == "fp32" else {**fp, "precision": self.precision}
+
+    def _use_precision(self, precision: str) -> None:
+        """Opt in to a reduced-precision mode (``bf16``, ``int8``): the provider is then named
+        ``<name>@<precision>``, so a table records which one embedded it. Applying it is the plugin's."""
+        if precision not in PRECISIONS:
+            raise ProviderError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision != "fp32":
+            self.name = f"{type(self).name}@{precision}"  # type: ignore[misc]
+            self.precision = precision
 
     def info(self) -> dict[str, Any]:
         return {

@@ -23,18 +23,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness import SKIMAGE_NAMES
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-IMAGES = [
-    "astronaut",
-    "chelsea",
-    "coffee",
-    "rocket",
-    "horse",
-    "camera",
-    "hubble_deep_field",
-    "immunohistochemistry",
-]
+IMAGES = SKIMAGE_NAMES
 
 PEAK = """
 import resource

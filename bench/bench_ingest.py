@@ -30,18 +30,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import SKIMAGE_NAMES, print_rows  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 ALSA = Path("/usr/share/sounds/alsa")
-SKIMAGE = [
-    "astronaut",
-    "chelsea",
-    "coffee",
-    "rocket",
-    "horse",
-    "camera",
-    "hubble_deep_field",
-    "immunohistochemistry",
-]
+SKIMAGE = SKIMAGE_NAMES
 SENTENCES = [
     "Memories are stored in tables, one for each kind of content.",
     "The agent remembers what it saw and what it heard yesterday.",
@@ -243,22 +237,6 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
-    def f(x: float | None) -> str:
-        return "" if x is None else f"{x:.3f}" if abs(x) < 100 else f"{x:.0f}"
-
-    print(
-        f"| {'area':<24} | {'measure':<58} | {'ours':>8} | {'ref':>8} | {'ratio':>6} | {'floor':>8} | unit | note"
-    )
-    print("|" + "|".join("-" * w for w in (26, 60, 10, 10, 8, 10, 9, 6)) + "|")
-    for r in rows:
-        print(
-            f"| {r['area']:<24} | {r['measure']:<58} | {f(r['ours']):>8} | {f(r['reference']):>8} | "
-            f"{f(r['ratio']):>6} | {f(r['floor']):>8} | {r['unit']} | {r['note']}"
-        )
-    print("\nratio: ours / model-only throughput (1.0 = the import is as fast as the model alone).")
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="200 images and 24 audio files")
@@ -266,4 +244,6 @@ if __name__ == "__main__":
     import torch
 
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print_table(run(a.quick))
+    print_rows(
+        run(a.quick), "ratio: ours / model-only throughput (1.0 = the import is as fast as the model alone)."
+    )

@@ -30,6 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import print_rows  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 
 CHILD = """
@@ -310,24 +313,6 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
-    def f(x: float | None) -> str:
-        return "" if x is None else f"{x:.3f}" if abs(x) < 100 else f"{x:.0f}"
-
-    print(
-        f"| {'area':<34} | {'measure':<58} | {'ours':>8} | {'ref':>8} | {'ratio':>6} | {'floor':>8} | unit | note"
-    )
-    print("|" + "|".join("-" * w for w in (36, 60, 10, 10, 8, 10, 6, 6)) + "|")
-    for r in rows:
-        print(
-            f"| {r['area']:<34} | {r['measure']:<58} | {f(r['ours']):>8} | {f(r['reference']):>8} | "
-            f"{f(r['ratio']):>6} | {f(r['floor']):>8} | {r['unit']:<4} | {r['note']}"
-        )
-    print(
-        "\nratio: reference / ours (higher is better). floor: page-cache read of the weight file (s) or weight MiB."
-    )
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -335,4 +320,7 @@ if __name__ == "__main__":
     import torch
 
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print_table(run(a.quick))
+    print_rows(
+        run(a.quick),
+        "ratio: reference / ours (higher is better). floor: page-cache read of the weight file (s) or weight MiB.",
+    )

@@ -21,28 +21,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 import numpy as np
+from harness import median_time
 
 Shape = tuple[int, int, int]  # (M, K, N): (M, K) @ (K, N)
 MB = 1 << 20
-
-
-def _median(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 @cache
@@ -56,12 +43,12 @@ def gemm_gflops(shape: Shape, dtype: str = "fp32", repeats: int = 5) -> float:
         if dtype == "int8":
             a = torch.randint(-127, 128, (M, K), dtype=torch.int8, generator=g)
             b = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g).t()  # (K, N), as Linear
-            secs = _median(lambda: torch._int_mm(a, b), repeats)
+            secs = median_time(lambda: torch._int_mm(a, b), repeats, warmup=2)
         else:
             dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
             a = torch.randn(M, K, generator=g).to(dt)
             b = torch.randn(N, K, generator=g).to(dt).t()  # (K, N): an nn.Linear weight, transposed
-            secs = _median(lambda: torch.mm(a, b), repeats)
+            secs = median_time(lambda: torch.mm(a, b), repeats, warmup=2)
     return 2 * M * K * N / secs / 1e9
 
 
@@ -81,7 +68,7 @@ def int8_linear_gops(shape: Shape, repeats: int = 5) -> float:
         )
     x = torch.randn(M, K)
     with torch.inference_mode():
-        secs = _median(lambda: lin(x), repeats)
+        secs = median_time(lambda: lin(x), repeats, warmup=2)
     return 2 * M * K * N / secs / 1e9
 
 
@@ -89,8 +76,8 @@ def memory_gbs(nbytes: int = 256 * MB, repeats: int = 5) -> dict[str, float]:
     """One-thread numpy bandwidth: copy (read + write bytes) and sum (read bytes), GB/s."""
     a = np.ones(nbytes // 8, dtype=np.float64)
     b = np.empty_like(a)
-    copy = _median(lambda: np.copyto(b, a), repeats)
-    total = _median(lambda: a.sum(), repeats)
+    copy = median_time(lambda: np.copyto(b, a), repeats, warmup=2)
+    total = median_time(lambda: a.sum(), repeats, warmup=2)
     return {"mem_copy_gbs": 2 * nbytes / copy / 1e9, "mem_sum_gbs": nbytes / total / 1e9}
 
 
@@ -107,7 +94,7 @@ def page_cache_gbs(nbytes: int = 256 * MB, repeats: int = 3) -> float:
                 pass
 
     try:
-        secs = _median(read, repeats, warmup=1)
+        secs = median_time(read, repeats, warmup=1)
     finally:
         os.unlink(path)
     return nbytes / secs / 1e9
@@ -115,7 +102,7 @@ def page_cache_gbs(nbytes: int = 256 * MB, repeats: int = 3) -> float:
 
 def sha256_gbs(nbytes: int = 128 * MB, repeats: int = 3) -> float:
     data = os.urandom(MB) * (nbytes // MB)
-    return nbytes / _median(lambda: hashlib.sha256(data).digest(), repeats, warmup=1) / 1e9
+    return nbytes / median_time(lambda: hashlib.sha256(data).digest(), repeats, warmup=1) / 1e9
 
 
 # --- model costs -------------------------------------------------------------------------------------------

@@ -6,12 +6,47 @@ import statistics
 import time
 from collections.abc import Callable
 
+# scikit-image photos the benches embed (real photographs shipped by the package)
+SKIMAGE_NAMES = [
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "horse",
+    "camera",
+    "hubble_deep_field",
+    "immunohistochemistry",
+]
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls of ``fn``, in seconds."""
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` (after ``warmup`` untimed calls), in seconds."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def print_rows(rows: list[dict], footer: str = "") -> None:
+    """The rows every bench's ``run()`` returns, as one plain-text table."""
+
+    def f(x: float | None) -> str:
+        return "" if x is None else f"{x:.3f}" if abs(x) < 100 else f"{x:.0f}"
+
+    wa = max([4, *(len(r["area"]) for r in rows)])
+    wm = max([7, *(len(r["measure"]) for r in rows)])
+    print(
+        f"| {'area':<{wa}} | {'measure':<{wm}} | {'ours':>8} | {'ref':>8} | {'ratio':>6} | {'floor':>8} | unit | note"
+    )
+    print("|" + "|".join("-" * w for w in (wa + 2, wm + 2, 10, 10, 8, 10, 6, 6)) + "|")
+    for r in rows:
+        print(
+            f"| {r['area']:<{wa}} | {r['measure']:<{wm}} | {f(r['ours']):>8} | {f(r['reference']):>8} | "
+            f"{f(r['ratio']):>6} | {f(r['floor']):>8} | {r['unit']:<4} | {r['note']}"
+        )
+    if footer:
+        print("\n" + footer)

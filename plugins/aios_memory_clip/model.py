@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aios_memory.precision import quantize_linear_int8
+
 ACTIVATIONS = ("quick_gelu", "gelu")
 LEGACY_EOS_TOKEN_ID = 2  # configs written before transformers PR #24773 pool at argmax(input_ids)
 PRECISIONS = ("fp32", "bf16", "int8")  # Clip.optimize(): float32 (default), bfloat16, dynamic int8
@@ -243,17 +245,3 @@ class Clip(nn.Module):
     def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(n_img, n_txt) logits: cosine similarity times exp(logit_scale), as ``logits_per_image``."""
         return self.logit_scale.exp() * self.encode_image(pixels) @ self.encode_text(ids).T
-
-
-def quantize_linear_int8(model: nn.Module) -> None:
-    """Every ``nn.Linear`` in place -> dynamic int8 (fbgemm/oneDNN VNNI kernels): weights int8 per output
-    channel, each call's activations quantized per tensor on the fly, int32 sums rescaled to float32.
-    ``torch.ao.quantization.quantize_dynamic`` is deprecated (torchao replaces it) but still works in
-    torch 2.13; its warnings are silenced here."""
-    import warnings
-
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)

@@ -19,7 +19,6 @@ from aios_memory.weights import read_weights
 MODEL_ID = "clip-vit-base-patch32"
 IMAGE_BATCH = 32
 TEXT_BATCH = 64
-PRECISIONS = ("fp32", "bf16", "int8")  # as aios_memory_clip.model.PRECISIONS (not imported: no torch here)
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 INSTALL_HINT = (
     "no package ships CLIP weights: download a Hugging Face CLIP folder (openai/clip-vit-base-patch32 "
@@ -52,16 +51,11 @@ class ClipProvider(ConvertedModelProvider):
     model_name = "clip"
     source_pip = None  # no registry package ships CLIP weights
     version = "1"
-    precision = "fp32"
 
     def __init__(self, directory: Path | None = None, precision: str = "fp32") -> None:
         """``precision``: ``fp32`` (default, exact), or the opt-in ``bf16`` / ``int8`` (dynamic) modes; a
         reduced-precision provider is named ``clip-vit-b-32@bf16`` / ``@int8`` and shares the fp32 weights."""
-        if precision not in PRECISIONS:
-            raise ProviderError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if precision != "fp32":
-            self.name = f"{type(self).name}@{precision}"  # type: ignore[misc]
-            self.precision = precision
+        self._use_precision(precision)
         super().__init__(directory)
         self._model: Any = None
         self._tokenizer: Any = None
@@ -103,12 +97,6 @@ class ClipProvider(ConvertedModelProvider):
         model.optimize(self.precision)  # bf16 weights or dynamic int8 Linear when asked; fp32: as loaded
         self._model, self._tokenizer, self._cfg = model, tok, cfg
 
-    def fingerprint(self) -> dict[str, Any]:
-        """The base fingerprint; reduced precision adds ``precision`` (fp32 stores keep theirs unchanged)."""
-        fp = super().fingerprint()
-        return fp if self.precision == "fp32" else {**fp, "precision": self.precision}
-
-    # --- provider protocol -----------------------------------------------------------------------------
     def _embed(self, items: list[Any]) -> np.ndarray:
         return self.forward(self.preprocess(items))[0]
 

