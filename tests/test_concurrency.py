@@ -87,7 +87,10 @@ def test_writers_and_readers_at_once(tmp_path):
     )
     assert len(contents) == len(set(contents)) == WRITERS * PER_WRITER  # nothing lost, nothing doubled
     assert set(contents) == expected
-    assert store.version == WRITERS * PER_WRITER // BATCH
+    ops = [store._storage.read_manifest(v).operation for v in store._storage.versions()]
+    assert sum(op.startswith("add") for op in ops) == WRITERS * PER_WRITER // BATCH  # one commit per batch
+    assert all(op.startswith(("add", "compact")) for op in ops)  # the rest: automatic compactions
+    assert len(store._manifest().tables["text"].fragments) < 40  # which keep the file count bounded
     assert store.verify()["ok"]
     for r in results:
         assert r["errors"] == []
