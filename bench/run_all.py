@@ -1,7 +1,7 @@
 """Every benchmark of issue "Fast" in one table: ours, the reference measured in the same run, the ratio
 (how many times better ours is), and the machine's floor.
 
-    python bench/run_all.py                # full run (about 30-40 minutes on 2 cores)
+    python bench/run_all.py                # full run (about 45 minutes on 2 cores)
     python bench/run_all.py --quick        # smaller sizes (search stops at 100k memories)
     python bench/run_all.py --only search,load --write-docs
 
