@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import decimal
-import inspect
 import json
 import math
 import uuid
@@ -102,11 +101,6 @@ def memory_dict(memory: Any) -> dict[str, Any]:
     return out
 
 
-def supports(fn: Any, name: str) -> bool:
-    """Whether the store API at hand has parameter ``name`` (features land in the core independently)."""
-    return name in inspect.signature(fn).parameters
-
-
 @contextlib.contextmanager
 def _tool_errors() -> Iterator[None]:
     from mcp.server.mcpserver.exceptions import ToolError
@@ -166,8 +160,6 @@ def build_server(store: Any, *, dedupe: float | None = None) -> Any:
     server = MCPServer("aios-memory", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
     add_kwargs: dict[str, Any] = {}
     if dedupe is not None:
-        if not supports(store.add_many, "dedupe"):
-            raise InvalidInputError("this version of MemoryStore has no deduplication (dedupe=)")
         add_kwargs["dedupe"] = dedupe
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
@@ -211,49 +203,35 @@ def build_server(store: Any, *, dedupe: float | None = None) -> Any:
         (text, image or audio; default: the query's own). `where` is an SQL predicate over the memory
         columns (e.g. "metadata->>'$.kind' = ?") whose values come from `params`. Returns id, modality,
         score (cosine similarity), namespace, created_at, content/transcript/source and metadata."""
-    if all(supports(store.search, name) for name in ("half_life", "order", "min_score")):
 
-        def recall(
-            query: str,
-            modality: str | None = None,
-            namespace: str | None = None,
-            k: int = 5,
-            where: str | None = None,
-            params: list[Any] | None = None,
-            half_life_s: float | None = None,
-            order: str | None = None,
-            min_score: float | None = None,
-        ) -> dict[str, Any]:
-            return _recall(
-                query,
-                modality,
-                namespace,
-                k,
-                where,
-                params,
-                half_life=half_life_s,
-                order=order,
-                min_score=min_score,
-            )
-
-        recall.__doc__ = recall_doc + (
-            "\n        `half_life_s` (seconds) multiplies each score by 0.5 ** (age / half_life_s); "
-            "`min_score` drops results scoring below it (after the decay); `order` is 'score' (default) "
-            "or 'newest' (the top k by score, newest first)."
+    def recall(
+        query: str,
+        modality: str | None = None,
+        namespace: str | None = None,
+        k: int = 5,
+        where: str | None = None,
+        params: list[Any] | None = None,
+        half_life_s: float | None = None,
+        order: str | None = None,
+        min_score: float | None = None,
+    ) -> dict[str, Any]:
+        return _recall(
+            query,
+            modality,
+            namespace,
+            k,
+            where,
+            params,
+            half_life=half_life_s,
+            order=order,
+            min_score=min_score,
         )
-    else:
 
-        def recall(
-            query: str,
-            modality: str | None = None,
-            namespace: str | None = None,
-            k: int = 5,
-            where: str | None = None,
-            params: list[Any] | None = None,
-        ) -> dict[str, Any]:
-            return _recall(query, modality, namespace, k, where, params)
-
-        recall.__doc__ = recall_doc
+    recall.__doc__ = recall_doc + (
+        "\n        `half_life_s` (seconds) multiplies each score by 0.5 ** (age / half_life_s); "
+        "`min_score` drops results scoring below it (after the decay); `order` is 'score' (default) "
+        "or 'newest' (the top k by score, newest first)."
+    )
     server.add_tool(recall, annotations=read_only)
 
     @server.tool(

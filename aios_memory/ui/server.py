@@ -145,6 +145,9 @@ def stats_json(store: Any) -> dict[str, Any]:
     return stats
 
 
+VIEWS = {"text": "text_memories", "image": "image_memories", "audio": "audio_memories"}
+
+
 def list_memories(
     store: Any, modality: str, namespace: str | None, limit: int, offset: int
 ) -> dict[str, Any]:
@@ -152,7 +155,7 @@ def list_memories(
 
     if modality not in store.stats()["tables"]:
         return {"modality": modality, "total": 0, "offset": offset, "limit": limit, "memories": []}
-    view = f"{modality}_memories"
+    view = VIEWS[modality]  # a fixed identifier: nothing of the request is formatted into the SQL
     where, params = ("WHERE namespace = ?", [namespace]) if namespace is not None else ("", [])
     extra = "".join(f", {f.name}" for f in EXTRA_COLUMNS[modality])
     cols = "id, namespace, created_at, source, content, media_type, metadata, provider"
