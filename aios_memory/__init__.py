@@ -8,6 +8,8 @@
 Importing this package loads no model and no torch; providers load their weights on first use.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from aios_memory.errors import (
     AiosMemoryError,
     EmptyContentError,
@@ -26,11 +28,27 @@ from aios_memory.errors import (
     WeightFileError,
 )
 from aios_memory.hookspecs import hookimpl
-from aios_memory.memory import Memory
 from aios_memory.provider import EmbeddingProvider
-from aios_memory.store import MemoryStore
+
+if TYPE_CHECKING:
+    from aios_memory.memory import Memory
+    from aios_memory.store import MemoryStore
 
 __version__ = "0.1.0"
+
+_LAZY = {"MemoryStore": "aios_memory.store", "Memory": "aios_memory.memory"}
+
+
+def __getattr__(name: str) -> Any:
+    """``MemoryStore`` and ``Memory`` import the storage layer (pyarrow) on first use, so a plugin or a
+    process that only embeds (``from aios_memory import EmbeddingProvider``) does not pay for it."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'aios_memory' has no attribute {name!r}")
 
 __all__ = [
     "AiosMemoryError",

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from aios_memory.errors import InvalidInputError, MemoryNotFoundError
 from aios_memory.memory import Memory, check_utf8, now_utc
@@ -71,6 +70,8 @@ class HistoryMixin:
         """
         import hashlib
         import json
+
+        import pyarrow.compute as pc
 
         if not isinstance(id, str):
             raise InvalidInputError(f"memory ids are strings, got {type(id).__name__}")

@@ -9,18 +9,18 @@ store's committed memories. ``embed_text(?)`` is a SQL function backed by the st
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from aios_memory.errors import AiosMemoryError, QueryError, StoreCorruptError
 from aios_memory.provider import MODALITIES
 from aios_memory.schema import TEXT_COLUMN, base_schema
 from aios_memory.storage import Manifest, Storage
+
+if TYPE_CHECKING:  # duckdb, pyarrow.compute and pyarrow.dataset load on the first query, not on import
+    import duckdb
 
 Params = Sequence[Any] | Mapping[str, Any] | None
 
@@ -43,6 +43,10 @@ def connect(
     access on (for a caller who asked for it explicitly); the memories themselves stay immutable either
     way, since the views read committed Parquet fragments through Arrow.
     """
+    import duckdb
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
     con = duckdb.connect(":memory:")
     try:
         for modality in MODALITIES:
@@ -80,6 +84,8 @@ _UDF_ERRORS: dict[int, AiosMemoryError] = {}  # per connection: the typed error 
 def _register_embedder(
     con: duckdb.DuckDBPyConnection, fname: str, fn: Callable[[list[str]], np.ndarray], dim: int
 ) -> None:
+    import duckdb
+
     def udf(texts: pa.Array) -> pa.Array:
         try:
             return embed(texts)
@@ -111,11 +117,13 @@ def _register_embedder(
     )
 
 
-READ_ONLY_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+READ_ONLY_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})  # names of duckdb.StatementType members
 
 
 def run(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> pa.Table:
     """Execute one SQL statement with parameters; every DuckDB error becomes a ``QueryError``."""
+    import duckdb
+
     if not isinstance(sql, str) or not sql.strip():
         raise QueryError("SQL must be a non-empty string")
     check_params(params)
@@ -130,7 +138,7 @@ def run(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> pa.T
     if len(statements) != 1:
         raise QueryError(f"expected exactly one SQL statement, got {len(statements)}")
     kind = statements[0].type
-    if kind not in READ_ONLY_STATEMENTS:
+    if kind.name not in READ_ONLY_STATEMENTS:
         raise QueryError(
             f"store.sql() is read-only: {kind.name} statements are not allowed (SELECT or EXPLAIN only)"
         )

@@ -62,8 +62,12 @@ def sidecar_buffers(table: pa.Table) -> Iterator[tuple[str, list[Any]]]:
             norms = np.sqrt(np.einsum("ij,ij->i", mat, mat, dtype=np.float64)).astype("<f4")
             yield vector_suffix(f.name), [np.ascontiguousarray(mat), norms]
         elif f.name == "created_at" and pa.types.is_timestamp(t):
-            us = table.column(f.name).cast(pa.timestamp("us", tz=t.tz)).cast(pa.int64())
-            yield TIME_SUFFIX, [np.asarray(us.fill_null(0).to_numpy(), dtype="<i8")]
+            # numpy, not Arrow casts: those would import pyarrow.compute (~30 ms) on a cold process's
+            # first add. NaT (null) becomes 0, the epoch.
+            stamps = np.asarray(table.column(f.name).to_numpy(), dtype="datetime64[us]")
+            us = stamps.astype("<i8")
+            us[np.isnat(stamps)] = 0
+            yield TIME_SUFFIX, [us]
 
 
 # --- reading: memory maps and a small per-process cache of immutable files --------------------------

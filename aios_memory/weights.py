@@ -11,8 +11,11 @@ per row group, one uncompressed PLAIN data page per chunk, so a tensor's bytes a
 column chunk, right after their 4-byte length. ``read_weights`` maps the file (``mmap``, copy-on-write)
 and hands out views of the mapped pages, after checking every offset against the footer and the file size
 and every length prefix; any other layout (compression, a dictionary page, a rewritten file) falls back to
-decoding the pages once into an Arrow buffer. Either way every tensor's sha256 is checked, straight from
-the bytes it will be read from, before it is handed out.
+decoding the pages once into an Arrow buffer. Either way every tensor's sha256 is checked before it is
+handed out: mapped tensors are hashed with ``pread`` through the descriptor that was mapped (the same
+page-cache pages the map reads, without faulting them all into the process), decoded ones in memory.
+Pages are faulted in lazily, as the model reads them, so a table a forward pass never touches costs no
+resident memory.
 
 Why copy-on-write (``ACCESS_COPY``) and not a read-only map: the tensors are writable memory, so torch
 takes them without its "non-writable buffer" warning, and a model that wrote into a weight in place would
@@ -30,8 +33,9 @@ import json
 import math
 import mmap
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +156,7 @@ class Tensor:
     view: memoryview | None = field(
         default=None, repr=False
     )  # mapped tensors: a writable (copy-on-write) view
+    offset: int = -1  # mapped tensors: where the bytes start in the file
 
     def numpy(self) -> np.ndarray:
         np_dtype = DTYPES[self.dtype][0]
@@ -189,14 +194,25 @@ class WeightFile:
     tensors: dict[str, Tensor] = field(repr=False)
     nbytes: int = 0
     mapped: bool = False  # True: tensors are views of the mmap'd file; False: of a decoded copy
+    # tensors ``read_weights(defer=...)`` has not hashed yet: ``verify_pending`` before their first use
+    pending: set[str] = field(default_factory=set, repr=False)
 
-    def mismatches(self, threads: int = 2) -> list[str]:
-        """Names of the tensors whose bytes do not match their sha256, in file order."""
+    def mismatches(self, threads: int = 2, names: Iterable[str] | None = None) -> list[str]:
+        """Names of the tensors (all, or ``names``) whose bytes do not match their sha256, in file order."""
+        chosen = self.tensors.values() if names is None else [self.tensors[n] for n in names]
         # largest first, so one big embedding table does not start last and run alone
-        order = sorted(self.tensors.values(), key=lambda t: -t.buffer.size)
+        order = sorted(chosen, key=lambda t: -t.buffer.size)
         with ThreadPoolExecutor(max(1, threads)) as pool:  # hashlib releases the GIL on large buffers
             bad = {n for n in pool.map(_verify, order) if n}
         return [n for n in self.tensors if n in bad]
+
+    def verify_pending(self, names: Iterable[str], threads: int = 2) -> None:
+        """Hash the deferred tensors among ``names`` now, from the very memory the model reads; raises
+        ``WeightFileError`` on a mismatch (they stay pending, so every later call refuses too)."""
+        todo = [n for n in names if n in self.pending]
+        if todo:
+            self._refuse(self.mismatches(threads, todo))
+            self.pending.difference_update(todo)
 
     def verify(self, threads: int = 2) -> None:
         """Check every tensor's sha256; raises ``WeightFileError`` naming the first mismatching tensor."""
@@ -339,28 +355,60 @@ def data_spans(pf: pq.ParquetFile, nbytes: list[int], file_size: int) -> list[tu
     return spans
 
 
-def _map(path: Path) -> tuple[mmap.mmap, os.stat_result] | None:
-    """A private map of the whole file and the ``fstat`` of the descriptor it was mapped from."""
+def _map(path: Path) -> tuple[mmap.mmap, os.stat_result, int] | None:
+    """A private map of the whole file, the ``fstat`` of the descriptor it was mapped from, and that
+    descriptor (still open: the caller hashes the very file it mapped through it, then closes it).
+
+    Nothing is faulted in: a tensor's pages enter this process when the model first reads them, so a
+    model that never touches a table (MiniLM's 30k-row word embeddings beyond a sentence's rows, CLIP's
+    text tower while it embeds images) never holds it in its resident set.
+    """
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_size == 0:
-                return None
-            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
         return None
-    try:  # fault the (page-cached) pages in up front: one call instead of a fault per 64 KiB later
-        m.madvise(getattr(mmap, "MADV_POPULATE_READ", 22))  # Linux >= 5.14
-    except (OSError, ValueError, AttributeError):
-        try:
-            m.madvise(mmap.MADV_WILLNEED)
-        except (OSError, ValueError, AttributeError):
-            pass
-    return m, st
+    try:
+        st = os.fstat(fd)
+        if st.st_size == 0:
+            os.close(fd)
+            return None
+        m = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
+    except (OSError, ValueError):
+        os.close(fd)
+        return None
+    return m, st, fd
 
 
-def _mapped_views(m: mmap.mmap, pf: pq.ParquetFile, nbytes: list[int]) -> list[memoryview] | None:
-    """Zero-copy views of each tensor's bytes in the map of the file, or None (layout not recognised)."""
+_HASH_CHUNK = 1 << 20
+
+
+def _pread_mismatches(fd: int, tensors: list[Tensor], threads: int) -> set[str]:
+    """Names of mapped tensors whose file bytes do not match their sha256. The bytes are read with
+    ``pread`` through the descriptor that was mapped, into one reused buffer per thread, so hashing
+    does not fault the whole file into the resident set (the map and ``pread`` share the page cache)."""
+    local = threading.local()
+
+    def one(t: Tensor) -> str | None:
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = memoryview(bytearray(_HASH_CHUNK))
+        h = hashlib.sha256()
+        offset, left = t.offset, t.buffer.size
+        while left:
+            n = os.preadv(fd, [buf[: min(_HASH_CHUNK, left)]], offset)
+            if n <= 0:
+                return t.name  # the file shrank under us
+            h.update(buf[:n])
+            offset, left = offset + n, left - n
+        return None if h.hexdigest() == t.sha256 else t.name
+
+    order = sorted(tensors, key=lambda t: -t.buffer.size)  # largest first (see ``mismatches``)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return {n for n in pool.map(one, order) if n}
+
+
+def _mapped_views(m: mmap.mmap, pf: pq.ParquetFile, nbytes: list[int]) -> list[tuple[int, memoryview]] | None:
+    """(file offset, zero-copy view) of each tensor's bytes in the map, or None (layout not recognised)."""
     spans = data_spans(pf, nbytes, len(m))
     if spans is None:
         return None
@@ -369,7 +417,7 @@ def _mapped_views(m: mmap.mmap, pf: pq.ParquetFile, nbytes: list[int]) -> list[m
     for (start, length), n in zip(spans, nbytes, strict=True):
         if int.from_bytes(m[start - 4 : start], "little") != length:
             return None  # not the value's length: some other page layout (statistics, levels, ...)
-        out.append(view[start : start + n])
+        out.append((start, view[start : start + n]))
     return out
 
 
@@ -447,6 +495,7 @@ def read_weights(
     verify: bool = True,
     threads: int = 2,
     mmap: bool = True,
+    defer: Callable[[str], bool] | None = None,
 ) -> WeightFile:
     """Read a weight file; checks format, model name, every shape against its byte count and every sha256.
 
@@ -454,6 +503,10 @@ def read_weights(
     ``write_weights`` writes (``WeightFile.mapped`` says whether it was); otherwise, or with
     ``mmap=False``, the pages are decoded once. A sha256 mismatch in the mapped bytes is re-checked on the
     decoded pages before the file is refused, so an unrecognised-but-valid layout can never be refused.
+
+    ``defer``: tensors it names are not hashed here but listed in ``WeightFile.pending``; the caller runs
+    ``verify_pending`` on them before their first use (CLIP hashes its text tower on the first text query,
+    not when it embeds an image). Every tensor is still checked before it is used.
 
     ``AIOS_MEMORY_VERIFY=once`` (opt-in; the default ``always`` hashes every tensor on every load) skips
     the hashing when a file beside the weights records a full verification of this very inode: device,
@@ -468,19 +521,42 @@ def read_weights(
     if model is not None and meta.get("model") != model:
         raise WeightFileError(f"{path} holds model {meta.get('model')!r}, expected {model!r}")
     mapping = _map(path) if mmap else None
+    try:
+        return _read_mapped_or_decoded(path, meta, mapping, verify, threads, defer)
+    finally:
+        if mapping is not None:
+            os.close(mapping[2])
+
+
+def _read_mapped_or_decoded(
+    path: Path,
+    meta: dict[str, Any],
+    mapping: tuple[mmap.mmap, os.stat_result, int] | None,
+    verify: bool,
+    threads: int,
+    defer: Callable[[str], bool] | None,
+) -> WeightFile:
     source = pa.BufferReader(pa.py_buffer(memoryview(mapping[0]))) if mapping else None
     pf, cols = _row_columns(path, meta, source)
     nbytes = cols["nbytes"]
-    views = _mapped_views(mapping[0], pf, nbytes) if mapping else None
+    located = _mapped_views(mapping[0], pf, nbytes) if mapping else None
     buffers = (
-        [pa.py_buffer(v) for v in views]
-        if views is not None
+        [pa.py_buffer(v) for _, v in located]
+        if located is not None
         else _decoded_buffers(path, pf, nbytes, cols["name"])
     )
 
-    def build(bufs: list[pa.Buffer], vs: list[memoryview] | None) -> WeightFile:
+    def build(bufs: list[pa.Buffer], at: list[tuple[int, memoryview]] | None) -> WeightFile:
         tensors = {
-            name: Tensor(name, dtype, tuple(shape), buf, sha, vs[i] if vs is not None else None)
+            name: Tensor(
+                name,
+                dtype,
+                tuple(shape),
+                buf,
+                sha,
+                at[i][1] if at is not None else None,
+                at[i][0] if at is not None else -1,
+            )
             for i, (name, dtype, shape, sha, buf) in enumerate(
                 zip(cols["name"], cols["dtype"], cols["shape"], cols["sha256"], bufs, strict=True)
             )
@@ -493,10 +569,10 @@ def read_weights(
             files=meta.get("files", {}),
             tensors=tensors,
             nbytes=sum(nbytes),
-            mapped=vs is not None,
+            mapped=at is not None,
         )
 
-    wf = build(buffers, views)
+    wf = build(buffers, located)
     if len(wf.tensors) != len(nbytes):
         raise WeightFileError(f"{path}: tensor names are not unique")
     if not verify:
@@ -505,11 +581,20 @@ def read_weights(
     key = _cache_key(mapping[1], mapping[0], cols) if once and mapping is not None else None
     if key is not None and _cache_hit(path, key):
         return wf  # this very inode, unchanged since, passed a full verification
-    bad = wf.mismatches(threads)
+    later = {n for n in wf.tensors if defer(n)} if defer is not None else set()
+    now = [n for n in wf.tensors if n not in later]
+    if wf.mapped and mapping is not None:
+        bad_set = _pread_mismatches(mapping[2], [wf.tensors[n] for n in now], threads)
+        bad = [n for n in now if n in bad_set]
+    else:
+        bad = wf.mismatches(threads, now)
     if bad and wf.mapped:  # decide on the decoded pages, whatever the layout
         wf = build(_decoded_buffers(path, pf, nbytes, cols["name"]), None)
-        bad = wf.mismatches(threads)
+        bad = wf.mismatches(threads, now)
     wf._refuse(bad)
+    wf.pending = later
+    if later:
+        return wf  # not all verified: nothing to record
     if key is not None:
         _cache_store(path, key)
     return wf

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aios_memory.errors import (
@@ -392,6 +391,8 @@ class WritesMixin(HistoryMixin):
             return 0
 
         def build(m: Manifest) -> Manifest:
+            import pyarrow.compute as pc  # not on the import path of a cold add
+
             found: set[str] = set()
             gone: list[tuple[str, dict[str, Any]]] = []
             for mod, state in m.tables.items():
@@ -446,6 +447,8 @@ class WritesMixin(HistoryMixin):
                 )
 
         def build(m: Manifest) -> Manifest:
+            import pyarrow.compute as pc  # not on the import path of a cold add
+
             state = m.tables.get(current.modality)
             for pos, frag in enumerate(state.fragments if state else []):
                 if not self._has_ids(frag, {id}):
@@ -504,6 +507,8 @@ class WritesMixin(HistoryMixin):
 
     def _has_ids(self, frag: Fragment, ids: set[str]) -> bool:
         """Whether a fragment holds any of ``ids``, reading only its id column (not the media)."""
+        import pyarrow.compute as pc
+
         col = self._read_fragment(frag, columns=["id"]).column("id")
         return bool(pc.any(pc.is_in(col, pa.array(sorted(ids), pa.string()))).as_py())
 

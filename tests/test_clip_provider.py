@@ -316,3 +316,47 @@ def test_pil_and_path_inputs(tiny, images, tmp_path):
     path.write_bytes(images["chelsea"])
     a = p.encode_image([images["chelsea"], Image.open(io.BytesIO(images["chelsea"])), path])
     assert np.abs(a - a[0]).max() <= 1e-6
+
+
+def _flip_byte_of(weights, name: str) -> None:
+    """Flip one byte inside tensor ``name``'s data in a weight file (its hash stays as recorded)."""
+    wf = read_weights(weights, verify=False)
+    t = wf.tensors[name]
+    assert wf.mapped and t.offset > 0
+    raw = bytearray(weights.read_bytes())
+    raw[t.offset + t.buffer.size // 2] ^= 0x40
+    del wf, t
+    weights.write_bytes(bytes(raw))
+
+
+def test_each_tower_is_hashed_before_its_first_use(tiny, images, tmp_path):
+    """fp32 CLIP hashes the vision tower at the first image and the text tower at the first text: a
+    damaged text tower never blocks image embedding, and is refused on every text call."""
+    _, _, p = tiny
+    for tower, bad_name in (
+        ("text", "text_model.encoder.layers.0.mlp.fc1.weight"),
+        ("image", "vision_model.encoder.layers.0.mlp.fc1.weight"),
+    ):
+        copy = tmp_path / f"clip-{tower}"
+        shutil.copytree(p.directory, copy)
+        _flip_byte_of(copy / "weights.parquet", bad_name)
+        damaged = ClipProvider(copy)
+        damaged.load()  # the towers are not hashed yet: loading succeeds
+        good, bad = (
+            (damaged.encode_image, damaged.encode_text)
+            if tower == "text"
+            else (damaged.encode_text, damaged.encode_image)
+        )
+        good_arg, bad_arg = (
+            ([images["chelsea"]], ["a cat"]) if tower == "text" else (["a cat"], [images["chelsea"]])
+        )
+        ref = p.encode_image(good_arg) if tower == "text" else p.encode_text(good_arg)
+        assert np.abs(good(good_arg) - ref).max() == 0.0
+        for _ in range(2):
+            with pytest.raises(WeightFileError, match=f"sha256 mismatch in tensor '{bad_name}'"):
+                bad(bad_arg)
+    with_bf16 = ClipProvider(
+        tmp_path / "clip-text", precision="bf16"
+    )  # converts every weight: hashes all now
+    with pytest.raises(WeightFileError, match="sha256 mismatch"):
+        with_bf16.load()

@@ -206,7 +206,8 @@ def test_verified_once_cache_is_opt_in_and_dies_with_any_change(sample, monkeypa
     _equal(read_weights(path), tensors)
 
     def current_key():
-        m, st = _map(path)
+        m, st, fd = _map(path)
+        os.close(fd)
         import pyarrow as pa
 
         _, cols = _row_columns(path, read_meta(path), pa.BufferReader(pa.py_buffer(memoryview(m))))
@@ -235,3 +236,31 @@ def test_verified_once_cache_is_opt_in_and_dies_with_any_change(sample, monkeypa
     _cache_path(other).write_text(_cache_path(path).read_text())
     with pytest.raises(WeightFileError, match="c.ids"):
         read_weights(other)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_verified_load_leaves_untouched_tensors_out_of_the_resident_set(tmp_path):
+    """Hashing reads through the descriptor (``pread``), not the map: a 96 MiB table that the model never
+    reads costs no resident memory, and the pages of a tensor enter only when it is read."""
+    big = np.arange(24 * 2**20, dtype=np.float32).reshape(-1, 1024)  # 96 MiB
+    small = np.ones((256, 256), np.float32)
+    path = write_weights(tmp_path / "w.parquet", {"table": big, "small": small}, model="toy", config={})
+    before = _rss_mib()
+    wf = read_weights(path)  # every sha256 checked
+    after_load = _rss_mib()
+    assert wf.mapped and after_load - before < 24, (before, after_load)
+    table = wf.tensors["table"].torch()
+    assert float(table[12345, 7]) == float(big[12345, 7])  # one row: a few pages
+    assert _rss_mib() - before < 24
+    assert float(table.sum(dtype=torch.float64)) == float(big.sum(dtype=np.float64))  # all of it
+    assert _rss_mib() - before > 80
+    tampered = bytearray(path.read_bytes())
+    spans, _ = _spans(path, {"table": big, "small": small})
+    tampered[spans[0][0] + 5_000_000] ^= 1
+    path.write_bytes(bytes(tampered))
+    with pytest.raises(WeightFileError, match="'table'"):
+        read_weights(path)

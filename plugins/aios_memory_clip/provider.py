@@ -6,6 +6,7 @@ and images, temperature-scaled similarity, best matches either way, and zero-sho
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,15 @@ INSTALL_HINT = (
     "layout: config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.json + merges.txt) "
     "and convert it once with `aios-memory models install clip --from PATH`"
 )
+
+
+def _tower_of(name: str) -> str | None:
+    """Which tower a checkpoint tensor belongs to: ``image``, ``text``, or None (shared, hashed on load)."""
+    if name.startswith(("vision_model.", "visual_projection.")):
+        return "image"
+    if name.startswith(("text_model.", "text_projection.")):
+        return "text"
+    return None
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -60,6 +70,8 @@ class ClipProvider(ConvertedModelProvider):
         self._model: Any = None
         self._tokenizer: Any = None
         self._cfg: Any = None
+        self._weights: Any = None  # the WeightFile while a tower's tensors are still unhashed
+        self._tower_lock = threading.Lock()
 
     # --- models ----------------------------------------------------------------------------------------
     def install(self, source: Path | None = None, *, force: bool = False) -> Path:
@@ -81,7 +93,10 @@ class ClipProvider(ConvertedModelProvider):
 
         from aios_memory_clip.model import Clip, ClipConfig
 
-        wf = read_weights(self.weights_path, model=MODEL_ID)  # every tensor's sha256 checked
+        # fp32 reads the mapped pages as they are, so each tower is hashed at its first use (an image
+        # store never pays for the text tower); bf16 / int8 convert every weight now, so hash all now.
+        defer = _tower_of if self.precision == "fp32" else None
+        wf = read_weights(self.weights_path, model=MODEL_ID, defer=defer)  # sha256 per tensor
         cfg = ClipConfig.from_dict(wf.config)
         if cfg.projection_dim != self.dim:
             raise ProviderError(
@@ -96,6 +111,17 @@ class ClipProvider(ConvertedModelProvider):
         model.eval().requires_grad_(False)
         model.optimize(self.precision)  # bf16 weights or dynamic int8 Linear when asked; fp32: as loaded
         self._model, self._tokenizer, self._cfg = model, tok, cfg
+        self._weights = wf if wf.pending else None
+
+    def _tower(self, modality: str) -> None:
+        """Check the sha256 of one tower's tensors before their first use (``read_weights(defer=...)``)."""
+        wf = self._weights
+        if wf is None:
+            return
+        with self._tower_lock:
+            wf.verify_pending([n for n in wf.pending if _tower_of(n) == modality])
+            if not wf.pending:
+                self._weights = None
 
     def _embed(self, items: list[Any]) -> np.ndarray:
         return self.forward(self.preprocess(items))[0]
@@ -110,6 +136,7 @@ class ClipProvider(ConvertedModelProvider):
         """``(n, 3, S, S)`` pixels -> ``(n, 512)`` image embeddings, ``IMAGE_BATCH`` images per pass."""
         import torch
 
+        self._tower("image")
         out = np.empty((len(batch), self.dim), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(batch), IMAGE_BATCH):
@@ -131,6 +158,7 @@ class ClipProvider(ConvertedModelProvider):
         import torch
 
         ids = self.tokenize(texts)
+        self._tower("text")
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths share a batch
         out = np.empty((len(ids), self.dim), dtype=np.float32)
         with torch.inference_mode():
