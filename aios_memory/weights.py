@@ -284,7 +284,7 @@ def _row_columns(
     path: Path, meta: dict[str, Any], source: Any = None
 ) -> tuple[pq.ParquetFile, dict[str, list[Any]]]:
     """The open file and its small per-tensor columns (everything but ``data``), each row checked.
-    ``source``: the mapped file's bytes, so footer, columns and tensors come from one and the same inode."""
+    ``source``: the mapped descriptor, so footer, columns and tensors come from one and the same inode."""
     try:
         pf = pq.ParquetFile(source if source is not None else path, memory_map=False, pre_buffer=False)
         small = pf.read(columns=["name", "dtype", "shape", "nbytes", "sha256"], use_threads=False)
@@ -407,15 +407,19 @@ def _pread_mismatches(fd: int, tensors: list[Tensor], threads: int) -> set[str]:
         return {n for n in pool.map(one, order) if n}
 
 
-def _mapped_views(m: mmap.mmap, pf: pq.ParquetFile, nbytes: list[int]) -> list[tuple[int, memoryview]] | None:
-    """(file offset, zero-copy view) of each tensor's bytes in the map, or None (layout not recognised)."""
+def _mapped_views(
+    mapping: tuple[mmap.mmap, os.stat_result, int], pf: pq.ParquetFile, nbytes: list[int]
+) -> list[tuple[int, memoryview]] | None:
+    """(file offset, zero-copy view) of each tensor's bytes in the map, or None (layout not recognised).
+    The length prefixes are read with ``pread``, so checking them faults no page of the map in."""
+    m, _, fd = mapping
     spans = data_spans(pf, nbytes, len(m))
     if spans is None:
         return None
     view = memoryview(m)  # every slice keeps the map alive as long as a tensor uses it
     out = []
     for (start, length), n in zip(spans, nbytes, strict=True):
-        if int.from_bytes(m[start - 4 : start], "little") != length:
+        if int.from_bytes(os.pread(fd, 4, start - 4), "little") != length:
             return None  # not the value's length: some other page layout (statistics, levels, ...)
         out.append((start, view[start : start + n]))
     return out
@@ -536,10 +540,28 @@ def _read_mapped_or_decoded(
     threads: int,
     defer: Callable[[str], bool] | None,
 ) -> WeightFile:
-    source = pa.BufferReader(pa.py_buffer(memoryview(mapping[0]))) if mapping else None
+    # footer and small columns read through the mapped descriptor (one and the same inode), not through
+    # the map: faulting them in would drag each row group's neighbouring tensor pages in with them
+    source = pa.PythonFile(os.fdopen(os.dup(mapping[2]), "rb"), mode="r") if mapping else None
+    try:
+        return _build_checked(path, meta, mapping, source, verify, threads, defer)
+    finally:
+        if source is not None:
+            source.close()
+
+
+def _build_checked(
+    path: Path,
+    meta: dict[str, Any],
+    mapping: tuple[mmap.mmap, os.stat_result, int] | None,
+    source: Any,
+    verify: bool,
+    threads: int,
+    defer: Callable[[str], bool] | None,
+) -> WeightFile:
     pf, cols = _row_columns(path, meta, source)
     nbytes = cols["nbytes"]
-    located = _mapped_views(mapping[0], pf, nbytes) if mapping else None
+    located = _mapped_views(mapping, pf, nbytes) if mapping else None
     buffers = (
         [pa.py_buffer(v) for _, v in located]
         if located is not None

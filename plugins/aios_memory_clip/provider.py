@@ -70,7 +70,7 @@ class ClipProvider(ConvertedModelProvider):
         self._model: Any = None
         self._tokenizer: Any = None
         self._cfg: Any = None
-        self._weights: Any = None  # the WeightFile while a tower's tensors are still unhashed
+        self._weights: Any = None  # the WeightFile: side files, and the tensors not hashed yet
         self._tower_lock = threading.Lock()
 
     # --- models ----------------------------------------------------------------------------------------
@@ -89,7 +89,6 @@ class ClipProvider(ConvertedModelProvider):
         if not self.is_installed():
             raise ModelNotInstalledError(f"CLIP is not installed at {self.weights_path}; {INSTALL_HINT}")
         import torch
-        from tokenizers import Tokenizer
 
         from aios_memory_clip.model import Clip, ClipConfig
 
@@ -102,26 +101,33 @@ class ClipProvider(ConvertedModelProvider):
             raise ProviderError(
                 f"{self.weights_path}: projection_dim is {cfg.projection_dim}, expected {self.dim}"
             )
-        tok = Tokenizer.from_file(str(wf.check_side_file("tokenizer.json")))
-        tok.enable_truncation(max_length=cfg.max_position_embeddings)  # keeps <|endoftext|> last
-        tok.no_padding()
         with torch.device("meta"):
             model = Clip(cfg)
         model.load_state_dict(wf.torch_state_dict(), strict=True, assign=True)  # zero-copy views
         model.eval().requires_grad_(False)
         model.optimize(self.precision)  # bf16 weights or dynamic int8 Linear when asked; fp32: as loaded
-        self._model, self._tokenizer, self._cfg = model, tok, cfg
-        self._weights = wf if wf.pending else None
+        self._model, self._cfg, self._weights = model, cfg, wf
 
     def _tower(self, modality: str) -> None:
         """Check the sha256 of one tower's tensors before their first use (``read_weights(defer=...)``)."""
         wf = self._weights
-        if wf is None:
-            return
-        with self._tower_lock:
-            wf.verify_pending([n for n in wf.pending if _tower_of(n) == modality])
-            if not wf.pending:
-                self._weights = None
+        if wf.pending:
+            with self._tower_lock:
+                wf.verify_pending([n for n in wf.pending if _tower_of(n) == modality])
+
+    def _text_tokenizer(self) -> Any:
+        """The BPE tokenizer, read (its sha256 checked) on the first text, not on load: embedding images
+        never needs it."""
+        if self._tokenizer is None:
+            with self._tower_lock:
+                if self._tokenizer is None:
+                    from tokenizers import Tokenizer
+
+                    tok = Tokenizer.from_file(str(self._weights.check_side_file("tokenizer.json")))
+                    tok.enable_truncation(max_length=self._cfg.max_position_embeddings)  # keeps EOT last
+                    tok.no_padding()
+                    self._tokenizer = tok
+        return self._tokenizer
 
     def _embed(self, items: list[Any]) -> np.ndarray:
         return self.forward(self.preprocess(items))[0]
@@ -152,7 +158,7 @@ class ClipProvider(ConvertedModelProvider):
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """CLIP token ids: ``<|startoftext|>``, at most 75 text tokens, ``<|endoftext|>``."""
         self.load()
-        return [e.ids for e in self._tokenizer.encode_batch(texts)]
+        return [e.ids for e in self._text_tokenizer().encode_batch(texts)]
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
         import torch
