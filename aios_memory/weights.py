@@ -603,7 +603,8 @@ def _build_checked(
     key = _cache_key(mapping[1], mapping[0], cols) if once and mapping is not None else None
     if key is not None and _cache_hit(path, key):
         return wf  # this very inode, unchanged since, passed a full verification
-    later = {n for n in wf.tensors if defer(n)} if defer is not None else set()
+    # with the verified-once cache on, hash everything now so the verification can be recorded
+    later = {n for n in wf.tensors if defer(n)} if defer is not None and key is None else set()
     now = [n for n in wf.tensors if n not in later]
     if wf.mapped and mapping is not None:
         bad_set = _pread_mismatches(mapping[2], [wf.tensors[n] for n in now], threads)

@@ -7,7 +7,9 @@
 
 Each bench module runs in its own fresh process (so one's memory or threads do not colour another's)
 and returns rows ``{"area","measure","ours","reference","ratio","floor","unit","note"}`` from
-``run(quick)``. ``--write-docs`` replaces the generated block of docs/benchmarks.md.
+``run(quick)``. ``--write-docs`` writes the generated block of docs/benchmarks.md: one section per bench,
+each stamped with when and how it ran; ``--only`` replaces just the sections of the benches it ran and
+keeps the others as they were (every ratio compares figures from one and the same run of one bench).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -91,6 +94,31 @@ def table(rows: list[dict]) -> str:
     return "\n".join([head, *body])
 
 
+SECTION = re.compile(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->\n", re.S)
+
+
+def section(name: str, rows: list[dict], how: str, quick: bool) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    cmd = f"python bench/run_all.py --only {name}{' --quick' if quick else ''}"
+    return (
+        f"<!-- bench:{name} -->\n### bench_{name}\n\nMeasured {stamp} on {machine()}; `{cmd}`; "
+        f"{len(rows)} rows, {how}.\n\n{table(rows)}\n\n<!-- /bench:{name} -->\n"
+    )
+
+
+def write_docs(fresh: dict[str, str]) -> None:
+    """Replace the sections in ``fresh`` inside the generated block; keep every other bench's section."""
+    text = DOC.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{DOC} has no {BEGIN} ... {END} block to replace")
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    kept = {m.group(1): m.group(0) for m in SECTION.finditer(text[start:end])}
+    kept.update(fresh)
+    block = "\n".join(kept[name] for name in MODULES if name in kept)
+    DOC.write_text(text[:start] + "\n" + block + text[end:])
+    print(f"wrote {DOC} ({', '.join(fresh)})", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -98,39 +126,28 @@ def main() -> None:
         "--only", default=",".join(MODULES), help="comma-separated subset of " + ",".join(MODULES)
     )
     ap.add_argument(
-        "--write-docs", action="store_true", help="replace the generated block of docs/benchmarks.md"
+        "--write-docs",
+        action="store_true",
+        help="replace the sections of the benches run in the generated block of docs/benchmarks.md",
     )
     args = ap.parse_args()
     wanted = [m.strip() for m in args.only.split(",") if m.strip()]
     unknown = set(wanted) - set(MODULES)
     if unknown:
         ap.error(f"unknown bench {sorted(unknown)}; choose from {MODULES}")
-    rows: list[dict] = []
-    status: list[str] = []
+    fresh: dict[str, str] = {}
+    failed = False
     for name in wanted:
         print(f"running bench_{name} ...", file=sys.stderr, flush=True)
         got, how = run_module(name, args.quick)
-        rows.extend(got)
-        status.append(f"- bench_{name}: {len(got)} rows, {how}")
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    out = "\n".join(
-        [
-            f"Measured {stamp} on {machine()}; `python bench/run_all.py{' --quick' if args.quick else ''}`.",
-            "",
-            table(rows),
-            "",
-            *status,
-        ]
-    )
-    print(out)
-    if args.write_docs:
-        text = DOC.read_text()
-        if BEGIN not in text or END not in text:
-            raise SystemExit(f"{DOC} has no {BEGIN} ... {END} block to replace")
-        start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-        DOC.write_text(text[:start] + "\n" + out + "\n" + text[end:])
-        print(f"wrote {DOC}", file=sys.stderr)
-    if any("FAILED" in s for s in status):
+        failed |= "FAILED" in how
+        print(f"bench_{name}: {len(got)} rows, {how}", file=sys.stderr, flush=True)
+        if got:
+            fresh[name] = section(name, got, how, args.quick)
+            print(fresh[name], flush=True)
+    if args.write_docs and fresh:
+        write_docs(fresh)
+    if failed:
         sys.exit(1)
 
 
