@@ -351,3 +351,36 @@ def test_more_bad_input_is_typed_and_harmless(store):
         with pytest.raises(InvalidInputError):
             call()
         assert _snapshot(store) == before
+
+
+def test_a_cold_add_loads_only_what_it_needs(model_home, tmp_path):
+    """Cold start: a fresh process that opens a store and adds one sentence imports neither DuckDB nor
+    pyarrow's compute/dataset modules, a plain search needs no DuckDB either (SQL loads it), and a
+    process that only embeds loads no store."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import aios_memory
+        from aios_memory.plugins import get_provider
+        get_provider("minilm-l6-v2").embed_batch(["a sentence"])
+        embed_only = sorted(m for m in ("duckdb", "aios_memory.store") if m in sys.modules)
+        store = aios_memory.MemoryStore({str(tmp_path / "s")!r})
+        mid = store.add("The user's cat is called Miso")
+        heavy = ("duckdb", "pyarrow.compute", "pyarrow.dataset", "usearch")
+        after_add = sorted(m for m in heavy if m in sys.modules)
+        hit = store.search("what is the cat called?", k=1)[0].id == mid
+        after_search = "duckdb" in sys.modules  # vector search reads the sidecars, not SQL
+        rows = store.sql("SELECT count(*) AS n FROM text_memories").to_pylist()
+        print(json.dumps({{"embed_only": embed_only, "after_add": after_add, "hit": hit,
+                          "after_search": after_search, "rows": rows, "sql": "duckdb" in sys.modules}}))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == {
+        "embed_only": [],
+        "after_add": [],
+        "hit": True,
+        "after_search": False,
+        "rows": [{"n": 1}],
+        "sql": True,
+    }
