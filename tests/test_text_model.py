@@ -58,3 +58,26 @@ def test_batch_of_one_equals_batch(native):
 def test_published_first_values(native):
     v = native.embed_batch(["This is an example sentence"])[0]
     assert np.allclose(v[:5], [0.0677, 0.0635, 0.0487, 0.0793, 0.0374], atol=1e-4)
+
+
+def test_fused_qkv_gives_the_same_sums(native):
+    """``fuse_qkv`` (used by the bf16 mode; fp32 keeps the mapped weights as they are) is exact in fp32."""
+    import copy
+
+    import torch
+
+    native.load()
+    fused = copy.deepcopy(native._model)
+    for layer in fused.encoder.layer:
+        layer.attention.self.fuse_qkv()
+    assert all(layer.attention.self.qkv_weight is not None for layer in fused.encoder.layer)
+    assert all(layer.attention.self.qkv_weight is None for layer in native._model.encoder.layer)
+    ids = native.tokenize(SENTENCES[:16])
+    T = max(len(x) for x in ids)
+    input_ids = torch.zeros((len(ids), T), dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)], mask[i, : len(x)] = torch.tensor(x), 1
+    with torch.inference_mode():
+        a, b = native._model(input_ids, mask), fused(input_ids, mask)
+    assert float((a * b).sum(1).min()) >= 0.99999 and float((a - b).abs().max()) <= 1e-5

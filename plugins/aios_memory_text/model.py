@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aios_memory.precision import quantize_linear_int8
+from aios_memory.precision import quantize_linear_int8_per_token
 
 PRECISIONS = ("fp32", "bf16", "int8")  # MiniLM.optimize(): float32 (default), bfloat16, dynamic int8
 
@@ -170,17 +170,20 @@ class MiniLM(nn.Module):
         self.encoder = BertEncoder(cfg)
 
     def optimize(self, precision: str = "fp32") -> MiniLM:
-        """Inference rewrites, run once after the weights load. ``fp32``: fused QKV. ``bf16``: every
-        weight in bfloat16 (activations follow; pooling in float32), then fused QKV. ``int8``: dynamic
-        int8 ``nn.Linear`` (per-channel int8 weights, activations quantized per call), the rest float32."""
+        """Inference rewrites, run once after the weights load. ``fp32``: none, the weights stay views of
+        the mapped file (a fused QKV copy measured 1.02x and cost 11 MiB of RSS). ``bf16``: every weight in
+        bfloat16 (activations follow; pooling in float32), then fused QKV (new tensors anyway). ``int8``: dynamic
+        int8 ``nn.Linear`` (per-channel int8 weights, activations quantized per token on every call), the
+        rest float32; the value projections, whose int8 error dominates, run in bfloat16 (min cosine to
+        fp32 on the retrieval set: 0.9937 with every Linear in int8, 0.9956 with bfloat16 values)."""
         assert precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {precision!r}"
-        if precision == "int8":
-            quantize_linear_int8(self)
+        if precision == "int8":  # separate q, k, v: only the value projection stays in bfloat16
+            quantize_linear_int8_per_token(self, keep_bf16=lambda name: name.endswith("attention.self.value"))
             return self
         if precision == "bf16":
             self.to(torch.bfloat16)
-        for layer in self.encoder.layer:
-            layer.attention.self.fuse_qkv()
+            for layer in self.encoder.layer:
+                layer.attention.self.fuse_qkv()
         return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
