@@ -50,6 +50,7 @@ def __getattr__(name: str) -> Any:
         return value
     raise AttributeError(f"module 'aios_memory' has no attribute {name!r}")
 
+
 __all__ = [
     "AiosMemoryError",
     "EmbeddingProvider",

@@ -43,6 +43,7 @@ from aios_memory.vectors import (
     ids_of,
     namespace_rows,
     nearest,
+    pool_map,
     rank,
     read_rows,
     schema_of,
@@ -443,12 +444,17 @@ class MemoryStore(WritesMixin, CrossModalMixin):
     ) -> list[Memory]:
         """The result rows (without media and vectors) as memories, in the given order."""
         skip = {"media", *vector_columns(modality)}
-        found: dict[int, dict[str, Any]] = {}
-        for i in np.unique(frag_idx):
+
+        def one(i: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
             at = np.flatnonzero(frag_idx == i)
-            frag = fragments[int(i)]
+            frag = fragments[i]
             cols = [n for n in schema_of(self._storage, frag).names if n not in skip]
-            for j, row in zip(at, read_rows(self._storage, frag, rows[at], cols).to_pylist(), strict=True):
+            return at, read_rows(self._storage, frag, rows[at], cols).to_pylist()
+
+        found: dict[int, dict[str, Any]] = {}
+        # a top-k spans several fragments: their row groups are decoded on the ranking threads at once
+        for at, got in pool_map(one, np.unique(frag_idx).tolist()):
+            for j, row in zip(at, got, strict=True):
                 found[int(j)] = row
         out = []
         for j in range(len(rows)):

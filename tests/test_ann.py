@@ -110,3 +110,36 @@ def test_index_file_is_kept_by_cleanup_and_checked_by_verify(indexed):
     assert reopened.explain_search("seed:1", k=3)["path"] == "ann"  # persisted with the store
     path.unlink()
     assert not reopened.verify()["ok"]
+
+
+def test_search_depth_extends_but_graph_shape_rebuilds(indexed):
+    store = indexed
+    first = store._manifest().tables["text"].index
+    write_rows(store, clustered(100, 9))
+    store.create_index("text", expansion_search=2048)  # a search-time parameter: the graph is extended
+    deeper = store._manifest().tables["text"].index
+    assert deeper.params["expansion_search"] == 2048 and deeper.rows == 3100
+    assert [c[1] for c in deeper.covers] == [0, 1000, 2000, 3000]
+    assert deeper.covers[:3] == first.covers
+    store.create_index("text", connectivity=8)  # the graph's shape changed: rebuilt from scratch
+    rebuilt = store._manifest().tables["text"].index
+    assert rebuilt.params["connectivity"] == 8 and rebuilt.rows == 3100 and rebuilt.path != deeper.path
+    from usearch.index import Index
+
+    assert Index.restore(str(store.path / deeper.path)).connectivity == 16  # extended: the old graph
+    assert Index.restore(str(store.path / rebuilt.path)).connectivity == 8
+    hits = sum(
+        len({m.id for m in store.search(q, k=10)} & {m.id for m in store.search(q, k=10, exact=True)})
+        for q in _queries(20)
+    )
+    assert hits / 200 >= 0.9
+
+
+def test_filtered_ann_returns_only_selected_rows_with_exact_scores(indexed):
+    for q in _queries(10):
+        e = indexed.explain_search(q, k=10, namespace="a")  # 2/3 of the rows: the index is used
+        assert e["path"] == "ann-selected" and len(e["results"]) == 10
+        exact = {m.id: m.score for m in indexed.search(q, k=50, namespace="a", exact=True)}
+        for m in e["results"]:
+            assert m.namespace == "a" and m.id in exact and m.score == pytest.approx(exact[m.id], abs=1e-9)
+        assert len({m.id for m in e["results"]} & set(list(exact)[:10])) >= 8
