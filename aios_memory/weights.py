@@ -525,29 +525,17 @@ def read_weights(
     if model is not None and meta.get("model") != model:
         raise WeightFileError(f"{path} holds model {meta.get('model')!r}, expected {model!r}")
     mapping = _map(path) if mmap else None
+    source = None
     try:
-        return _read_mapped_or_decoded(path, meta, mapping, verify, threads, defer)
-    finally:
-        if mapping is not None:
-            os.close(mapping[2])
-
-
-def _read_mapped_or_decoded(
-    path: Path,
-    meta: dict[str, Any],
-    mapping: tuple[mmap.mmap, os.stat_result, int] | None,
-    verify: bool,
-    threads: int,
-    defer: Callable[[str], bool] | None,
-) -> WeightFile:
-    # footer and small columns read through the mapped descriptor (one and the same inode), not through
-    # the map: faulting them in would drag each row group's neighbouring tensor pages in with them
-    source = pa.PythonFile(os.fdopen(os.dup(mapping[2]), "rb"), mode="r") if mapping else None
-    try:
+        # footer and small columns are read through the mapped descriptor (one and the same inode), not
+        # through the map: faulting them in would drag each row group's neighbouring tensor pages along
+        source = pa.PythonFile(os.fdopen(os.dup(mapping[2]), "rb"), mode="r") if mapping else None
         return _build_checked(path, meta, mapping, source, verify, threads, defer)
     finally:
         if source is not None:
             source.close()
+        if mapping is not None:
+            os.close(mapping[2])
 
 
 def _build_checked(
