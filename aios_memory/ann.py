@@ -87,17 +87,6 @@ def ann_refusal(
     return None
 
 
-def ann_usable(
-    index: IndexFile | None,
-    column: str,
-    fragments: list[Fragment],
-    selected: int,
-    rows: int,
-    half_life: float | None,
-) -> bool:
-    return ann_refusal(index, column, fragments, selected, rows, half_life) is None
-
-
 def _open(storage: Storage, index: IndexFile) -> Any:
     path = str(storage.backend.path(index.path))
 

@@ -20,7 +20,6 @@ prints a table.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import SKIMAGE_NAMES, print_rows  # noqa: E402
+from harness import SKIMAGE_NAMES, cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ALSA = Path("/usr/share/sounds/alsa")
@@ -238,12 +237,8 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="200 images and 24 audio files")
-    a = ap.parse_args()
-    import torch
-
-    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print_rows(
-        run(a.quick), "ratio: ours / model-only throughput (1.0 = the import is as fast as the model alone)."
+    cli(
+        run,
+        "200 images and 24 audio files",
+        "ratio: ours / model-only throughput (1.0 = the import is as fast as the model alone).",
     )

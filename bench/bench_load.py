@@ -18,7 +18,6 @@ Times are medians of interleaved repeats. ``run(quick)`` returns the rows; ``__m
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -31,7 +30,7 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import print_rows  # noqa: E402
+from harness import cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -418,13 +417,8 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="fewer repeats")
-    a = ap.parse_args()
-    import torch
-
-    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print_rows(
-        run(a.quick),
+    cli(
+        run,
+        "fewer repeats",
         "ratio: reference / ours (higher is better). floor: page-cache read of the weight file (s) or weight MiB.",
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -50,3 +52,14 @@ def print_rows(rows: list[dict], footer: str = "") -> None:
         )
     if footer:
         print("\n" + footer)
+
+
+def cli(run: Callable[[bool], list[dict]], quick_help: str, footer: str) -> None:
+    """``python bench/bench_x.py [--quick]``: the machine line, then ``run(quick)``'s rows as a table."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    quick = ap.parse_args().quick
+    import torch
+
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print_rows(run(quick), footer)
