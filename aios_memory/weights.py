@@ -395,10 +395,15 @@ def _pread_mismatches(fd: int, tensors: list[Tensor], threads: int) -> set[str]:
         h = hashlib.sha256()
         offset, left = t.offset, t.buffer.size
         while left:
-            n = os.preadv(fd, [buf[: min(_HASH_CHUNK, left)]], offset)
+            if hasattr(os, "preadv"):  # into the reused buffer
+                n = os.preadv(fd, [buf[: min(_HASH_CHUNK, left)]], offset)
+                got = buf[:n]
+            else:  # platforms without preadv: one fresh bytes object per chunk
+                got = memoryview(os.pread(fd, min(_HASH_CHUNK, left), offset))
+                n = len(got)
             if n <= 0:
                 return t.name  # the file shrank under us
-            h.update(buf[:n])
+            h.update(got)
             offset, left = offset + n, left - n
         return None if h.hexdigest() == t.sha256 else t.name
 

@@ -264,3 +264,18 @@ def test_verified_load_leaves_untouched_tensors_out_of_the_resident_set(tmp_path
     path.write_bytes(bytes(tampered))
     with pytest.raises(WeightFileError, match="'table'"):
         read_weights(path)
+
+
+def test_hashing_without_preadv(sample, monkeypatch):
+    """Platforms without ``os.preadv`` hash through ``os.pread``: same verdicts."""
+    import os
+
+    path, tensors = sample
+    monkeypatch.delattr(os, "preadv")
+    _equal(read_weights(path), tensors)
+    spans, _ = _spans(path, tensors)
+    raw = bytearray(path.read_bytes())
+    raw[spans[5][0] + 1000] ^= 1  # inside f.big
+    path.write_bytes(bytes(raw))
+    with pytest.raises(WeightFileError, match="'f.big'"):
+        read_weights(path)
