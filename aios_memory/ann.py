@@ -128,9 +128,10 @@ def ann_search(
     q = np.asarray(query, np.float32).reshape(-1)
     q = q / np.linalg.norm(q)
     want = max(4 * k, CANDIDATES)
-    # search depth: the index's own, at least today's default (an older index gets the deeper search too)
-    depth = int(index.params.get("expansion_search", 0))
-    graph.expansion_search = max(depth, int(DEFAULTS["expansion_search"]), 2 * want)
+    # search depth: the one the index was created with (a caller's speed-for-recall choice), but never
+    # below twice the candidates it must return
+    depth = int(index.params.get("expansion_search", DEFAULTS["expansion_search"]))
+    graph.expansion_search = max(depth, 2 * want)
     found = graph.search(q, want, threads=1)
     keys = np.asarray(found.keys, np.int64).reshape(-1)
     f, r = _owners(index, live, keys)

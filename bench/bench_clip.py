@@ -94,6 +94,7 @@ def bench_vision(weights: Path, hf_dir: Path, pixels, reps: int) -> list[tuple]:
 
     provider = ClipProvider(weights.parent)
     provider.load()
+    provider._tower("image")  # the vision tower's sha256, checked before its first use as in forward()
     towers = {
         "ours": provider._model.encode_image,
         "sdpa": CLIPModel.from_pretrained(str(hf_dir), attn_implementation="sdpa").eval().get_image_features,

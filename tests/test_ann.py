@@ -143,3 +143,16 @@ def test_filtered_ann_returns_only_selected_rows_with_exact_scores(indexed):
         for m in e["results"]:
             assert m.namespace == "a" and m.id in exact and m.score == pytest.approx(exact[m.id], abs=1e-9)
         assert len({m.id for m in e["results"]} & set(list(exact)[:10])) >= 8
+
+
+def test_the_indexs_search_depth_is_the_one_searches_use(indexed):
+    """``expansion_search`` is a speed-for-recall knob in both directions, floored only at twice the
+    candidates a search must return."""
+    from aios_memory.ann import CANDIDATES, _open
+
+    store = indexed
+    for asked, used in ((64, 2 * CANDIDATES), (300, 300), (2048, 2048)):
+        store.create_index("text", expansion_search=asked)
+        index = store._manifest().tables["text"].index
+        store.search(_queries(1)[0], k=10)
+        assert _open(store._storage, index).expansion_search == used, asked
