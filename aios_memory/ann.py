@@ -28,7 +28,7 @@ import numpy as np
 
 from aios_memory.errors import InvalidInputError, StoreCorruptError, StoreError
 from aios_memory.storage import DATA, Fragment, IndexFile, Storage
-from aios_memory.vectors import CACHE, exact_scores, fragment_vectors, rank
+from aios_memory.vectors import CACHE, DAMAGED, exact_scores, fragment_vectors, rank
 
 KIND = "hnsw"
 # Measured at 1M x 512 (clustered, bench/bench_search.py): expansion_add 64 leaves ~5% of rows hard to reach
@@ -87,17 +87,54 @@ def ann_refusal(
     return None
 
 
-def _open(storage: Storage, index: IndexFile) -> Any:
+def index_health(storage: Storage, index: IndexFile) -> str | None:
+    """Why the index file cannot be trusted (missing, wrong size or sha256, a graph of the wrong size),
+    else ``None``. Reads the whole file: ``verify`` calls it; searches use :func:`index_problem`."""
+    try:
+        size = storage.backend.size(index.path)
+    except OSError:
+        return "the index file is missing"
+    if size != index.nbytes:
+        return f"the index file holds {size} bytes, its manifest says {index.nbytes}"
+    if index.sha256 and storage.backend.sha256(index.path) != index.sha256:
+        return "the index file's sha256 differs from the one its manifest recorded"
+    try:
+        graph = _usearch().restore(str(storage.backend.path(index.path)), view=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        return f"the index file is unreadable ({exc})"
+    if graph is None or (index.entries >= 0 and len(graph) != index.entries):
+        return (
+            f"the graph holds {0 if graph is None else len(graph)} vectors, its manifest says {index.entries}"
+        )
+    return None
+
+
+def index_problem(storage: Storage, index: IndexFile) -> str | None:
+    """:func:`index_health`, checked once per process per file (index files are immutable)."""
     path = str(storage.backend.path(index.path))
+    problem = CACHE.get((path, "hnsw-check"), lambda: index_health(storage, index))
+    if problem is not None:
+        DAMAGED[path] = problem
+    return problem
+
+
+def _open(storage: Storage, index: IndexFile) -> Any:
+    """The graph of a checked index file (a memory map), or a ``StoreCorruptError`` saying what is wrong."""
+    path = str(storage.backend.path(index.path))
+    problem = index_problem(storage, index)
+    if problem is not None:
+        raise StoreCorruptError(f"ANN index {index.path}: {problem}")
 
     def load() -> Any:
-        Index = _usearch()
         try:
-            return Index.restore(path, view=True)
+            graph = _usearch().restore(path, view=True)
         except (OSError, RuntimeError, ValueError) as exc:
-            raise StoreCorruptError(f"ANN index {index.path} is missing or unreadable ({exc})") from exc
+            raise StoreCorruptError(f"ANN index {index.path} is unreadable ({exc})") from exc
+        if graph is None:
+            raise StoreCorruptError(f"ANN index {index.path} is missing")
+        return graph
 
-    return CACHE.get((path, "hnsw"), load)
+    return CACHE.get((path, "hnsw"), load, index.nbytes)
 
 
 def _owners(index: IndexFile, live: dict[str, int], keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,11 +221,17 @@ def build_index(
     live_paths = {f.path for f in fragments}
     graph, covers, next_key = None, [], 0
     same_shape = previous is not None and all(previous.params.get(p) == opts[p] for p in BUILD_PARAMS)
-    if previous is not None and previous.column == column and same_shape:
+    usable = previous is not None and index_health(storage, previous) is None  # a damaged one: rebuilt
+    if previous is not None and usable and previous.column == column and same_shape:
         dead = sum(rows for path, _f, rows in previous.covers if path not in live_paths)
         if dead <= REBUILD_DEAD_RATIO * max(previous.rows, 1):
-            graph = Index.restore(str(storage.backend.path(previous.path)), view=False)
-            for path, first, rows in previous.covers:
+            try:
+                graph = Index.restore(str(storage.backend.path(previous.path)), view=False)
+            except (OSError, RuntimeError, ValueError):
+                graph = None
+            if graph is None or (previous.entries >= 0 and len(graph) != previous.entries):
+                graph = None  # unreadable after all: build from scratch below
+            for path, first, rows in previous.covers if graph is not None else ():
                 if path in live_paths:
                     covers.append((path, first, rows))
                 elif rows:
@@ -218,9 +261,14 @@ def build_index(
         next_key += frag.rows
     rel = f"{DATA}/{modality}/{uuid.uuid4().hex}.hnsw.usearch"
     path = storage.backend.path(rel)
-    graph.save(str(path))
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
+    try:
+        graph.save(str(path))
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+        digest = storage.backend.sha256(rel)
+    except BaseException:
+        storage.backend.delete(rel)  # a full disk: no partial index file left behind
+        raise
     return IndexFile(
         path=rel,
         kind=KIND,
@@ -229,4 +277,6 @@ def build_index(
         covers=tuple(covers),
         rows=int(sum(rows for _p, _f, rows in covers)),
         params=opts,
+        sha256=digest,
+        entries=len(graph),
     )

@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from aios_memory.ann import ann_refusal, ann_search, build_index
+from aios_memory.ann import ann_refusal, ann_search, index_problem
 from aios_memory.crossmodal import CrossModalMixin
 from aios_memory.errors import (
     InvalidInputError,
@@ -26,6 +25,7 @@ from aios_memory.errors import (
     ProviderNotFoundError,
     QueryError,
     StoreCorruptError,
+    VersionNotFoundError,
 )
 from aios_memory.home import default_store_path
 from aios_memory.memory import Memory, check_namespace, check_utf8, memory_from_row, with_metadata_filter
@@ -34,9 +34,9 @@ from aios_memory.plugins import get_provider, get_providers
 from aios_memory.provider import MODALITIES, EmbeddingProvider
 from aios_memory.query import Params, check_params, connect, run, vector_columns, view_name
 from aios_memory.schema import TEXT_COLUMN
-from aios_memory.storage import Fragment, Manifest, Storage
+from aios_memory.storage import DEFAULT_RETENTION, Fragment, Manifest, Storage
 from aios_memory.vectors import (
-    TIME_SUFFIX,
+    CACHE,
     decay_weights,
     exact_scores,
     fragment_times,
@@ -66,9 +66,13 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         create: bool = True,
         lock_timeout: float = 60.0,
         dedupe: float | bool | None = None,
+        retention: float = DEFAULT_RETENTION,
     ) -> None:
         self.path = Path(path) if path is not None else default_store_path()
-        self._storage = Storage(self.path, create=create, lock_timeout=lock_timeout)
+        if isinstance(retention, bool) or not isinstance(retention, (int, float)) or not retention >= 0:
+            raise InvalidInputError(f"retention must be a number of seconds >= 0, got {retention!r}")
+        self._storage = Storage(self.path, create=create, lock_timeout=lock_timeout, retention=retention)
+        self._seen_version = -1  # the newest version this object has read (its cache entries follow it)
         for modality in providers or {}:
             if modality not in MODALITIES:
                 raise InvalidInputError(f"unknown modality {modality!r} in providers=")
@@ -90,7 +94,32 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         self._pinned = version
 
     def _manifest(self) -> Manifest:
-        return self._storage.read_manifest(self._pinned)
+        m = self._storage.read_manifest(self._pinned)
+        if self._pinned is None and m.version > self._seen_version:
+            # a newer version: let go of the cached handles and maps of files it no longer names
+            self._seen_version = m.version
+            live = {str(self._storage.backend.path(p)) for p in m.fragment_paths()}
+            CACHE.retain(str(self._storage.root), live)
+        return m
+
+    def _reading(self, read: Callable[[], Any]) -> Any:
+        """Run a read; if the version it read was removed under it by ``cleanup`` (a file it named is
+        gone), follow the newest version again (unpinned) or say that the pinned version is gone."""
+        for attempt in range(4):
+            before = self._storage.latest_version() if self._pinned is None else self._pinned
+            try:
+                return read()
+            except (StoreCorruptError, QueryError) as exc:
+                if self._pinned is not None:
+                    if not self._storage.has_version(self._pinned):
+                        raise self._storage.version_gone(self._pinned) from exc
+                    raise
+                if attempt == 3 or self._storage.has_version(before):
+                    raise  # the version is still there: the damage is real
+            except VersionNotFoundError:
+                if self._pinned is not None or attempt == 3:
+                    raise
+        raise AssertionError("unreachable")
 
     # --- providers ---------------------------------------------------------------------------------
     def provider_for(self, modality: str) -> EmbeddingProvider:
@@ -160,11 +189,21 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             pass
         return connect(self._storage, manifest, embedders, namespace, sandboxed)
 
-    def sql(self, query: str, params: Params = None) -> pa.Table:
-        """Run read-only SQL over ``text_memories``, ``image_memories``, ``audio_memories``; returns Arrow."""
+    def sql(
+        self, query: str, params: Params = None, *, timeout: float | None = None, max_rows: int | None = None
+    ) -> pa.Table:
+        """Run read-only SQL over ``text_memories``, ``image_memories``, ``audio_memories``; returns Arrow.
+
+        No time limit unless ``timeout`` (seconds) is given: past it DuckDB is interrupted and
+        ``QueryTimeoutError`` is raised. ``max_rows`` streams the result and returns at most that many
+        rows without computing the rest; ``aios_memory.query.truncated(table)`` says whether it cut any.
+        """
+        from aios_memory.query import Deadline
+
+        deadline = Deadline.start(timeout)  # the clock includes opening the fragments
         con = self._connect(self._manifest())
         try:
-            return run(con, query, params)
+            return run(con, query, params, timeout=deadline, max_rows=max_rows)
         finally:
             con.close()
 
@@ -181,6 +220,9 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         if not isinstance(id, str):
             raise InvalidInputError(f"memory ids are strings, got {type(id).__name__}")
         check_utf8(id, "a memory id")
+        return self._reading(lambda: self._get(id))
+
+    def _get(self, id: str) -> Memory:
         m = self._manifest()
         con = connect(self._storage, m)
         try:
@@ -221,9 +263,8 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         table has one and the search can use it. :meth:`explain_search` says what a search did.
         """
         where, params = with_metadata_filter(where, params, filter)
-        return self._search(query, k, modality, namespace, where, params, half_life, order, min_score, exact)[
-            0
-        ]
+        args = (query, k, modality, namespace, where, params, half_life, order, min_score, exact)
+        return self._reading(lambda: self._search(*args))[0]
 
     def explain_search(self, query: Any, k: int = 10, **kwargs: Any) -> dict[str, Any]:
         """Run :meth:`search` and return what it did: ``path`` (``exact``, ``exact-selected`` or ``ann``),
@@ -247,7 +288,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         )
         if kwargs:
             raise InvalidInputError(f"unknown search arguments: {', '.join(sorted(kwargs))}")
-        results, explain = self._search(query, k, *kw.values())
+        results, explain = self._reading(lambda: self._search(query, k, *kw.values()))
         return {**explain, "results": results}
 
     def _search(
@@ -344,6 +385,11 @@ class MemoryStore(WritesMixin, CrossModalMixin):
 
         index = state.index if state is not None else None
         refusal = ann_refusal(index, column, fragments, explain["selected"], explain["rows"], half_life)
+        if refusal is None and index is not None and exact is not True:
+            problem = index_problem(self._storage, index)
+            if problem is not None:  # damaged or missing: exact search, and it says so
+                refusal = f"the index is damaged ({problem}); run create_index('{target}') to rebuild it"
+                explain["index_damaged"] = problem
         if exact is False and refusal is not None:
             raise QueryError(f"no usable ANN index for this search of {target} memories: {refusal}")
         if index is not None and refusal is None and exact is not True:
@@ -485,6 +531,9 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         return ids, best
 
     def stats(self) -> dict[str, Any]:
+        return self._reading(self._stats)
+
+    def _stats(self) -> dict[str, Any]:
         m = self._manifest()
         tables = {}
         for mod, state in m.tables.items():
@@ -511,31 +560,13 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         return {"path": str(self.path), "version": m.version, "tables": tables, "namespaces": namespaces}
 
     def verify(self) -> dict[str, Any]:
-        """Integrity check of the newest version: every fragment readable, row counts and schemas right."""
-        m = self._manifest()
-        problems: list[str] = []
-        for state in m.tables.values():
-            for frag in state.fragments:
-                try:
-                    meta = pq.read_metadata(self._storage.abspath(frag))
-                    if meta.num_rows != frag.rows:
-                        problems.append(f"{frag.path}: {meta.num_rows} rows, manifest says {frag.rows}")
-                    field_type = meta.schema.to_arrow_schema().field("embedding").type
-                    if getattr(field_type, "list_size", None) != state.dim:
-                        problems.append(f"{frag.path}: embedding type {field_type}, expected dim {state.dim}")
-                except (FileNotFoundError, pa.ArrowException, OSError, KeyError) as exc:
-                    problems.append(f"{frag.path}: unreadable ({exc})")
-                problems.extend(self._check_sidecars(state, frag))
-            if state.index is not None and not self._storage.backend.exists(state.index.path):
-                problems.append(f"{state.index.path}: the {state.modality} ANN index file is missing")
-        referenced: set[str] = set()
-        for v in self._storage.versions():
-            try:
-                referenced |= self._storage.read_manifest(v).fragment_paths()
-            except StoreCorruptError as exc:
-                problems.append(str(exc))
-        orphans = self._storage.unreferenced_files(referenced)
-        return {"version": m.version, "ok": not problems, "problems": problems, "orphans": orphans}
+        """Integrity check of the newest version (see :func:`aios_memory.doctor.verify`): every file it
+        names exists inside the store with its recorded size and sha256 (fragments, vector sidecars, ANN
+        index), row counts and schemas are right, every retained manifest parses, and maintenance that
+        failed after a commit is listed. ``{"version", "ok", "problems", "orphans", "maintenance"}``."""
+        from aios_memory.doctor import verify
+
+        return verify(self)
 
     def create_index(
         self, modality: str = "text", *, kind: str = "hnsw", column: str = "embedding", **params: Any
@@ -544,64 +575,14 @@ class MemoryStore(WritesMixin, CrossModalMixin):
 
         The index is derived data: searches use it by default when present (``search(..., exact=True)``
         never does), rank rows committed after it exactly, skip rows that were deleted since, and rescore
-        every candidate exactly. Calling it again extends the previous index with the new fragments.
+        every candidate exactly. Its file is checksummed in the manifest; a search whose index is missing
+        or damaged ranks exactly and says so (``explain_search``), and ``create_index`` rebuilds a damaged
+        index. Calling it again extends the previous index with the new fragments.
         ``params``: ``connectivity``, ``expansion_add``, ``expansion_search``, ``dtype`` (``i8``/``f16``/``f32``).
         """
-        if kind != "hnsw":
-            raise InvalidInputError(f"unknown index kind {kind!r}; only 'hnsw' is available")
-        m = self._manifest()
-        state = m.tables.get(modality)
-        if modality not in MODALITIES or state is None or not state.fragments:
-            raise InvalidInputError(f"there are no {modality} memories to index")
-        if column not in vector_columns(modality):
-            raise InvalidInputError(f"{modality} memories have no vector column {column!r}")
-        dim = state.dim if column == "embedding" else state.text_dim
-        if dim is None:
-            raise InvalidInputError(f"{modality} memories have no {column} vectors")
-        fragments = list(state.fragments)
-        t0 = time.perf_counter()
-        index = build_index(self._storage, modality, fragments, column, int(dim), state.index, params)
-        built_s = time.perf_counter() - t0
+        from aios_memory.doctor import create_index
 
-        def build(new: Manifest) -> Manifest | None:
-            table = new.tables.get(modality)
-            if table is None or table.provider != state.provider or table.fingerprint != state.fingerprint:
-                return None  # the table was replaced meanwhile: the index describes nothing of it
-            table.index = index
-            return new
-
-        committed = self._storage.commit(f"index {modality}", build)
-        return {
-            "modality": modality,
-            "kind": kind,
-            "column": column,
-            "rows": index.rows,
-            "bytes": index.nbytes,
-            "seconds": built_s,
-            "version": committed.version,
-            "committed": committed.tables.get(modality) is not None
-            and committed.tables[modality].index == index,
-        }
-
-    def _check_sidecars(self, state: Any, frag: Fragment) -> list[str]:
-        """Each sidecar of ``frag`` exists with the size its rows and dimension imply."""
-        problems = []
-        for suffix in frag.sidecars:
-            rel = frag.sidecar_path(suffix)
-            if suffix == TIME_SUFFIX:
-                want = frag.rows * 8
-            else:
-                column = suffix.removesuffix(".f32")
-                dim = state.dim if column == "embedding" else state.text_dim
-                want = frag.rows * ((dim or 0) + 1) * 4
-            try:
-                size = self._storage.backend.size(rel)
-            except OSError:
-                problems.append(f"{rel}: sidecar missing")
-                continue
-            if size != want:
-                problems.append(f"{rel}: sidecar holds {size} bytes, expected {want}")
-        return problems
+        return create_index(self, modality, kind, column, params)
 
     def __repr__(self) -> str:
         return f"MemoryStore({str(self.path)!r}, version={self.version})"

@@ -19,6 +19,7 @@ rounding, then rescored in float64 and ordered by (score descending, id), as the
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import threading
@@ -70,26 +71,107 @@ def sidecar_buffers(table: pa.Table) -> Iterator[tuple[str, list[Any]]]:
             yield TIME_SUFFIX, [us]
 
 
-# --- reading: memory maps and a small per-process cache of immutable files --------------------------
-class _Cache:
-    """Per process, keyed by absolute path: files are immutable, so an entry never goes stale."""
+# --- reading: memory maps and a bounded per-process cache of immutable files ------------------------
+HANDLE_KINDS = frozenset({"vec", "time", "rows", "hnsw"})  # entries that hold a descriptor or a map
 
-    def __init__(self, max_entries: int = 8192) -> None:
-        self._items: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+def _default_max_handles() -> int:
+    """A quarter of the process's descriptor limit, at most 512: the rest stays for everything else."""
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            soft = 4096
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    return max(8, min(512, soft // 4))
+
+
+class _Cache:
+    """Per process, keyed by (absolute path, kind): files are immutable, so an entry never goes stale.
+
+    Bounded three ways, least recently used first out: entries that hold a descriptor or a map
+    (``max_handles``), bytes mapped (``max_mapped``) and bytes decoded into memory (``max_decoded``).
+    Entries of files that a newer version no longer names are dropped by :meth:`retain`, and those of
+    deleted files by :meth:`forget`, so a long-running process neither runs out of descriptors nor
+    keeps deleted files allocated. An evicted map closes once the last array over it is gone.
+    """
+
+    def __init__(
+        self,
+        max_entries: int = 8192,
+        max_handles: int | None = None,
+        max_mapped: int = 16 << 30,
+        max_decoded: int = 1 << 30,
+    ) -> None:
+        self._items: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
         self.max_entries = max_entries
+        self.max_handles = max_handles if max_handles is not None else _default_max_handles()
+        self.max_mapped = max_mapped
+        self.max_decoded = max_decoded
 
-    def get(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
+    @staticmethod
+    def _is_handle(key: tuple[str, str]) -> bool:
+        return key[1] in HANDLE_KINDS
+
+    def get(self, key: tuple[str, str], make: Callable[[], Any], nbytes: int = 0) -> Any:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
-                return self._items[key]
+                return self._items[key][0]
         value = make()
         with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
+            self._items[key] = (value, int(nbytes))
+            self._evict()
         return value
+
+    def _evict(self) -> None:
+        handles = sum(1 for k in self._items if self._is_handle(k))
+        mapped = sum(n for k, (_v, n) in self._items.items() if self._is_handle(k))
+        decoded = sum(n for k, (_v, n) in self._items.items() if not self._is_handle(k))
+        for key in list(self._items):
+            if not (
+                len(self._items) > self.max_entries
+                or handles > self.max_handles
+                or mapped > self.max_mapped
+                or decoded > self.max_decoded
+            ):
+                break
+            if len(self._items) == 1:
+                break  # the entry just made is in use
+            _value, n = self._items.pop(key)
+            if self._is_handle(key):
+                handles, mapped = handles - 1, mapped - n
+            else:
+                decoded -= n
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            keys = list(self._items)
+            return {
+                "entries": len(keys),
+                "handles": sum(1 for k in keys if self._is_handle(k)),
+                "mapped_bytes": sum(n for k, (_v, n) in self._items.items() if self._is_handle(k)),
+                "decoded_bytes": sum(n for k, (_v, n) in self._items.items() if not self._is_handle(k)),
+            }
+
+    def forget(self, paths: Any) -> None:
+        """Drop every entry of these absolute paths (deleted files)."""
+        gone = set(paths)
+        if gone:
+            with self._lock:
+                for key in [k for k in self._items if k[0] in gone]:
+                    del self._items[key]
+
+    def retain(self, root: str, live: set[str]) -> None:
+        """Drop the entries of files under ``root`` that are not in ``live`` (absolute paths of the
+        newest version's files): superseded fragments, sidecars and index files."""
+        prefix = root.rstrip("/") + "/"
+        with self._lock:
+            for key in [k for k in self._items if k[0].startswith(prefix) and k[0] not in live]:
+                del self._items[key]
 
     def clear(self) -> None:
         with self._lock:
@@ -97,6 +179,7 @@ class _Cache:
 
 
 CACHE = _Cache()
+DAMAGED: dict[str, str] = {}  # absolute path of a derived file -> why it was not trusted (this process)
 
 
 def _map(path: str) -> np.ndarray:
@@ -105,6 +188,19 @@ def _map(path: str) -> np.ndarray:
     if hasattr(mm, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
         mm.madvise(mmap.MADV_WILLNEED)
     return np.frombuffer(mm, dtype=np.uint8)
+
+
+def _trusted(path: str, raw: np.ndarray, size: int, digest: str | None) -> bool:
+    """Whether a mapped sidecar has the size its rows imply and the sha256 its manifest recorded
+    (checked once per process; fragments from before checksums are checked by size only)."""
+    if raw.size != size:
+        DAMAGED[path] = f"holds {raw.size} bytes, expected {size}"
+        return False
+    if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
+        DAMAGED[path] = "its sha256 differs from the one its manifest recorded"
+        return False
+    DAMAGED.pop(path, None)
+    return True
 
 
 def _corrupt(storage: Storage, frag: Fragment, what: str) -> StoreCorruptError:
@@ -117,24 +213,11 @@ def fragment_vectors(
     storage: Storage, frag: Fragment, column: str, dim: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(matrix (rows, dim) float32, norms (rows,) float32)`` of ``column``: a memory map of the sidecar,
-    or (older fragments) the Parquet column decoded once per process."""
+    checked against its manifest checksum when first mapped; or, for fragments from before sidecars and
+    for a sidecar that fails its check, the Parquet column (the source of truth) decoded once."""
     suffix = vector_suffix(column)
     if frag.rows == 0:
         return np.zeros((0, dim), np.float32), np.zeros(0, np.float32)
-    if suffix in frag.sidecars:
-        path = str(storage.backend.path(frag.sidecar_path(suffix)))
-
-        def make() -> tuple[np.ndarray, np.ndarray]:
-            try:
-                raw = _map(path)
-            except (OSError, ValueError) as exc:
-                raise _corrupt(storage, frag, suffix) from exc
-            if raw.size != frag.rows * (dim + 1) * 4:
-                raise _corrupt(storage, frag, suffix)
-            floats = raw.view("<f4")
-            return floats[: frag.rows * dim].reshape(frag.rows, dim), floats[frag.rows * dim :]
-
-        return CACHE.get((path, "vec"), make)
     path = storage.abspath(frag)
 
     def decode() -> tuple[np.ndarray, np.ndarray]:
@@ -152,33 +235,60 @@ def fragment_vectors(
         norms = np.sqrt(np.einsum("ij,ij->i", out, out, dtype=np.float64)).astype(np.float32)
         return out, norms
 
-    return CACHE.get((path, f"col:{column}"), decode)
+    def decoded() -> tuple[np.ndarray, np.ndarray]:
+        return CACHE.get((path, f"col:{column}"), decode, frag.rows * (dim + 1) * 4)
+
+    if suffix not in frag.sidecars:
+        return decoded()
+    side = str(storage.backend.path(frag.sidecar_path(suffix)))
+    size = frag.rows * (dim + 1) * 4
+
+    def make() -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            raw = _map(side)
+        except (OSError, ValueError) as exc:
+            DAMAGED[side] = f"unreadable ({exc})"
+            return None
+        if not _trusted(side, raw, size, frag.checksum(suffix)):
+            return None
+        floats = raw.view("<f4")
+        return floats[: frag.rows * dim].reshape(frag.rows, dim), floats[frag.rows * dim :]
+
+    got = CACHE.get((side, "vec"), make, size)
+    return got if got is not None else decoded()
 
 
 def fragment_times(storage: Storage, frag: Fragment) -> np.ndarray:
-    """``created_at`` of every row as int64 microseconds since the epoch."""
+    """``created_at`` of every row as int64 microseconds since the epoch (the sidecar, checked like the
+    vectors', else the Parquet column)."""
     if frag.rows == 0:
         return np.zeros(0, np.int64)
-    if TIME_SUFFIX in frag.sidecars:
-        path = str(storage.backend.path(frag.sidecar_path(TIME_SUFFIX)))
-
-        def make() -> np.ndarray:
-            try:
-                raw = _map(path)
-            except (OSError, ValueError) as exc:
-                raise _corrupt(storage, frag, TIME_SUFFIX) from exc
-            if raw.size != frag.rows * 8:
-                raise _corrupt(storage, frag, TIME_SUFFIX)
-            return raw.view("<i8")
-
-        return CACHE.get((path, "time"), make)
     path = storage.abspath(frag)
 
     def decode() -> np.ndarray:
-        col = pq.read_table(path, columns=["created_at"]).column("created_at")
+        try:
+            col = pq.read_table(path, columns=["created_at"]).column("created_at")
+        except (FileNotFoundError, pa.ArrowException, OSError, KeyError) as exc:
+            raise _corrupt(storage, frag, "the Parquet file") from exc
         return np.asarray(col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(), np.int64)
 
-    return CACHE.get((path, "col:created_at"), decode)
+    if TIME_SUFFIX in frag.sidecars:
+        side = str(storage.backend.path(frag.sidecar_path(TIME_SUFFIX)))
+
+        def make() -> np.ndarray | None:
+            try:
+                raw = _map(side)
+            except (OSError, ValueError) as exc:
+                DAMAGED[side] = f"unreadable ({exc})"
+                return None
+            if not _trusted(side, raw, frag.rows * 8, frag.checksum(TIME_SUFFIX)):
+                return None
+            return raw.view("<i8")
+
+        got = CACHE.get((side, "time"), make, frag.rows * 8)
+        if got is not None:
+            return got
+    return CACHE.get((path, "col:created_at"), decode, frag.rows * 8)
 
 
 def namespace_rows(storage: Storage, frag: Fragment, namespace: str) -> np.ndarray:
@@ -194,7 +304,7 @@ def namespace_rows(storage: Storage, frag: Fragment, namespace: str) -> np.ndarr
         codes = {v: i for i, v in enumerate(enc.dictionary.to_pylist())}
         return codes, np.asarray(enc.indices.to_numpy(zero_copy_only=False), np.int32)
 
-    codes, indices = CACHE.get((path, "ns"), decode)
+    codes, indices = CACHE.get((path, "ns"), decode, frag.rows * 4)
     code = codes.get(namespace)
     if code is None:
         return np.zeros(0, np.int64)
@@ -217,7 +327,7 @@ def read_rows(storage: Storage, frag: Fragment, rows: np.ndarray, columns: list[
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         return f, meta, np.cumsum([0, *sizes])
 
-    source, meta, starts = CACHE.get((path, "rows"), footer)
+    source, meta, starts = CACHE.get((path, "rows"), footer, frag.nbytes)
     rows = np.asarray(rows, np.int64)
     groups = np.searchsorted(starts, rows, side="right") - 1
     wanted = sorted(set(groups.tolist()))
@@ -310,13 +420,18 @@ def rank(
     q = q / np.float32(np.linalg.norm(q))
     out = Ranked(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
     jobs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | slice, int]] = []
-    for i, frag in enumerate(fragments):
-        sel = selections[i] if selections is not None else None
-        if frag.rows == 0 or (sel is not None and sel.size == 0):
-            continue
-        mat, norms = fragment_vectors(storage, frag, column, dim)
+    used = [
+        i
+        for i, frag in enumerate(fragments)
+        if frag.rows and (selections is None or selections[i] is None or selections[i].size)
+    ]
+    # mapped (and, the first time in this process, checksummed) on the ranking threads at once
+    got = pool_map(lambda i: fragment_vectors(storage, fragments[i], column, dim), used)
+    for i, (mat, norms) in zip(used, got, strict=True):
+        frag, sel = fragments[i], selections[i] if selections is not None else None
         out.fragments += 1
-        out.parquet_fallback += vector_suffix(column) not in frag.sidecars
+        side = str(storage.backend.path(frag.sidecar_path(vector_suffix(column))))
+        out.parquet_fallback += vector_suffix(column) not in frag.sidecars or side in DAMAGED
         n = frag.rows if sel is None else sel.size
         for a in range(0, n, BLOCK_ROWS):
             b = min(n, a + BLOCK_ROWS)

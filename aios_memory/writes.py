@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aios_memory.errors import (
+    AiosMemoryError,
     InvalidInputError,
     MemoryNotFoundError,
     ProviderError,
@@ -23,7 +24,7 @@ from aios_memory.errors import (
     StoreCorruptError,
 )
 from aios_memory.history import HistoryMixin
-from aios_memory.memory import Memory, check_namespace, check_utf8, metadata_json, now_utc
+from aios_memory.memory import Memory, check_namespace, check_utf8, memory_from_row, metadata_json, now_utc
 from aios_memory.modality import Item, prepare
 from aios_memory.plugins import get_provider
 from aios_memory.provider import EmbeddingProvider
@@ -31,6 +32,7 @@ from aios_memory.schema import EXTRA_COLUMNS, HISTORY_DIR, TEXT_COLUMN, base_sch
 from aios_memory.storage import Fragment, Manifest, Storage, TableState, plan_compaction
 
 EMBED_BATCH = 64
+MAX_HISTORY_FRAGMENTS = 16  # change-log fragments merged into one by the maintenance after a commit
 DEFAULT_DEDUPE = 0.97  # cosine at or above which ``dedupe=True`` treats two memories as the same
 
 
@@ -44,6 +46,12 @@ class WritesMixin(HistoryMixin):
         raise NotImplementedError
 
     def provider_for(self, modality: str) -> EmbeddingProvider:
+        raise NotImplementedError
+
+    def _provider_in(self, m: Manifest, modality: str) -> EmbeddingProvider:
+        raise NotImplementedError
+
+    def _text_provider_in(self, m: Manifest, modality: str) -> EmbeddingProvider | None:
         raise NotImplementedError
 
     def get(self, id: str) -> Memory:
@@ -128,9 +136,10 @@ class WritesMixin(HistoryMixin):
         text_providers: dict[str, EmbeddingProvider | None] = {}
         row_items: dict[str, list[int]] = {}  # input index of each row, per modality
         now = now_utc()
+        m = self._manifest()  # one read for every provider lookup; the commit reads the newest again
         for mod, idx in by_modality.items():
-            provider = providers[mod] = self.provider_for(mod)
-            text_providers[mod] = self._text_provider_for(mod)
+            provider = providers[mod] = self._provider_in(m, mod)
+            text_providers[mod] = self._text_provider_in(m, mod)
             # one item may become several rows (long audio: one per 30 s window)
             rows = [(i, payload, cols) for i in idx for payload, cols in provider.expand(prepared[i].payload)]
             last_row = {i: r for r, (i, _, _) in enumerate(rows)}
@@ -190,9 +199,9 @@ class WritesMixin(HistoryMixin):
                     changed = True
             return m if changed else None
 
-        self._storage.commit(operation, build)
-        for mod in tables:
-            self._auto_compact(mod)
+        with self._storage.writer_lock():  # a lock time-out raises here, before anything is written
+            committed = self._storage.commit(operation, build)
+            self._maintain(committed, list(tables))
         ordered = sorted(
             (item, row, same_as.get((mod, row), id_))
             for mod, table in tables.items()
@@ -201,6 +210,26 @@ class WritesMixin(HistoryMixin):
             )
         )
         return [(item, id_) for item, _, id_ in ordered]  # an item split into windows: its rows in order
+
+    def _maintain(self, committed: Manifest, modalities: list[str]) -> None:
+        """Maintenance after a commit, still under its hold of the lock: merge runs of small fragments.
+
+        It never fails the write that triggered it: the write is committed and its ids are returned.
+        A failure (a full disk, a damaged older fragment) is recorded for ``doctor`` and the merge is
+        tried again after the next commit (the plan is made afresh from the newest manifest each time).
+        """
+        for mod in modalities:
+            state = committed.tables.get(mod)
+            small = state is not None and bool(plan_compaction(state.fragments))
+            if not small and len(committed.history) <= MAX_HISTORY_FRAGMENTS:
+                continue  # nothing to merge: no manifest read, no commit
+            task = f"compact {mod}"
+            try:
+                self._auto_compact(mod)
+            except (AiosMemoryError, OSError, pa.ArrowException) as exc:
+                self._storage.note_maintenance(task, exc)
+            else:
+                self._storage.note_maintenance(task, None)
 
     def _auto_compact(self, modality: str) -> None:
         """Merge runs of small fragments once a table holds too many (``storage.plan_compaction``), in a
@@ -219,9 +248,15 @@ class WritesMixin(HistoryMixin):
                     for f in state.fragments
                     if f.path not in gone - {group[0].path}
                 ]
+            if len(m.history) > MAX_HISTORY_FRAGMENTS:  # the change log of many small updates/deletes
+                m.history = [self._storage.write_fragment(HISTORY_DIR, self._concat(m.history))]
+                plan.append(m.history)
             return m if plan else None
 
         self._storage.commit(f"compact {modality}", build)
+
+    def _concat(self, fragments: list[Fragment]) -> pa.Table:
+        return pa.concat_tables([self._read_fragment(f) for f in fragments])
 
     def _nearest(
         self, modality: str, vectors: Any, namespace: str, manifest: Manifest | None = None
@@ -419,7 +454,9 @@ class WritesMixin(HistoryMixin):
             self._log_changes(m, "delete", gone)
             return m
 
-        self._storage.commit(f"delete {len(wanted)}", build)
+        with self._storage.writer_lock():
+            committed = self._storage.commit(f"delete {len(wanted)}", build)
+            self._maintain(committed, sorted(committed.tables))
         return len(wanted)
 
     def update(self, id: str, content: Any = None, *, metadata: Mapping[str, Any] | None = None) -> Memory:
@@ -475,11 +512,17 @@ class WritesMixin(HistoryMixin):
                     [table.filter(pc.invert(hit)), pa.Table.from_pylist([row], schema=table.schema)]
                 )
                 state.fragments[pos] = self._storage.write_fragment(current.modality, new)
+                written.clear()
+                written.append(row)
                 return m
             raise MemoryNotFoundError(f"no memory with id {id!r}; it was deleted meanwhile")
 
-        self._storage.commit("update 1", build)
-        return self.get(id)
+        written: list[dict[str, Any]] = []
+        with self._storage.writer_lock():
+            committed = self._storage.commit("update 1", build)
+            self._maintain(committed, [current.modality])
+        # the row as committed: nothing that could fail (a read of another fragment) runs after the commit
+        return memory_from_row(current.modality, written[0])
 
     def compact(self, modality: str | None = None) -> dict[str, int]:
         """Merge each table's fragments into one; old files stay until ``cleanup`` (readers may use them)."""
@@ -501,8 +544,11 @@ class WritesMixin(HistoryMixin):
         self._storage.commit("compact", build)
         return merged
 
-    def cleanup(self, older_than: float = 3600.0) -> dict[str, int]:
-        """Remove old versions and files no retained version names (older than ``older_than`` seconds)."""
+    def cleanup(self, older_than: float | None = None) -> dict[str, Any]:
+        """Remove versions superseded more than ``older_than`` seconds ago (default: the store's
+        ``retention``, one hour unless set) and the files no retained version names. Readers pinned on a
+        removed version get a ``VersionNotFoundError``; the writers' lock is held only in short steps
+        (``lock_held_max_s`` reports the longest)."""
         return self._storage.cleanup(older_than)
 
     def _has_ids(self, frag: Fragment, ids: set[str]) -> bool:

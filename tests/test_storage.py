@@ -25,6 +25,10 @@ def _append(storage: Storage, n: int, start: int = 0) -> Manifest:
     return storage.commit("add", build)
 
 
+def _removed(report: dict) -> tuple[int, int]:
+    return report["versions_removed"], report["files_removed"]
+
+
 def test_empty_store_is_version_zero(tmp_path):
     s = Storage(tmp_path / "s")
     assert s.latest_version() == 0 and s.read_manifest().tables == {}
@@ -98,11 +102,11 @@ def test_cleanup_removes_only_unreferenced_old_files(tmp_path):
         return m
 
     s.commit("compact", replace)
-    assert s.cleanup(older_than=3600) == {"versions_removed": 0, "files_removed": 0}  # too young
+    assert _removed(s.cleanup(older_than=3600)) == (0, 0)  # too young
     old = time.time() - 7200
     for rel in [manifest_name(1), manifest_name(2), m1.tables["text"].fragments[0].path, orphan.path]:
         os.utime(s.backend.path(rel), (old, old))
-    assert s.cleanup(older_than=3600) == {"versions_removed": 1, "files_removed": 2}
+    assert _removed(s.cleanup(older_than=3600)) == (1, 2)
     assert s.versions() == [2] and s.read_manifest().tables["text"].rows == 7
 
 
@@ -120,7 +124,7 @@ def test_cleanup_spares_a_version_superseded_just_now(tmp_path):
         return m
 
     s.commit("compact", replace)  # version 1 superseded now
-    assert s.cleanup(older_than=3600) == {"versions_removed": 0, "files_removed": 0}
+    assert _removed(s.cleanup(older_than=3600)) == (0, 0)
     pinned = s.read_manifest(1)
     assert all(s.backend.exists(f.path) for f in pinned.tables["text"].fragments)
 

@@ -1,0 +1,193 @@
+"""Checking and repairing a store: ``verify`` (what ``aios-memory doctor`` prints) and ``create_index``.
+
+``verify`` trusts nothing it can check: every file the newest version names must exist inside the store
+with the size and sha256 its manifest recorded (fragments, vector sidecars, the ANN index), the Parquet
+fragments must hold the rows and vector width the manifest says, every retained manifest must parse and
+name only files inside the store, no directory of the store may be a symlink, and maintenance that failed
+after a commit is reported until it succeeds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aios_memory.errors import InvalidInputError, StoreCorruptError, StoreError, VersionNotFoundError
+from aios_memory.provider import MODALITIES
+from aios_memory.query import vector_columns
+from aios_memory.storage import Fragment, Manifest, TableState
+
+if TYPE_CHECKING:
+    from aios_memory.store import MemoryStore
+
+
+def verify(store: MemoryStore) -> dict[str, Any]:
+    """Integrity report of the newest version: ``{"version", "ok", "problems", "orphans", "maintenance"}``."""
+    storage = store._storage
+    m = store._manifest()
+    problems: list[str] = list(storage.containment_problems())
+    for state in m.tables.values():
+        for frag in state.fragments:
+            problems.extend(_check_fragment(store, state, frag))
+        if state.index is not None:
+            problems.extend(_check_index(store, state))
+    for frag in m.history:
+        problems.extend(_check_files(store, frag))
+    referenced: set[str] = set()
+    for v in storage.versions():
+        try:
+            referenced |= storage.read_manifest(v).fragment_paths()
+        except VersionNotFoundError:
+            continue  # removed meanwhile by a cleanup
+        except StoreCorruptError as exc:
+            problems.append(str(exc))
+    orphans = storage.unreferenced_files(referenced)
+    maintenance = storage.maintenance()
+    problems.extend(
+        f"maintenance after a commit failed ({task}): {note['error']}" for task, note in maintenance.items()
+    )
+    return {
+        "version": m.version,
+        "ok": not problems,
+        "problems": problems,
+        "orphans": orphans,
+        "maintenance": maintenance,
+    }
+
+
+def _check_files(store: MemoryStore, frag: Fragment, skip: frozenset[str] = frozenset()) -> list[str]:
+    """Each file of ``frag`` exists with the sha256 (and, for the Parquet file, the size) recorded."""
+    backend, problems = store._storage.backend, []
+    for suffix, rel in [("parquet", frag.path), *((s, frag.sidecar_path(s)) for s in frag.sidecars)]:
+        if rel in skip:
+            continue
+        try:
+            size = backend.size(rel)
+            if suffix == "parquet" and size != frag.nbytes:
+                problems.append(f"{rel}: {size} bytes, the manifest says {frag.nbytes}")
+                continue
+            want = frag.checksum(suffix)
+            if want is not None and backend.sha256(rel) != want:
+                problems.append(f"{rel}: its sha256 differs from the one the manifest recorded (damaged)")
+        except OSError as exc:
+            problems.append(f"{rel}: missing or unreadable ({exc.strerror or exc})")
+    return problems
+
+
+def _check_fragment(store: MemoryStore, state: TableState, frag: Fragment) -> list[str]:
+    sizes = _check_sidecar_sizes(store, state, frag)  # a wrong size says more than a wrong hash
+    problems = sizes + _check_files(store, frag, frozenset(p.split(":")[0] for p in sizes))
+    if any(p.startswith(frag.path) for p in problems):
+        return problems
+    try:
+        meta = pq.read_metadata(store._storage.abspath(frag))
+        if meta.num_rows != frag.rows:
+            problems.append(f"{frag.path}: {meta.num_rows} rows, manifest says {frag.rows}")
+        field_type = meta.schema.to_arrow_schema().field("embedding").type
+        if getattr(field_type, "list_size", None) != state.dim:
+            problems.append(f"{frag.path}: embedding type {field_type}, expected dim {state.dim}")
+    except (FileNotFoundError, pa.ArrowException, OSError, KeyError) as exc:
+        problems.append(f"{frag.path}: unreadable ({exc})")
+    return problems
+
+
+def _check_sidecar_sizes(store: MemoryStore, state: TableState, frag: Fragment) -> list[str]:
+    """Each sidecar of ``frag`` has the size its rows and dimension imply (older manifests: no sha256)."""
+    from aios_memory.vectors import TIME_SUFFIX
+
+    problems = []
+    for suffix in frag.sidecars:
+        rel = frag.sidecar_path(suffix)
+        if suffix == TIME_SUFFIX:
+            want = frag.rows * 8
+        else:
+            column = suffix.removesuffix(".f32")
+            dim = state.dim if column == "embedding" else state.text_dim
+            want = frag.rows * ((dim or 0) + 1) * 4
+        try:
+            size = store._storage.backend.size(rel)
+        except OSError:
+            continue  # reported by _check_files
+        if size != want:
+            problems.append(f"{rel}: sidecar holds {size} bytes, expected {want}")
+    return problems
+
+
+def _check_index(store: MemoryStore, state: TableState) -> list[str]:
+    from aios_memory.ann import index_health
+
+    assert state.index is not None
+    problem = index_health(store._storage, state.index)
+    if problem is None:
+        return []
+    return [
+        f"{state.index.path}: the {state.modality} ANN index cannot be used ({problem}); searches rank "
+        f"exactly until `create_index('{state.modality}')` rebuilds it"
+    ]
+
+
+def create_index(
+    store: MemoryStore, modality: str, kind: str, column: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Build (or extend, or repair) the ANN index of ``modality``'s table and commit it.
+
+    The graph is built outside the writers' lock (it can take minutes); the commit then checks, under
+    the lock, that the file it is about to name still exists with its size and sha256 (a concurrent
+    ``cleanup`` may have removed it as unreferenced) and builds again if not: a manifest never names a
+    missing or wrong index file.
+    """
+    from aios_memory.ann import build_index
+
+    if kind != "hnsw":
+        raise InvalidInputError(f"unknown index kind {kind!r}; only 'hnsw' is available")
+    storage = store._storage
+    for _attempt in range(3):
+        m = store._manifest()
+        state = m.tables.get(modality)
+        if modality not in MODALITIES or state is None or not state.fragments:
+            raise InvalidInputError(f"there are no {modality} memories to index")
+        if column not in vector_columns(modality):
+            raise InvalidInputError(f"{modality} memories have no vector column {column!r}")
+        dim = state.dim if column == "embedding" else state.text_dim
+        if dim is None:
+            raise InvalidInputError(f"{modality} memories have no {column} vectors")
+        t0 = time.perf_counter()
+        index = build_index(storage, modality, list(state.fragments), column, int(dim), state.index, params)
+        built_s = time.perf_counter() - t0
+        intact: list[bool] = []
+
+        def build(
+            new: Manifest, state: TableState = state, index: Any = index, intact: list[bool] = intact
+        ) -> Manifest | None:
+            table = new.tables.get(modality)
+            if table is None or table.provider != state.provider or table.fingerprint != state.fingerprint:
+                return None  # the table was replaced meanwhile: the index describes nothing of it
+            try:
+                ok = storage.backend.size(index.path) == index.nbytes
+                ok = ok and storage.backend.sha256(index.path) == index.sha256
+            except OSError:
+                ok = False
+            intact.append(ok)
+            if not ok:
+                return None  # removed or changed since it was written: build again
+            table.index = index
+            return new
+
+        committed = storage.commit(f"index {modality}", build)
+        if intact and not intact[-1]:
+            continue
+        return {
+            "modality": modality,
+            "kind": kind,
+            "column": column,
+            "rows": index.rows,
+            "bytes": index.nbytes,
+            "seconds": built_s,
+            "version": committed.version,
+            "committed": committed.tables.get(modality) is not None
+            and committed.tables[modality].index == index,
+        }
+    raise StoreError(f"the {modality} index file kept disappearing before its commit (a concurrent cleanup?)")

@@ -1,0 +1,40 @@
+"""Storage: immutable Parquet fragments committed by numbered manifests. Knows nothing of models.
+
+- :mod:`~aios_memory.storage.manifest`: what a version names (fragments, sidecars, index, change log),
+  with sizes and checksums, every path checked to lie inside the store;
+- :mod:`~aios_memory.storage.commit`: the commit protocol, the version hint, retention and cleanup;
+- :mod:`~aios_memory.storage.local`: the local filesystem backend, the one place that calls the OS.
+"""
+
+from aios_memory.storage.commit import DEFAULT_RETENTION, LOCK, Storage
+from aios_memory.storage.local import ROW_GROUP_ROWS, LocalBackend
+from aios_memory.storage.manifest import (
+    DATA,
+    STORE_FORMAT,
+    VERSIONS,
+    Fragment,
+    IndexFile,
+    Manifest,
+    TableState,
+    check_path,
+    manifest_name,
+    plan_compaction,
+)
+
+__all__ = [
+    "DATA",
+    "DEFAULT_RETENTION",
+    "LOCK",
+    "ROW_GROUP_ROWS",
+    "STORE_FORMAT",
+    "VERSIONS",
+    "Fragment",
+    "IndexFile",
+    "LocalBackend",
+    "Manifest",
+    "Storage",
+    "TableState",
+    "check_path",
+    "manifest_name",
+    "plan_compaction",
+]

@@ -1,0 +1,305 @@
+"""The commit protocol: numbered manifests created exclusively over immutable, checksummed files.
+
+Layout of a store directory::
+
+    _versions/00000000000000000007.manifest.json   one file per committed version, never rewritten
+    _versions/_latest                               a hint: a recent version number (advisory)
+    data/<modality>/<uuid>.parquet                  immutable fragments, named once, never listed by readers
+    data/<modality>/<uuid>.embedding.f32            its sidecars: raw vectors (+ norms) and created_at,
+    data/<modality>/<uuid>.created_at.i64           memory-mapped by searches (see :mod:`aios_memory.vectors`)
+    .lock                                           the writers' lock (filelock); readers never take it
+    _maintenance.json                               maintenance that failed after a commit (``doctor``)
+
+A commit writes its files (fsynced, sha256 taken as they are written), then creates manifest ``v+1``
+exclusively. Readers read the newest manifest and exactly the files it names, so a crashed writer's
+leftovers are invisible to them. The newest version is found from the hint plus a probe of the next
+names, O(1) at any version count (as Lance does). ``cleanup`` removes versions superseded more than the
+retention period ago and files no retained version names, in small steps, each under the lock briefly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+from filelock import FileLock, Timeout
+
+from aios_memory.errors import CommitConflictError, StoreCorruptError, StoreError, VersionNotFoundError
+from aios_memory.storage.local import LocalBackend
+from aios_memory.storage.manifest import DATA, VERSIONS, Fragment, Manifest, manifest_name
+
+LOCK = ".lock"
+HINT = f"{VERSIONS}/_latest"
+MAINTENANCE = "_maintenance.json"
+DEFAULT_RETENTION = 3600.0  # seconds a superseded version stays readable (``cleanup``'s default)
+CLEANUP_BATCH = 256  # files deleted per hold of the writers' lock
+_MANIFEST_RE = re.compile(r"^(\d{20})\.manifest\.json$")
+_DATA_FILE_RE = re.compile(r"^[0-9a-f]{32}\.")  # fragments, their sidecars and index files: <uuid>.<what>
+
+
+class Storage:
+    """Versioned fragments and manifests of one store directory."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        create: bool = True,
+        lock_timeout: float = 60.0,
+        retention: float = DEFAULT_RETENTION,
+    ) -> None:
+        self.root = Path(root).absolute()
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root} exists and is not a directory")
+        if not self.root.exists():
+            if not create:
+                raise StoreError(f"no store at {self.root}")
+            self.root.mkdir(parents=True)
+            LocalBackend(self.root.parent).fsync_dir(".")
+        self.backend = LocalBackend(self.root)
+        if not (self.root / VERSIONS).is_dir() or not (self.root / DATA).is_dir():
+            (self.root / VERSIONS).mkdir(exist_ok=True)
+            (self.root / DATA).mkdir(exist_ok=True)
+            self.backend.fsync_dir(".")
+        self.lock_timeout = lock_timeout
+        self.retention = float(retention)
+        self.manifest_reads = 0  # how many manifests this object has read (searches read one per call)
+        self._lock = FileLock(str(self.root / LOCK))
+
+    # --- reading ---------------------------------------------------------------------------------------
+    def versions(self) -> list[int]:
+        """Every retained version, listed (O(versions): for maintenance, not for reads)."""
+        out = []
+        for name in self.backend.list(VERSIONS):
+            m = _MANIFEST_RE.match(name)
+            if m:
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def has_version(self, version: int) -> bool:
+        return version == 0 or self.backend.exists(manifest_name(version))
+
+    def latest_version(self) -> int:
+        """The newest version: the hint, then a probe of the next names until one is missing."""
+        try:
+            v = int(self.backend.read_bytes(HINT))
+        except (OSError, ValueError):
+            v = -1
+        if v < 0 or not self.has_version(v):  # no hint yet, or a damaged one: list once
+            listed = self.versions()
+            v = listed[-1] if listed else 0
+        while self.backend.exists(manifest_name(v + 1)):
+            v += 1
+        return v
+
+    def read_manifest(self, version: int | None = None) -> Manifest:
+        """The manifest of ``version`` (default: the newest). Version 0 is the empty store."""
+        self.manifest_reads += 1
+        if version is None:
+            version = self.latest_version()
+        if version == 0:
+            return Manifest()
+        rel = manifest_name(version)
+        try:
+            raw = self.backend.read_bytes(rel)
+        except FileNotFoundError:
+            raise self.version_gone(version) from None
+        m = Manifest.from_bytes(raw, str(self.backend.path(rel)))
+        if m.version != version:
+            raise StoreCorruptError(f"manifest {rel} says it is version {m.version}")
+        return m
+
+    def version_gone(self, version: int) -> VersionNotFoundError:
+        latest = self.latest_version()
+        if version > latest:
+            return VersionNotFoundError(f"store {self.root} has no version {version} (newest: {latest})")
+        return VersionNotFoundError(
+            f"version {version} of store {self.root} is no longer retained: cleanup removed it after its "
+            f"retention period (the newest is {latest}; open that, or keep versions longer)"
+        )
+
+    def abspath(self, fragment: Fragment) -> str:
+        return str(self.backend.path(fragment.path))
+
+    # --- writing ---------------------------------------------------------------------------------------
+    @contextmanager
+    def writer_lock(self, timeout: float | None = None) -> Iterator[None]:
+        wait = self.lock_timeout if timeout is None else timeout
+        try:
+            with self._lock.acquire(timeout=wait):
+                yield
+        except Timeout:
+            raise StoreError(
+                f"another process has held the write lock of {self.root} for {wait:.0f}s; nothing was written"
+            ) from None
+
+    def write_fragment(self, modality: str, table: pa.Table) -> Fragment:
+        """Write ``table`` as a new fragment plus its sidecars (raw vectors, created_at), all fsynced and
+        hashed. A failure (a full disk) removes what this call wrote."""
+        from aios_memory.vectors import sidecar_buffers
+
+        stem = f"{DATA}/{modality}/{uuid.uuid4().hex}"
+        written: list[str] = []
+        try:
+            nbytes, digest = self.backend.write_parquet(f"{stem}.parquet", table)
+            written.append(f"{stem}.parquet")
+            suffixes, sums, side = [], [("parquet", digest)], 0
+            for suffix, chunks in sidecar_buffers(table):
+                size, digest = self.backend.write_new(f"{stem}.{suffix}", chunks)
+                written.append(f"{stem}.{suffix}")
+                side += size
+                suffixes.append(suffix)
+                sums.append((suffix, digest))
+        except BaseException:
+            for rel in written:
+                self.backend.delete(rel)
+            raise
+        return Fragment(f"{stem}.parquet", table.num_rows, nbytes, tuple(suffixes), side, tuple(sums))
+
+    def commit(self, operation: str, build: Callable[[Manifest], Manifest | None]) -> Manifest:
+        """Commit the manifest ``build`` derives from the newest one (``None``: nothing to commit).
+
+        Runs under the writers' lock; the exclusive create is the commit point and would also settle a
+        race between writers that do not share the lock (object storage), by rebasing and retrying. If
+        this raises, nothing was committed; once it returns, nothing after the commit point raised.
+        """
+        with self.writer_lock():
+            for _attempt in range(8):
+                base = self.read_manifest()
+                new = build(base.copy())
+                if new is None:
+                    return base
+                touched = {f.parent.name for f in map(Path, new.fragment_paths() - base.fragment_paths())}
+                for modality in touched:
+                    self.backend.fsync_dir(f"{DATA}/{modality}")
+                new.version = base.version + 1
+                new.created_at = time.time()
+                new.operation = operation
+                if self.backend.create_exclusive(manifest_name(new.version), new.to_bytes()):
+                    try:
+                        self.backend.replace(HINT, str(new.version).encode())
+                    except OSError:
+                        pass  # advisory: readers probe past a stale hint
+                    return new
+            raise CommitConflictError(f"could not commit to {self.root}: other writers kept winning")
+
+    # --- maintenance records -----------------------------------------------------------------------------
+    def maintenance(self) -> dict[str, dict[str, object]]:
+        """Maintenance that failed after a commit and is retried later: ``{task: {error, at, count}}``."""
+        try:
+            return json.loads(self.backend.read_bytes(MAINTENANCE))
+        except (OSError, ValueError):
+            return {}
+
+    def note_maintenance(self, task: str, error: BaseException | None) -> None:
+        """Record (or, with ``error=None``, clear) a failed maintenance task; never raises."""
+        try:
+            notes = self.maintenance()
+            if error is None:
+                if task not in notes:
+                    return
+                del notes[task]
+            else:
+                count = int(notes.get(task, {}).get("count", 0)) + 1  # type: ignore[call-overload]
+                notes[task] = {"error": f"{type(error).__name__}: {error}", "at": time.time(), "count": count}
+            self.backend.replace(MAINTENANCE, json.dumps(notes, sort_keys=True).encode())
+        except OSError:
+            pass
+
+    # --- cleanup -----------------------------------------------------------------------------------------
+    def unreferenced_files(self, keep: set[str]) -> list[str]:
+        return sorted(
+            rel
+            for rel in self.backend.walk_files(DATA)
+            if rel not in keep and _DATA_FILE_RE.match(Path(rel).name)
+        )
+
+    def containment_problems(self) -> list[str]:
+        """Symlinked directories in the store: a store makes none, and cleanup will not work through one."""
+        return [
+            f"{rel} is a symlink (to {os.path.realpath(self.backend.path(rel))}); the store's own files never are"
+            for rel in [*self.backend.symlinked_dirs(DATA), *self.backend.symlinked_dirs(VERSIONS)]
+        ]
+
+    def _referenced(self, versions: list[int]) -> set[str]:
+        out: set[str] = set()
+        for v in versions:
+            try:
+                out |= self.read_manifest(v).fragment_paths()
+            except VersionNotFoundError:
+                continue  # removed meanwhile by another cleanup
+        return out
+
+    def cleanup(self, older_than: float | None = None, keep_versions: int = 1) -> dict[str, int | float]:
+        """Delete manifests superseded more than ``older_than`` seconds ago (default: the retention
+        period; the newest ``keep_versions`` always stay), then the data files no remaining manifest
+        names that are themselves that old. ``files_removed`` counts a fragment and its sidecars as one.
+
+        Works in small steps: the listing and the reading of manifests run without the writers' lock;
+        each batch of deletions holds it briefly, after taking in the versions committed meanwhile.
+        """
+        from aios_memory.vectors import CACHE
+
+        older_than = self.retention if older_than is None else float(older_than)
+        problems = self.containment_problems()
+        if problems:
+            raise StoreError(f"cleanup refused: {problems[0]}")
+        now, held, stems = time.time(), 0.0, set()
+        removed_versions = 0
+        versions = self.versions()
+        keep = set(versions[-max(1, keep_versions) :])
+        doomed = []
+        for v, successor in zip(versions, versions[1:], strict=False):
+            # age counts from when v stopped being the newest: a reader may have opened it until then
+            try:
+                superseded = self.backend.mtime(manifest_name(successor))
+            except FileNotFoundError:
+                continue
+            if v not in keep and now - superseded > older_than:
+                doomed.append(v)
+        for name in self.backend.list(VERSIONS):  # crashed writers' temp manifests, stale hint temps
+            if name.startswith(".tmp-"):
+                try:
+                    if now - self.backend.mtime(f"{VERSIONS}/{name}") > older_than:
+                        self.backend.delete(f"{VERSIONS}/{name}")
+                except FileNotFoundError:
+                    pass
+        for v in doomed:  # old manifests: no writer reads them, so no lock is needed
+            self.backend.delete(manifest_name(v))
+            removed_versions += 1
+        retained = [v for v in versions if v not in set(doomed)]
+        referenced = self._referenced(retained)
+        seen = max(retained, default=0)
+        candidates = []
+        for rel in self.unreferenced_files(referenced):
+            try:
+                if now - self.backend.mtime(rel) > older_than:
+                    candidates.append(rel)
+            except FileNotFoundError:
+                pass
+        for start in range(0, len(candidates), CLEANUP_BATCH):
+            with self.writer_lock():
+                t0 = time.perf_counter()
+                latest = self.latest_version()  # versions committed since we read: their files stay
+                referenced |= self._referenced(list(range(seen + 1, latest + 1)))
+                seen = max(seen, latest)
+                gone = []
+                for rel in candidates[start : start + CLEANUP_BATCH]:
+                    if rel not in referenced and self.backend.contained(rel):
+                        self.backend.delete(rel)
+                        gone.append(rel)
+                held = max(held, time.perf_counter() - t0)
+            CACHE.forget(str(self.backend.path(rel)) for rel in gone)  # no handle keeps them allocated
+            stems.update(str(Path(rel).parent / Path(rel).name.split(".")[0]) for rel in gone)
+        return {
+            "versions_removed": removed_versions,
+            "files_removed": len(stems),
+            "lock_held_max_s": round(held, 6),
+        }
