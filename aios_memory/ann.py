@@ -211,8 +211,9 @@ def build_index(
     previous: IndexFile | None,
     params: dict[str, Any] | None = None,
     threads: int = 0,
-) -> IndexFile:
-    """Write a new index file covering ``fragments`` (extending ``previous`` when that pays) and fsync it."""
+) -> PendingIndex:
+    """A graph covering ``fragments`` (extending ``previous`` when that pays and it is intact), in memory:
+    the caller writes it in the commit that names it (:meth:`PendingIndex.write`)."""
     Index = _usearch()
     opts = {**DEFAULTS, **(params or {})}
     unknown = set(opts) - set(DEFAULTS)
@@ -259,24 +260,39 @@ def build_index(
                 graph.add((next_key + a + ok).astype(np.uint64), block[ok], threads=threads)
         covers.append((frag.path, next_key, frag.rows))
         next_key += frag.rows
-    rel = f"{DATA}/{modality}/{uuid.uuid4().hex}.hnsw.usearch"
-    path = storage.backend.path(rel)
-    try:
-        graph.save(str(path))
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
-        digest = storage.backend.sha256(rel)
-    except BaseException:
-        storage.backend.delete(rel)  # a full disk: no partial index file left behind
-        raise
-    return IndexFile(
-        path=rel,
-        kind=KIND,
-        column=column,
-        nbytes=path.stat().st_size,
-        covers=tuple(covers),
-        rows=int(sum(rows for _p, _f, rows in covers)),
-        params=opts,
-        sha256=digest,
-        entries=len(graph),
-    )
+    return PendingIndex(graph, column, tuple(covers), opts)
+
+
+@dataclass
+class PendingIndex:
+    """A graph built in memory, not yet a file: :meth:`write` it under the writers' lock, in the commit
+    that names it, so no ``cleanup`` can take it for an orphan between the two."""
+
+    graph: Any
+    column: str
+    covers: tuple[tuple[str, int, int], ...]
+    params: dict[str, Any]
+
+    def write(self, storage: Storage, modality: str) -> IndexFile:
+        rel = f"{DATA}/{modality}/{uuid.uuid4().hex}.hnsw.usearch"
+        path = storage.backend.path(rel)
+        try:
+            self.graph.save(str(path))
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+                size = os.fstat(fh.fileno()).st_size
+            digest = storage.backend.sha256(rel)
+        except BaseException:
+            storage.backend.delete(rel)  # a full disk: no partial index file left behind
+            raise
+        return IndexFile(
+            path=rel,
+            kind=KIND,
+            column=self.column,
+            nbytes=size,
+            covers=self.covers,
+            rows=int(sum(rows for _p, _f, rows in self.covers)),
+            params=self.params,
+            sha256=digest,
+            entries=len(self.graph),
+        )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aios_memory.errors import InvalidInputError, StoreCorruptError, StoreError, VersionNotFoundError
+from aios_memory.errors import InvalidInputError, StoreCorruptError, VersionNotFoundError
 from aios_memory.provider import MODALITIES
 from aios_memory.query import vector_columns
 from aios_memory.storage import Fragment, Manifest, TableState
@@ -134,60 +134,50 @@ def create_index(
 ) -> dict[str, Any]:
     """Build (or extend, or repair) the ANN index of ``modality``'s table and commit it.
 
-    The graph is built outside the writers' lock (it can take minutes); the commit then checks, under
-    the lock, that the file it is about to name still exists with its size and sha256 (a concurrent
-    ``cleanup`` may have removed it as unreferenced) and builds again if not: a manifest never names a
-    missing or wrong index file.
+    The graph is built in memory outside the writers' lock (it can take minutes); its file is written,
+    fsynced and hashed inside the commit, under the lock, so no concurrent ``cleanup`` can delete it as
+    an orphan before the manifest names it: a manifest never names a missing or wrong index file. A
+    previous index that is damaged is not extended but rebuilt.
     """
     from aios_memory.ann import build_index
 
     if kind != "hnsw":
         raise InvalidInputError(f"unknown index kind {kind!r}; only 'hnsw' is available")
     storage = store._storage
-    for _attempt in range(3):
-        m = store._manifest()
-        state = m.tables.get(modality)
-        if modality not in MODALITIES or state is None or not state.fragments:
-            raise InvalidInputError(f"there are no {modality} memories to index")
-        if column not in vector_columns(modality):
-            raise InvalidInputError(f"{modality} memories have no vector column {column!r}")
-        dim = state.dim if column == "embedding" else state.text_dim
-        if dim is None:
-            raise InvalidInputError(f"{modality} memories have no {column} vectors")
-        t0 = time.perf_counter()
-        index = build_index(storage, modality, list(state.fragments), column, int(dim), state.index, params)
-        built_s = time.perf_counter() - t0
-        intact: list[bool] = []
+    m = store._manifest()
+    state = m.tables.get(modality)
+    if modality not in MODALITIES or state is None or not state.fragments:
+        raise InvalidInputError(f"there are no {modality} memories to index")
+    if column not in vector_columns(modality):
+        raise InvalidInputError(f"{modality} memories have no vector column {column!r}")
+    dim = state.dim if column == "embedding" else state.text_dim
+    if dim is None:
+        raise InvalidInputError(f"{modality} memories have no {column} vectors")
+    t0 = time.perf_counter()
+    pending = build_index(storage, modality, list(state.fragments), column, int(dim), state.index, params)
+    built_s = time.perf_counter() - t0
+    written: list[Any] = []
 
-        def build(
-            new: Manifest, state: TableState = state, index: Any = index, intact: list[bool] = intact
-        ) -> Manifest | None:
-            table = new.tables.get(modality)
-            if table is None or table.provider != state.provider or table.fingerprint != state.fingerprint:
-                return None  # the table was replaced meanwhile: the index describes nothing of it
-            try:
-                ok = storage.backend.size(index.path) == index.nbytes
-                ok = ok and storage.backend.sha256(index.path) == index.sha256
-            except OSError:
-                ok = False
-            intact.append(ok)
-            if not ok:
-                return None  # removed or changed since it was written: build again
-            table.index = index
-            return new
+    def build(new: Manifest) -> Manifest | None:
+        table = new.tables.get(modality)
+        if table is None or table.provider != state.provider or table.fingerprint != state.fingerprint:
+            return None  # the table was replaced meanwhile: the index describes nothing of it
+        if not written:
+            written.append(pending.write(storage, modality))
+        table.index = written[0]
+        return new
 
-        committed = storage.commit(f"index {modality}", build)
-        if intact and not intact[-1]:
-            continue
-        return {
-            "modality": modality,
-            "kind": kind,
-            "column": column,
-            "rows": index.rows,
-            "bytes": index.nbytes,
-            "seconds": built_s,
-            "version": committed.version,
-            "committed": committed.tables.get(modality) is not None
-            and committed.tables[modality].index == index,
-        }
-    raise StoreError(f"the {modality} index file kept disappearing before its commit (a concurrent cleanup?)")
+    committed = storage.commit(f"index {modality}", build)
+    index = written[0] if written else None
+    return {
+        "modality": modality,
+        "kind": kind,
+        "column": column,
+        "rows": index.rows if index else 0,
+        "bytes": index.nbytes if index else 0,
+        "seconds": built_s,
+        "version": committed.version,
+        "committed": index is not None
+        and committed.tables.get(modality) is not None
+        and committed.tables[modality].index == index,
+    }

@@ -172,17 +172,25 @@ class Storage:
         """
         with self.writer_lock():
             for _attempt in range(8):
-                base = self.read_manifest()
-                new = build(base.copy())
-                if new is None:
-                    return base
-                touched = {f.parent.name for f in map(Path, new.fragment_paths() - base.fragment_paths())}
-                for modality in touched:
-                    self.backend.fsync_dir(f"{DATA}/{modality}")
-                new.version = base.version + 1
-                new.created_at = time.time()
-                new.operation = operation
-                if self.backend.create_exclusive(manifest_name(new.version), new.to_bytes()):
+                try:
+                    base = self.read_manifest()
+                    new = build(base.copy())
+                    if new is None:
+                        return base
+                    touched = {f.parent.name for f in map(Path, new.fragment_paths() - base.fragment_paths())}
+                    for modality in touched:
+                        self.backend.fsync_dir(f"{DATA}/{modality}")
+                    new.version = base.version + 1
+                    new.created_at = time.time()
+                    new.operation = operation
+                    created = self.backend.create_exclusive(manifest_name(new.version), new.to_bytes())
+                except (
+                    OSError
+                ) as exc:  # a full disk, a read-only or vanished directory: before the commit point
+                    raise StoreError(
+                        f"could not write to store {self.root} ({exc.strerror or exc}); nothing was committed"
+                    ) from exc
+                if created:
                     try:
                         self.backend.replace(HINT, str(new.version).encode())
                     except OSError:
