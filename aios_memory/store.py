@@ -201,11 +201,15 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         from aios_memory.query import Deadline
 
         deadline = Deadline.start(timeout)  # the clock includes opening the fragments
-        con = self._connect(self._manifest())
-        try:
-            return run(con, query, params, timeout=deadline, max_rows=max_rows)
-        finally:
-            con.close()
+
+        def read() -> pa.Table:
+            con = self._connect(self._manifest())
+            try:
+                return run(con, query, params, timeout=deadline, max_rows=max_rows)
+            finally:
+                con.close()
+
+        return self._reading(read)
 
     def connection(self, *, allow_file_access: bool = False) -> Any:
         """A DuckDB connection over this version's memory views, for SQL beyond one read-only statement.
