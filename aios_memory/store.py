@@ -32,7 +32,7 @@ from aios_memory.memory import Memory, check_namespace, check_utf8, memory_from_
 from aios_memory.modality import prepare
 from aios_memory.plugins import get_provider, get_providers
 from aios_memory.provider import MODALITIES, EmbeddingProvider
-from aios_memory.query import Params, check_params, connect, run, vector_columns, view_name
+from aios_memory.query import Deadline, Params, check_params, connect, run, vector_columns, view_name
 from aios_memory.schema import TEXT_COLUMN
 from aios_memory.storage import DEFAULT_RETENTION, Fragment, Manifest, Storage
 from aios_memory.vectors import (
@@ -254,6 +254,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         min_score: float | None = None,
         exact: bool | None = None,
         filter: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> list[Memory]:
         """Rank memories by cosine similarity to ``query`` (text, image or audio).
 
@@ -265,9 +266,11 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         returns the top ``k`` by score newest first. ``exact=True`` never uses an ANN index,
         ``exact=False`` requires one (see :meth:`create_index`); by default an index is used when the
         table has one and the search can use it. :meth:`explain_search` says what a search did.
+        ``timeout`` (seconds; default none) stops a search that runs longer with ``QueryTimeoutError``:
+        the ``where`` predicate is interrupted inside DuckDB, the ranking between blocks of rows.
         """
         where, params = with_metadata_filter(where, params, filter)
-        args = (query, k, modality, namespace, where, params, half_life, order, min_score, exact)
+        args = (query, k, modality, namespace, where, params, half_life, order, min_score, exact, timeout)
         return self._reading(lambda: self._search(*args))[0]
 
     def explain_search(self, query: Any, k: int = 10, **kwargs: Any) -> dict[str, Any]:
@@ -285,6 +288,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
                 ("order", "score"),
                 ("min_score", None),
                 ("exact", None),
+                ("timeout", None),
             ]
         }
         kw["where"], kw["params"] = with_metadata_filter(
@@ -307,6 +311,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         order: str,
         min_score: float | None,
         exact: bool | None,
+        timeout: float | None = None,
     ) -> tuple[list[Memory], dict[str, Any]]:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
@@ -334,6 +339,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             raise InvalidInputError(f"min_score must be a number, got {min_score!r}")
         if exact not in (None, True, False):
             raise InvalidInputError(f"exact must be True, False or None, got {exact!r}")
+        deadline = Deadline.start(timeout, hint="pass a larger timeout= to search()")
         item = prepare(query)
         target = modality or item.modality
         reads = _count_reads(self._storage)
@@ -374,7 +380,8 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             if exact is False:
                 raise QueryError(f"{target} memories have no ANN index; call create_index() first")
             return [], explain
-        selections = self._select(m, target, fragments, namespace, where, params)
+        deadline.check("the search")
+        selections = self._select(m, target, fragments, namespace, where, params, deadline)
         if selections is not None:
             explain["path"] = "exact-selected"
             explain["selected"] = int(sum(s.size for s in selections))
@@ -402,7 +409,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             explain.update(path="ann" if selections is None else "ann-selected", scored=got.scored)
             explain["index"] = index.kind
         else:
-            ranked = rank(self._storage, fragments, column, dim, vector, k, selections, weight)
+            ranked = rank(self._storage, fragments, column, dim, vector, k, selections, weight, deadline)
             explain["scored"], explain["parquet_fallback"] = ranked.scored, ranked.parquet_fallback
             frag_idx, rows = ranked.frag, ranked.row
             scores = exact_scores(self._storage, fragments, column, dim, vector, frag_idx, rows)
@@ -451,6 +458,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         namespace: str | None,
         where: str | None,
         params: Params,
+        deadline: Deadline | None = None,
     ) -> list[np.ndarray] | None:
         """Per fragment, the row positions the namespace and ``where`` select (``None``: every row).
 
@@ -470,9 +478,9 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         con = self._connect(m, namespace)  # views hold only this namespace: where cannot reach others
         try:
             # first as a WHERE clause, so that what a WHERE refuses (aggregates, windows) is refused here too
-            run(con, f"SELECT 1 FROM {view} WHERE ({where}) LIMIT 0", params)  # noqa: S608 - the caller's predicate by contract; values are parameters
+            run(con, f"SELECT 1 FROM {view} WHERE ({where}) LIMIT 0", params, timeout=deadline)  # noqa: S608 - the caller's predicate by contract; values are parameters
             mask_sql = f"SELECT COALESCE(CAST(({where}) AS BOOLEAN), false) AS aiosm_keep FROM {view}"  # noqa: S608
-            mask = run(con, mask_sql, params).column("aiosm_keep").to_numpy(zero_copy_only=False)
+            mask = run(con, mask_sql, params, timeout=deadline).column("aiosm_keep").to_numpy(zero_copy_only=False)
         finally:
             con.close()
         expected = sum(s.size for s in selections)

@@ -409,6 +409,7 @@ def rank(
     k: int,
     selections: list[np.ndarray | None] | None = None,
     weight: Callable[[int, np.ndarray | slice], np.ndarray] | None = None,
+    deadline: Any = None,
 ) -> Ranked:
     """Exact top-``k`` candidates by cosine to ``query`` over ``fragments`` (all rows, or per fragment
     the row positions in ``selections``), each score multiplied by ``weight(fragment, rows)`` if given.
@@ -442,6 +443,8 @@ def rank(
         job: tuple[int, np.ndarray, np.ndarray, np.ndarray | slice, int],
     ) -> tuple[int, np.ndarray, np.ndarray]:
         i, mat, norms, idx, a = job
+        if deadline is not None:
+            deadline.check("the search")  # between blocks of rows: a ranking stops within one block
         s = np.einsum("ij,j->i", mat[idx], q)
         s /= norms[idx]
         if weight is not None:

@@ -353,3 +353,60 @@ def test_plan_compaction_is_tiered_bounded_files_and_rewrites():
     assert sum(f.rows for f in frags) == 2000
     assert most <= 4 * 9  # at most max_per_tier + 1 per tier, a handful of tiers
     assert rewritten <= 4 * written  # about one rewrite per tier crossed
+
+
+def _open_into(root) -> tuple[int, list[str]]:
+    """(descriptors of this process open on files under ``root``, those whose file was deleted)."""
+    fds, deleted = 0, []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            fds += 1
+            if target.endswith(" (deleted)"):
+                deleted.append(target)
+    return fds, deleted
+
+
+def test_cache_lets_go_of_superseded_and_deleted_files(vstore):
+    """Issue finding: the per-process cache kept a handle or map of every fragment it ever touched, so a
+    long-running server hit EMFILE and deleted files stayed allocated."""
+    from aios_memory.vectors import CACHE
+
+    root = vstore._storage.root
+    for i in range(12):  # 12 single commits: 12 fragments (auto-compaction merges some)
+        write_rows(vstore, _random(3, 40 + i))
+        assert len(vstore.search(f"seed:{i}", k=3)) == 3
+    vstore.search("seed:1", k=3, half_life=60.0)  # maps the created_at sidecars too
+    before = {k for k in CACHE._items if k[0].startswith(str(root))}
+    assert before
+    vstore.compact()
+    vstore.search("seed:2", k=3)  # a new version: entries of files it no longer names are released
+    live = {str(root / p) for p in vstore._manifest().fragment_paths()}
+    assert {k[0] for k in CACHE._items if k[0].startswith(str(root))} <= live
+    report = vstore.cleanup(older_than=0)
+    assert report["files_removed"] >= 1
+    fds, deleted = _open_into(root)
+    assert deleted == [], deleted  # nothing deleted stays allocated by this process
+    assert fds <= 3 * len(vstore._manifest().tables["text"].fragments) + 2
+
+
+def test_cache_bounds_open_handles_and_stays_correct(vstore, monkeypatch):
+    from aios_memory.vectors import CACHE
+
+    monkeypatch.setattr(CACHE, "max_handles", 6)
+    vecs = []
+    for i in range(9):  # nine fragments under the compaction threshold, each searched
+        v = _random(4, 60 + i)
+        vecs.append(v)
+        write_rows(vstore, v)
+    allv = np.concatenate(vecs)
+    for i in range(5):
+        got = vstore.search(f"seed:{i}", k=5)
+        assert [m.id for m in got] == sql_ranking(vstore, f"seed:{i}", 5)
+        assert CACHE.stats()["handles"] <= 6
+    fds, _ = _open_into(vstore._storage.root)
+    assert fds <= 6 + 1  # the capped handles, plus the writers' lock file at most
+    assert allv.shape == (36, DIM)
