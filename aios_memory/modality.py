@@ -7,6 +7,8 @@ payload a provider embeds, and what the store keeps (text, or media bytes with t
 from __future__ import annotations
 
 import io
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,10 @@ MAX_SOURCE_CHARS = 65_536
 MAX_IMAGE_PIXELS = 178_956_970  # Pillow's decompression-bomb error threshold (2x its warning threshold)
 MAX_IMAGE_ASPECT = 1_000  # long side / short side: models resize the short side up, the long side follows
 MAX_AUDIO_SECONDS = 3_600  # one hour: 120 Whisper windows; 8 hours at 16 kHz would be 1.8 GB of float32
+
+# Files and seekable file objects: this much is read first, to sniff the format and check the header,
+# before the rest is read (every header Pillow and libsndfile need for the size checks fits in it).
+_HEAD_BYTES = 64 * 1024
 
 # (offset, magic, second check (offset, bytes) or None, modality, MIME type)
 _SIGNATURES: list[tuple[int, bytes, tuple[int, bytes] | None, str, str]] = [
@@ -111,9 +117,10 @@ def _check_image_size(width: int, height: int) -> None:
         )
 
 
-def _check_image_header(data: bytes) -> None:
+def _check_image_header(data: bytes | io.BufferedIOBase) -> None:
     """Read only the image header (Pillow decodes no pixels here) and check its dimensions; a header
-    Pillow cannot read is left to the provider's decoder, which owns the formats it accepts."""
+    Pillow cannot read is left to the provider's decoder, which owns the formats it accepts. ``data``
+    is the bytes, or an open file Pillow reads the header from (it reads no further)."""
     import warnings
 
     from PIL import Image
@@ -121,7 +128,7 @@ def _check_image_header(data: bytes) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
                 width, height = img.size
     except Image.DecompressionBombError as exc:
         raise InputTooLargeError(f"image refused as a decompression bomb: {exc}") from None
@@ -138,13 +145,13 @@ def _check_audio_duration(frames: int, sample_rate: int) -> None:
         )
 
 
-def _check_audio_header(data: bytes) -> None:
+def _check_audio_header(data: bytes | io.BufferedIOBase) -> None:
     """Duration from the header where libsndfile reads one (WAV, FLAC, Ogg, AIFF, MP3); else left to
-    the provider's decoder, bounded by ``MAX_MEDIA_BYTES``."""
+    the provider's decoder, bounded by ``MAX_MEDIA_BYTES``. ``data`` is the bytes or an open file."""
     import soundfile
 
     try:
-        info = soundfile.info(io.BytesIO(data))
+        info = soundfile.info(io.BytesIO(data) if isinstance(data, bytes) else data)
     except Exception:  # noqa: BLE001 - unreadable here; the provider's decoder gives the typed error
         return
     if not 0 < int(info.samplerate) <= MAX_SAMPLE_RATE:
@@ -154,11 +161,106 @@ def _check_audio_header(data: bytes) -> None:
     _check_audio_duration(int(info.frames), int(info.samplerate))
 
 
+def _at(where: str | None) -> str:
+    return f" ({where})" if where else ""
+
+
+def _check_media_size(size: int, where: str | None) -> None:
+    if size == 0:
+        raise EmptyContentError(f"media content is empty (0 bytes){_at(where)}")
+    if size > MAX_MEDIA_BYTES:
+        raise InputTooLargeError(f"media content is {size} bytes; the limit is {MAX_MEDIA_BYTES}{_at(where)}")
+
+
+def _read_path(path: Path, source: str | None) -> Item:
+    """A file: refused from ``stat`` (not a regular file, empty, over the limit) before it is opened,
+    and from its first ``_HEAD_BYTES`` and its header (format, image size, audio duration) before the
+    rest is read."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InvalidInputError(f"no such file: {path}") from None
+    except (OSError, ValueError) as exc:  # permissions, a name too long, a NUL in the path
+        raise InvalidInputError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    _check_regular(st, path)
+    _check_media_size(st.st_size, str(path))
+    try:
+        # O_NONBLOCK: were the file swapped for a FIFO since the stat, opening it must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)  # what was opened, which is what is read
+        _check_regular(st, path)
+        _check_media_size(st.st_size, str(path))
+        try:
+            modality, _ = sniff(f.read(_HEAD_BYTES))  # an unknown format is refused here, the rest unread
+            f.seek(0)
+            (_check_image_header if modality == "image" else _check_audio_header)(f)
+        except InvalidInputError as exc:  # the same error, naming the file
+            raise type(exc)(f"{exc}{_at(str(path))}") from None
+        f.seek(0)
+        data = f.read(st.st_size + 1)
+        if len(data) > st.st_size:  # the file grew since the stat: read on, still bounded
+            data += f.read(MAX_MEDIA_BYTES + 1 - len(data))
+    return _read_media(data, source)
+
+
+def _check_regular(st: os.stat_result, path: Path) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise InvalidInputError(f"{path} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInputError(f"{path} is not a regular file (a FIFO, socket or device cannot be stored)")
+
+
+def _remaining(f: Any) -> int | None:
+    """Bytes left in a seekable file object from its position, or None where that cannot be known."""
+    try:
+        if not f.seekable():
+            return None
+        start = f.tell()
+        end = f.seek(0, io.SEEK_END)
+        f.seek(start)
+    except (AttributeError, OSError, TypeError, ValueError):
+        return None
+    if not isinstance(start, int) or not isinstance(end, int):
+        return None
+    return max(end - start, 0)
+
+
+def _read_file_object(f: Any, source: str | None) -> Item:
+    """A binary file object, from its current position. Seekable: refused from its size before a byte
+    is read, and from its first ``_HEAD_BYTES`` (format, image size) before the rest is read. Not
+    seekable: read at most ``MAX_MEDIA_BYTES`` + 1 bytes."""
+    if isinstance(f, io.TextIOBase):
+        raise InvalidInputError("file objects must be opened in binary mode ('rb')")
+    where = source or getattr(f, "name", None) and str(f.name)
+    size = _remaining(f)
+    if size is None:
+        return _read_media(_read_bytes(f, MAX_MEDIA_BYTES + 1), where)  # never more than the limit
+    _check_media_size(size, where)
+    start = f.tell()
+    head = _read_bytes(f, _HEAD_BYTES)
+    if len(head) < size:  # else the head is all of it, checked below
+        modality, _ = sniff(head)
+        if modality == "image":
+            _check_image_header(head)  # exact: the dimensions are in the head; unreadable → checked below
+        f.seek(start)
+        head = b""
+    return _read_media(head or _read_bytes(f, min(size, MAX_MEDIA_BYTES) + 1), where)
+
+
+def _read_bytes(f: Any, size: int) -> bytes:
+    data = f.read(size)
+    if isinstance(data, str):
+        raise InvalidInputError("file objects must be opened in binary mode ('rb')")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidInputError(f"the file object's read() returned {type(data).__name__}, not bytes")
+    return bytes(data)
+
+
 def _read_media(data: bytes, source: str | None) -> Item:
-    if len(data) == 0:
-        raise EmptyContentError(f"media content is empty (0 bytes){f' at {source}' if source else ''}")
-    if len(data) > MAX_MEDIA_BYTES:
-        raise InputTooLargeError(f"media content is {len(data)} bytes; the limit is {MAX_MEDIA_BYTES}")
+    _check_media_size(len(data), source)
     modality, mime = sniff(data)
     if modality == "image":
         _check_image_header(data)
@@ -206,9 +308,7 @@ def _prepare(content: Any, source: str | None) -> Item:
         _utf8(content, "text")
         return Item("text", content, content=content, source=source)
     if isinstance(content, Path):
-        if not content.is_file():
-            raise InvalidInputError(f"no such file: {content}")
-        return _read_media(content.read_bytes(), source or content.resolve().as_uri())
+        return _read_path(content, source or content.resolve().as_uri())
     if isinstance(content, (bytes, bytearray, memoryview)):
         return _read_media(bytes(content), source)
     if type(content).__module__.startswith("PIL.") and hasattr(content, "save"):
@@ -242,10 +342,7 @@ def _prepare(content: Any, source: str | None) -> Item:
             raise InvalidInputError("audio samples contain NaN or infinite values")
         return Item("audio", (arr, sr), media=_encode_audio(arr, sr), media_type="audio/wav", source=source)
     if hasattr(content, "read"):
-        data = content.read(MAX_MEDIA_BYTES + 1)  # never more than the limit into memory
-        if isinstance(data, str):
-            raise InvalidInputError("file objects must be opened in binary mode ('rb')")
-        return _read_media(data, source or getattr(content, "name", None) and str(content.name))
+        return _read_file_object(content, source)
     raise InvalidInputError(
         f"cannot store a {type(content).__name__}: give text (str), a file path (pathlib.Path), bytes, "
         "a binary file object, a PIL image, or (samples, sample_rate) audio"
