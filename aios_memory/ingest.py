@@ -16,6 +16,8 @@ model's own intra-op threads.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import threading
 import time
@@ -28,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from aios_memory.errors import AiosMemoryError, InvalidInputError, ProviderError
+from aios_memory.errors import AiosMemoryError, InputTooLargeError, InvalidInputError, ProviderError
 from aios_memory.memory import check_namespace, metadata_json, now_utc
-from aios_memory.modality import Item, prepare, sniff
+from aios_memory.modality import MAX_TEXT_CHARS, Item, prepare, sniff
 from aios_memory.provider import EmbeddingProvider
 
 Metadata = Mapping[str, Any] | Callable[[Any], Mapping[str, Any] | None] | None
@@ -69,13 +71,24 @@ class _Group:
 
 
 def read_path(path: Path) -> Any:
-    """What a file holds, as ``prepare`` takes it: media as bytes (sniffed), UTF-8 text as its text."""
-    data = path.read_bytes()
+    """What a file holds, as ``prepare`` takes it: media as the path itself (``prepare`` checks its size
+    and header before reading it), UTF-8 text as its text (at most ``MAX_TEXT_CHARS`` characters' worth
+    of bytes is ever read)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+        raise InvalidInputError(f"{path} is not a regular file")
+    with open(path, "rb") as f:
+        head = f.read(64)
     try:
-        sniff(data[:64])
-        return data
+        sniff(head)
+        return path
     except AiosMemoryError:
         pass
+    with open(path, "rb") as f:
+        data = f.read(4 * MAX_TEXT_CHARS + 1)  # UTF-8 takes at most 4 bytes a character
+    if len(data) > 4 * MAX_TEXT_CHARS:
+        raise InputTooLargeError(
+            f"text file is over {4 * MAX_TEXT_CHARS} bytes; the limit is {MAX_TEXT_CHARS} characters"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

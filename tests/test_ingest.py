@@ -204,3 +204,43 @@ def test_cli_import_uses_the_pipeline(env_home, tmp_path):
     files = len(list(folder.iterdir()))
     assert f"imported {files - 2} files" in out.stdout
     assert "noise.bin" in out.stderr and "clip.wav" in out.stderr
+
+
+HUGE_IMPORT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from aios_memory import MemoryStore
+    from aios_memory.ingest import ingest
+    paths = [Path(p) for p in sys.argv[2:]]
+    res = ingest(MemoryStore(sys.argv[1]), paths, progress=False)
+    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) // 1024
+    print(json.dumps({"errors": [[e.index, e.error] for e in res.errors], "added": res.added, "peak_mib": peak}))
+    """
+)
+
+
+def test_import_refuses_huge_files_and_fifos_before_reading_them(env_home, tmp_path):
+    """A 1.5 GiB file with a PNG signature and a FIFO in an import: refused from stat and the header, the
+    rest imported; the process never holds the big file (its peak stays far below 1.5 GiB)."""
+    import json
+
+    huge = tmp_path / "huge.png"
+    with open(huge, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.truncate(1536 << 20)  # sparse: no disk used
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    note = tmp_path / "note.txt"
+    note.write_text(TEXTS[0])
+    proc = subprocess.run(
+        [sys.executable, "-c", HUGE_IMPORT, str(tmp_path / "store"), str(huge), str(fifo), str(note)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["errors"] == [[0, "InputTooLargeError"], [1, "InvalidInputError"]]
+    assert out["added"] == 1
+    assert out["peak_mib"] < 700, out  # the model and torch, not the 1,536 MiB file
