@@ -218,10 +218,19 @@ def index_create(ctx: click.Context, modality: str) -> None:
 @click.argument("query")
 @click.option("--param", "params", multiple=True, help="A value for each ? (JSON or string).")
 @click.option("--json", "as_json", is_flag=True, help="Rows as JSON instead of a table.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Stop the query after this long (QueryTimeoutError). Default: no limit.",
+)
 @click.pass_context
-def sql(ctx: click.Context, query: str, params: tuple[str, ...], as_json: bool) -> None:
+def sql(
+    ctx: click.Context, query: str, params: tuple[str, ...], as_json: bool, timeout: float | None
+) -> None:
     """Run read-only SQL over text_memories, image_memories and audio_memories."""
-    table = _store(ctx).sql(query, [_param(p) for p in params])
+    table = _store(ctx).sql(query, [_param(p) for p in params], timeout=timeout)
     rows = table.to_pylist()
     if as_json:
         _echo_json(rows)

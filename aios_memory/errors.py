@@ -70,9 +70,18 @@ class MemoryNotFoundError(StoreError, KeyError):
         return str(self.args[0]) if self.args else "memory not found"
 
 
+class VersionNotFoundError(StoreError, LookupError):
+    """A version that is not (or no longer) retained: ``cleanup`` removed it after the retention period."""
+
+
 class CommitConflictError(StoreError):
     """Another writer committed the version this writer meant to create (retried internally)."""
 
 
 class QueryError(AiosMemoryError, ValueError):
     """SQL that is not valid, refers to unknown columns, or tries to write."""
+
+
+class QueryTimeoutError(QueryError):
+    """A query or search ran past its time limit and was stopped; the message says the limit and how to
+    raise it."""

@@ -24,6 +24,7 @@ import click
 from aios_memory.errors import AiosMemoryError, InvalidInputError
 
 ROW_LIMIT = 1000  # most rows the sql tool returns
+SQL_TIMEOUT = 10.0  # seconds the sql tool lets a query run by default (serve --sql-timeout; 0: no limit)
 RECENT = 20  # memories a memory://recent resource lists
 MAX_PATH_CHARS = 4096
 HTTP_HOST = "127.0.0.1"  # --http never listens beyond loopback
@@ -147,8 +148,10 @@ def recent(store: Any, modality: str | None = None, limit: int = RECENT) -> list
     return [_jsonable({k: v for k, v in r.items() if k != "provider"}) for r in rows[:limit]]
 
 
-def build_server(store: Any, *, dedupe: float | None = None) -> Any:
-    """An ``mcp.server.mcpserver.MCPServer`` exposing ``store`` (a ``MemoryStore``) to MCP clients."""
+def build_server(store: Any, *, dedupe: float | None = None, sql_timeout: float | None = SQL_TIMEOUT) -> Any:
+    """An ``mcp.server.mcpserver.MCPServer`` exposing ``store`` (a ``MemoryStore``) to MCP clients.
+
+    ``sql_timeout``: seconds the ``sql`` tool lets one query run (None: no limit)."""
     try:
         from mcp.server.mcpserver import MCPServer
         from mcp.types import ToolAnnotations
@@ -255,16 +258,27 @@ def build_server(store: Any, *, dedupe: float | None = None) -> Any:
     def sql(query: str, params: list[Any] | None = None, max_rows: int = 200) -> dict[str, Any]:
         """Run one read-only SQL statement (SELECT or EXPLAIN) over the views text_memories,
         image_memories and audio_memories, values as ? placeholders in `params`. `embed_text(?)` embeds
-        text for vector SQL. Returns at most `max_rows` rows (limit 1000); bytes are summarised."""
+        text for vector SQL. Returns at most `max_rows` rows (limit 1000), `row_count` of them, and
+        `truncated` when the result had more; bytes are summarised. A query past the server's time limit
+        (10 s by default) is stopped with a QueryTimeoutError: narrow it (WHERE, LIMIT)."""
+        from aios_memory.errors import QueryTimeoutError
+        from aios_memory.query import timeout_error
+
         with _tool_errors():
             if isinstance(max_rows, bool) or not 1 <= max_rows <= ROW_LIMIT:
                 raise InvalidInputError(f"max_rows must be from 1 to {ROW_LIMIT}, got {max_rows!r}")
-            table = store.sql(query, params)
+            try:  # one row more than asked for says whether the result was cut
+                table = store.sql(query, params, timeout=sql_timeout, max_rows=max_rows + 1)
+            except QueryTimeoutError as exc:
+                hint = (
+                    "narrow the query (WHERE, LIMIT); the limit is set by `aios-memory serve --sql-timeout`"
+                )
+                raise timeout_error("the query", sql_timeout or 0.0, hint) from exc
             rows = table.slice(0, max_rows).to_pylist()
             return {
                 "columns": table.column_names,
                 "rows": _jsonable(rows),
-                "row_count": table.num_rows,
+                "row_count": len(rows),
                 "truncated": table.num_rows > max_rows,
             }
 
@@ -327,8 +341,23 @@ def build_server(store: Any, *, dedupe: float | None = None) -> Any:
     default=None,
     help="Cosine threshold at or above which `remember` returns the existing memory instead of a duplicate.",
 )
+@click.option(
+    "--sql-timeout",
+    type=click.FloatRange(0.0),
+    default=SQL_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Time limit of one `sql` tool query; 0 for no limit.",
+)
 @click.pass_context
-def serve(ctx: click.Context, store_path: Path | None, http: bool, port: int, dedupe: float | None) -> None:
+def serve(
+    ctx: click.Context,
+    store_path: Path | None,
+    http: bool,
+    port: int,
+    dedupe: float | None,
+    sql_timeout: float,
+) -> None:
     """Serve the store to agents over MCP: stdio by default, streamable HTTP on loopback with --http."""
     try:
         import mcp  # noqa: F401
@@ -338,7 +367,7 @@ def serve(ctx: click.Context, store_path: Path | None, http: bool, port: int, de
 
     root = ctx.find_root().obj or {}
     store = MemoryStore(store_path or root.get("store"))
-    server = build_server(store, dedupe=dedupe)
+    server = build_server(store, dedupe=dedupe, sql_timeout=sql_timeout or None)
     if http:
         click.echo(f"aios-memory MCP server: http://{HTTP_HOST}:{port}/mcp (store {store.path})", err=True)
         server.run("streamable-http", host=HTTP_HOST, port=port)

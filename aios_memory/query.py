@@ -4,17 +4,31 @@ Each modality's fragments are registered as an Arrow dataset under ``<modality>_
 as ``FLOAT[dim]``), so DuckDB itself never opens a file: after setup the connection runs with external
 access disabled and its configuration locked, so SQL can neither read nor write anything outside the
 store's committed memories. ``embed_text(?)`` is a SQL function backed by the store's text provider.
+
+Limits: ``run(..., timeout=...)`` interrupts DuckDB from a timer thread once a ``Deadline`` passes
+(``QueryTimeoutError``), and ``max_rows`` streams the result, reading no more than it returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from aios_memory.errors import AiosMemoryError, QueryError, StoreCorruptError
+from aios_memory.errors import (
+    AiosMemoryError,
+    InvalidInputError,
+    QueryError,
+    QueryTimeoutError,
+    StoreCorruptError,
+)
 from aios_memory.provider import MODALITIES
 from aios_memory.schema import TEXT_COLUMN, base_schema
 from aios_memory.storage import Manifest, Storage
@@ -118,12 +132,106 @@ def _register_embedder(
 
 
 READ_ONLY_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})  # names of duckdb.StatementType members
+TRUNCATED = b"aios_memory.truncated"  # schema metadata of a result cut at max_rows: b"true"
+TIMEOUT_HINT = "raise the timeout (seconds), or leave it out for no limit"
+_INTERRUPT_EVERY = 0.05  # seconds between interrupts once a deadline has passed, until the query stops
 
 
-def run(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> pa.Table:
-    """Execute one SQL statement with parameters; every DuckDB error becomes a ``QueryError``."""
+def timeout_error(what: str, timeout: float, hint: str = TIMEOUT_HINT) -> QueryTimeoutError:
+    """The error for ``what`` stopped at its limit: the message says the limit and how to raise it."""
+    return QueryTimeoutError(f"{what} ran past its time limit of {timeout:g} s and was stopped; {hint}")
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a piece of work must be done by: ``Deadline.start(None)`` never expires.
+
+    ``hint`` ends the ``QueryTimeoutError`` message: how the caller can raise the limit.
+    """
+
+    timeout: float | None
+    expires: float | None  # time.monotonic() value
+    hint: str = TIMEOUT_HINT
+
+    @classmethod
+    def start(cls, timeout: float | None, *, hint: str = TIMEOUT_HINT) -> Deadline:
+        if timeout is None:
+            return cls(None, None, hint)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout):
+            raise InvalidInputError(f"timeout must be a number of seconds or None, got {timeout!r}")
+        if timeout <= 0:
+            raise InvalidInputError(f"timeout must be more than 0 seconds, got {timeout!r}")
+        return cls(float(timeout), time.monotonic() + timeout, hint)
+
+    def remaining(self) -> float | None:
+        """Seconds left (0 once expired), or None without a limit."""
+        return None if self.expires is None else max(0.0, self.expires - time.monotonic())
+
+    def expired(self) -> bool:
+        return self.expires is not None and time.monotonic() >= self.expires
+
+    def error(self, what: str) -> QueryTimeoutError:
+        return timeout_error(what, self.timeout or 0.0, self.hint)
+
+    def check(self, what: str) -> None:
+        """Raise ``QueryTimeoutError`` naming ``what`` once the deadline has passed."""
+        if self.expired():
+            raise self.error(what)
+
+
+@contextlib.contextmanager
+def interrupt_at(con: duckdb.DuckDBPyConnection, deadline: Deadline) -> Iterator[threading.Event]:
+    """While the block runs, a timer thread interrupts ``con`` once ``deadline`` passes, and again every
+    50 ms until the block ends (an interrupt that lands between two steps of a query is not lost). The
+    event it yields is set once it has fired. The thread is joined on the way out: none is left behind."""
+    fired, done = threading.Event(), threading.Event()
+    remaining = deadline.remaining()
+    if remaining is None:
+        yield fired
+        return
+
+    def watch() -> None:
+        if done.wait(remaining):
+            return
+        fired.set()
+        while True:
+            con.interrupt()
+            if done.wait(_INTERRUPT_EVERY):
+                return
+
+    timer = threading.Thread(target=watch, name="aios-memory-query-deadline", daemon=True)
+    timer.start()
+    try:
+        yield fired
+    finally:
+        done.set()
+        timer.join()
+
+
+def truncated(table: pa.Table) -> bool:
+    """Whether ``run``/``store.sql`` cut this result at ``max_rows`` (more rows were there)."""
+    return (table.schema.metadata or {}).get(TRUNCATED) == b"true"
+
+
+def run(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: Params = None,
+    *,
+    timeout: float | Deadline | None = None,
+    max_rows: int | None = None,
+) -> pa.Table:
+    """Execute one SQL statement with parameters; every DuckDB error becomes a ``QueryError``.
+
+    ``timeout`` (seconds, or a ``Deadline`` shared with other work) interrupts the query when it passes:
+    ``QueryTimeoutError``. ``max_rows`` streams the result and stops reading after that many rows, so a
+    huge result is never built; a result that had more rows carries ``truncated(table) == True``.
+    """
     import duckdb
 
+    deadline = timeout if isinstance(timeout, Deadline) else Deadline.start(timeout)
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0):
+        raise QueryError(f"max_rows must be a non-negative integer or None, got {max_rows!r}")
     if not isinstance(sql, str) or not sql.strip():
         raise QueryError("SQL must be a non-empty string")
     check_params(params)
@@ -142,16 +250,64 @@ def run(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> pa.T
         raise QueryError(
             f"store.sql() is read-only: {kind.name} statements are not allowed (SELECT or EXPLAIN only)"
         )
+    deadline.check("the query")
     try:
-        rel = con.sql(sql, params=params if params is not None else None)
-        return rel.to_arrow_table() if rel is not None else pa.table({})
-    except duckdb.Error as exc:
+        with interrupt_at(con, deadline) as fired:
+            try:
+                if max_rows is not None:
+                    return _head(con, _stream(con, sql, params, min(max_rows + 1, 1 << 16)), max_rows)
+                rel = con.sql(sql, params=params if params is not None else None)
+                return rel.to_arrow_table() if rel is not None else pa.table({})
+            except (duckdb.Error, pa.ArrowException, OSError) as exc:  # a streamed result fails as OSError
+                if fired.is_set() and (
+                    isinstance(exc, duckdb.InterruptException) or "Interrupted!" in str(exc)
+                ):
+                    raise deadline.error("the query") from exc
+                raise
+    except (duckdb.Error, pa.ArrowException, OSError) as exc:
         cause = exc.__cause__ or exc.__context__ or _UDF_ERRORS.pop(id(con), None)
         if isinstance(cause, AiosMemoryError):  # raised inside a SQL function such as embed_text
             raise cause from exc
-        raise QueryError(f"{type(exc).__name__}: {exc}") from exc
+        kind = (
+            f"{type(exc).__name__}: " if isinstance(exc, duckdb.Error) else ""
+        )  # else DuckDB's text names it
+        raise QueryError(f"{kind}{exc}") from exc
     finally:
         _UDF_ERRORS.pop(id(con), None)
+
+
+def _stream(con: duckdb.DuckDBPyConnection, sql: str, params: Params, size: int) -> pa.RecordBatchReader:
+    """A reader whose rows DuckDB computes as they are read. DuckDB 1.x runs a relation with parameters
+    to the end at once but streams ``execute()``; 2.x copies an ``execute()`` result but streams relations."""
+    import duckdb
+
+    if int(duckdb.__version__.split(".")[0]) >= 2:
+        return con.sql(sql, params=params).to_arrow_reader(size)
+    con.execute(sql, params)
+    to_reader = getattr(con, "to_arrow_reader", None) or con.fetch_record_batch  # duckdb < 1.5
+    return to_reader(size)
+
+
+def _head(con: duckdb.DuckDBPyConnection, reader: pa.RecordBatchReader, max_rows: int) -> pa.Table:
+    """The first ``max_rows`` rows of a streamed result, marked when more followed; the rest is never
+    computed: the query is interrupted (else closing waits for its in-flight tasks) and the reader closed."""
+    try:
+        batches: list[pa.RecordBatch] = []
+        kept, more = 0, False
+        for batch in reader:
+            if batch.num_rows > max_rows - kept:
+                batches.append(batch.slice(0, max_rows - kept))
+                more = True
+                break
+            batches.append(batch)
+            kept += batch.num_rows
+        table = pa.Table.from_batches(batches, schema=reader.schema)
+    finally:
+        con.interrupt()  # the next query on ``con`` starts afresh
+        reader.close()
+    if more:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), TRUNCATED: b"true"})
+    return table
 
 
 def check_params(params: Any) -> None:

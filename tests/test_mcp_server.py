@@ -59,9 +59,11 @@ def _env(home: Path) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def stdio_session(store: Path, home: Path, errlog: Path) -> AsyncIterator[ClientSession]:
+async def stdio_session(store: Path, home: Path, errlog: Path, *options: str) -> AsyncIterator[ClientSession]:
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "aios_memory", "serve", "--store", str(store)], env=_env(home)
+        command=sys.executable,
+        args=["-m", "aios_memory", "serve", "--store", str(store), *options],
+        env=_env(home),
     )
     with errlog.open("w") as err:
         async with stdio_client(params, errlog=err) as (read, write):
@@ -208,7 +210,7 @@ def test_stdio_remember_recall_sql_forget_resources(homes, tmp_path):
     assert [(r["namespace"], r["n"]) for r in out["sql"]["rows"]] == [("assistant", 3), ("someone-else", 1)]
     assert isinstance(out["sql"]["rows"][0]["t"], str)  # a timestamp as ISO text
     media = out["sql_media"]
-    assert media["row_count"] == 3 and len(media["rows"]) == 2 and media["truncated"]
+    assert media["row_count"] == 2 and len(media["rows"]) == 2 and media["truncated"]
     assert all(r["media"].startswith("<") and r["media"].endswith(" bytes>") for r in media["rows"])
     assert "read-only" in out["sql_write"] and "QueryError" in out["sql_write"]
     assert "QueryError" in out["sql_bad"] and "nope" in out["sql_bad"]
@@ -269,6 +271,35 @@ def test_store_errors_are_tool_errors_and_the_server_keeps_serving(homes, tmp_pa
     for message in (out["classify"], out["image"]):
         assert "ModelNotInstalledError" in message and "aios-memory models install clip" in message
     assert out["recall"]["memories"][0]["id"] == out["text"]["ids"][0]
+
+
+def test_sql_tool_stops_a_runaway_query_and_reads_only_max_rows(homes, tmp_path):
+    """`serve --sql-timeout 1`: a query past it is a tool error naming the limit; the server keeps serving."""
+    from aios_memory.mcp_server import SQL_TIMEOUT
+
+    assert SQL_TIMEOUT == 10  # the documented default of the sql tool
+
+    async def scenario() -> dict[str, Any]:
+        log = tmp_path / "server.log"
+        async with stdio_session(tmp_path / "store", homes["text"], log, "--sql-timeout", "1") as s:
+            out = {"added": await call(s, "remember", content="still serving after a runaway query")}
+            start = time.monotonic()
+            out["runaway"] = await call_error(s, "sql", query="SELECT count(*) FROM range(1000000000000000)")
+            out["runaway_s"] = time.monotonic() - start
+            start = time.monotonic()
+            out["huge"] = await call(s, "sql", query="SELECT * FROM range(1000000000000)", max_rows=5)
+            out["huge_s"] = time.monotonic() - start
+            out["small"] = await call(s, "sql", query="SELECT id FROM text_memories")
+            return out
+
+    out = asyncio.run(scenario())
+    assert "QueryTimeoutError" in out["runaway"] and "time limit of 1 s" in out["runaway"]
+    assert "--sql-timeout" in out["runaway"]
+    assert out["runaway_s"] < 8, out["runaway_s"]  # 1 s, plus the round trip on a slow machine
+    huge = out["huge"]
+    assert [r["range"] for r in huge["rows"]] == [0, 1, 2, 3, 4]
+    assert huge["row_count"] == 5 and huge["truncated"] and out["huge_s"] < 5
+    assert out["small"]["rows"] == [{"id": out["added"]["ids"][0]}] and not out["small"]["truncated"]
 
 
 def _free_port() -> int:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import math
+import threading
+import time
 
-from aios_memory.errors import EmptyContentError, QueryError
+import pytest
+from conftest import run_cli
+
+from aios_memory.errors import EmptyContentError, InvalidInputError, QueryError, QueryTimeoutError
+from aios_memory.query import Deadline, run, truncated
+
+RUNAWAY = "SELECT count(*) AS n FROM range(1000000000000000)"  # 1e15 rows: hours of work
+HUGE = "SELECT * FROM range(1000000000000)"  # 1e12 rows: terabytes if it were ever built
 
 
 @pytest.fixture()
@@ -113,6 +122,110 @@ def test_explicit_connection_can_write_files_but_not_memories(filled, tmp_path):
     finally:
         con.close()
     assert filled.sql("SELECT id, content FROM text_memories ORDER BY id").to_pylist() == before
+
+
+def _snapshot(store):
+    return store.version, store.sql("SELECT id, content, metadata FROM text_memories ORDER BY id").to_pylist()
+
+
+@pytest.mark.parametrize("params", [None, [10**15]])
+def test_timeout_stops_a_runaway_query_and_leaves_nothing_behind(filled, params):
+    before, threads = _snapshot(filled), threading.active_count()
+    sql = RUNAWAY if params is None else "SELECT count(*) AS n FROM range(?)"
+    start = time.monotonic()
+    with pytest.raises(QueryTimeoutError, match=r"time limit of 0\.5 s.*raise the timeout") as info:
+        filled.sql(sql, params, timeout=0.5)
+    elapsed = time.monotonic() - start
+    assert 0.5 <= elapsed < 3, elapsed
+    assert isinstance(info.value, QueryError)  # callers catching QueryError keep working
+    assert threading.active_count() == threads  # the timer thread is joined, not left running
+    assert _snapshot(filled) == before
+    # the same store, no timeout, a small query: fine; a generous timeout does not get in the way
+    assert filled.sql("SELECT count(*) AS n FROM text_memories").column("n")[0].as_py() == 4
+    assert filled.sql("SELECT count(*) AS n FROM range(1000)", timeout=30).column("n")[0].as_py() == 1000
+    assert threading.active_count() == threads
+
+
+def test_timeout_also_bounds_a_streamed_query(filled):
+    threads = threading.active_count()
+    start = time.monotonic()
+    with pytest.raises(QueryTimeoutError):  # the sort must finish before a first row exists
+        filled.sql("SELECT range AS r FROM range(1000000000000) ORDER BY r DESC", timeout=0.5, max_rows=3)
+    assert time.monotonic() - start < 3
+    assert threading.active_count() == threads
+
+
+def test_max_rows_reads_only_what_it_returns(filled):
+    start = time.monotonic()
+    head = filled.sql(HUGE, max_rows=5)
+    # building the whole result would take hours (and run out of memory): any small bound proves the point
+    assert time.monotonic() - start < 2
+    assert head.column(0).to_pylist() == [0, 1, 2, 3, 4] and truncated(head)
+    odd = filled.sql("SELECT range AS r FROM range(?) WHERE range % 7 = 3", [10**12], max_rows=4)
+    assert odd.column("r").to_pylist() == [3, 10, 17, 24] and truncated(odd)
+    first = filled.sql("SELECT content FROM text_memories ORDER BY content", max_rows=2)
+    assert first.column("content").to_pylist() == ["A kitten plays with yarn", "Dogs bark at the postman"]
+    assert truncated(first) and not truncated(filled.sql("SELECT content FROM text_memories"))
+    # exactly max_rows rows, or fewer, is not truncated; one more is (2048 rows is one DuckDB chunk)
+    for n, limit, cut in [
+        (3, 5, False),
+        (5, 5, False),
+        (6, 5, True),
+        (4096, 4096, False),
+        (4097, 4096, True),
+    ]:
+        got = filled.sql("SELECT * FROM range(?)", [n], max_rows=limit)
+        assert got.num_rows == min(n, limit) and truncated(got) is cut, (n, limit)
+    empty = filled.sql("SELECT id, content FROM text_memories", max_rows=0)
+    assert empty.num_rows == 0 and empty.column_names == ["id", "content"] and truncated(empty)
+    assert filled.sql("EXPLAIN SELECT * FROM text_memories", max_rows=10).num_rows >= 1
+    with pytest.raises((EmptyContentError, QueryError)):  # a SQL function's error, through the stream
+        filled.sql("SELECT embed_text(?)", [""], max_rows=5)
+    assert filled.sql("SELECT 42 AS x", max_rows=1).to_pylist() == [{"x": 42}]
+
+
+@pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf, True, "1"])
+def test_timeout_must_be_positive_seconds(filled, bad):
+    with pytest.raises(InvalidInputError, match="timeout"):
+        filled.sql("SELECT 1", timeout=bad)
+
+
+@pytest.mark.parametrize("bad", [-1, True, 2.5, "5"])
+def test_max_rows_must_be_a_count(filled, bad):
+    with pytest.raises(QueryError, match="max_rows"):
+        filled.sql("SELECT 1", max_rows=bad)
+
+
+def test_deadline_is_shared_across_steps(filled):
+    unlimited = Deadline.start(None)
+    unlimited.check("anything")
+    assert unlimited.remaining() is None and not unlimited.expired()
+    deadline = Deadline.start(0.2, hint="ask for less")
+    assert 0 < deadline.remaining() <= 0.2
+    con = filled.connection()
+    try:
+        assert run(con, "SELECT 1 AS x", timeout=deadline).to_pylist() == [{"x": 1}]
+        time.sleep(0.3)
+        assert deadline.expired() and deadline.remaining() == 0
+        with pytest.raises(
+            QueryTimeoutError, match=r"the search ran past its time limit of 0\.2 s.*ask for less"
+        ):
+            deadline.check("the search")
+        with pytest.raises(QueryTimeoutError, match="the query"):  # spent before this step began
+            run(con, "SELECT 1", timeout=deadline)
+        assert run(con, "SELECT 2 AS x", timeout=5, max_rows=1).to_pylist() == [{"x": 2}]
+    finally:
+        con.close()
+
+
+def test_cli_sql_timeout(filled):
+    base = ("--store", str(filled.path), "sql")
+    proc = run_cli(*base, RUNAWAY, "--timeout", "0.5", check=False)
+    assert proc.returncode == 1
+    assert "QueryTimeoutError" in proc.stderr and "0.5 s" in proc.stderr
+    assert "(1 rows)" in run_cli(*base, "SELECT count(*) AS n FROM text_memories", "--timeout", "30").stdout
+    bad = run_cli(*base, "SELECT 1", "--timeout", "0", check=False)
+    assert bad.returncode == 2 and "--timeout" in bad.stderr
 
 
 def test_no_pickle_anywhere_in_the_code():

@@ -55,6 +55,7 @@ MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # a dropped image; larger bodies get 413 be
 MAX_JSON_BYTES = 64 * 1024
 DRAIN_BYTES = 64 * 1024 * 1024  # a body this much over the limit is read (and dropped) before the 413
 MAX_LIMIT = 200  # memories per page
+SQL_TIMEOUT = 10.0  # seconds a page's listing query may run before it is stopped (QueryTimeoutError, 400)
 MAX_K = 100  # search results per table
 MAX_ID_CHARS = 128
 THUMB_PX = 320
@@ -163,8 +164,10 @@ def list_memories(
         f"SELECT {cols}, octet_length(media) AS media_bytes{extra} FROM {view} {where} "  # noqa: S608
         "ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
         [*params, limit, offset],
+        timeout=SQL_TIMEOUT,
     ).to_pylist()
-    total = store.sql(f"SELECT count(*) AS n FROM {view} {where}", params).to_pylist()[0]["n"]  # noqa: S608
+    count = f"SELECT count(*) AS n FROM {view} {where}"  # noqa: S608
+    total = store.sql(count, params, timeout=SQL_TIMEOUT).to_pylist()[0]["n"]
     return {
         "modality": modality,
         "total": total,
