@@ -22,9 +22,11 @@ from aios_memory.errors import (
     ProviderMismatchError,
     ProviderNotFoundError,
     QueryError,
+    QueryTimeoutError,
     StoreCorruptError,
     StoreError,
     UnsupportedMediaError,
+    VersionNotFoundError,
     WeightFileError,
 )
 from aios_memory.hookspecs import hookimpl
@@ -70,9 +72,11 @@ __all__ = [
     "ProviderMismatchError",
     "ProviderNotFoundError",
     "QueryError",
+    "QueryTimeoutError",
     "StoreCorruptError",
     "StoreError",
     "UnsupportedMediaError",
+    "VersionNotFoundError",
     "WeightFileError",
     "hookimpl",
 ]

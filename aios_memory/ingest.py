@@ -34,6 +34,7 @@ from aios_memory.errors import AiosMemoryError, InputTooLargeError, InvalidInput
 from aios_memory.memory import check_namespace, metadata_json, now_utc
 from aios_memory.modality import MAX_TEXT_CHARS, Item, prepare, sniff
 from aios_memory.provider import EmbeddingProvider
+from aios_memory.rows import build_rows
 
 Metadata = Mapping[str, Any] | Callable[[Any], Mapping[str, Any] | None] | None
 
@@ -197,7 +198,7 @@ def _commit(
     for mod, rows in pending.rows.items():
         provider = pending.providers[mod]
         text_providers[mod] = store._text_provider_for(mod)
-        tables[mod] = store._rows(
+        tables[mod] = build_rows(
             mod,
             provider,
             text_providers[mod],

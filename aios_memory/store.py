@@ -7,6 +7,7 @@ newest committed version at the time of the call unless the store is pinned with
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -53,6 +54,7 @@ from aios_memory.writes import WritesMixin
 # The provider a modality gets when the store has no table for it yet and the caller names none.
 DEFAULT_PROVIDERS = {"text": "minilm-l6-v2", "image": "clip-vit-b-32", "audio": "whisper-base"}
 MAX_K = 10_000
+READ_RETRIES = 8  # a read whose version cleanup removed mid-call starts again on the newest this often
 
 
 class MemoryStore(WritesMixin, CrossModalMixin):
@@ -73,6 +75,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             raise InvalidInputError(f"retention must be a number of seconds >= 0, got {retention!r}")
         self._storage = Storage(self.path, create=create, lock_timeout=lock_timeout, retention=retention)
         self._seen_version = -1  # the newest version this object has read (its cache entries follow it)
+        self._read_version = threading.local()
         for modality in providers or {}:
             if modality not in MODALITIES:
                 raise InvalidInputError(f"unknown modality {modality!r} in providers=")
@@ -95,6 +98,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
 
     def _manifest(self) -> Manifest:
         m = self._storage.read_manifest(self._pinned)
+        self._read_version.v = m.version  # which version this thread's read is using (see _reading)
         if self._pinned is None and m.version > self._seen_version:
             # a newer version: let go of the cached handles and maps of files it no longer names
             self._seen_version = m.version
@@ -105,21 +109,25 @@ class MemoryStore(WritesMixin, CrossModalMixin):
     def _reading(self, read: Callable[[], Any]) -> Any:
         """Run a read; if the version it read was removed under it by ``cleanup`` (a file it named is
         gone), follow the newest version again (unpinned) or say that the pinned version is gone."""
-        for attempt in range(4):
-            before = self._storage.latest_version() if self._pinned is None else self._pinned
+        for _attempt in range(READ_RETRIES):
+            self._read_version.v = None
             try:
                 return read()
             except (StoreCorruptError, QueryError) as exc:
+                used = self._read_version.v
                 if self._pinned is not None:
                     if not self._storage.has_version(self._pinned):
                         raise self._storage.version_gone(self._pinned) from exc
                     raise
-                if attempt == 3 or self._storage.has_version(before):
+                if used is None or self._storage.has_version(used):
                     raise  # the version is still there: the damage is real
             except VersionNotFoundError:
-                if self._pinned is not None or attempt == 3:
+                if self._pinned is not None:
                     raise
-        raise AssertionError("unreachable")
+        raise VersionNotFoundError(
+            f"store {self.path}: cleanup removed each of the {READ_RETRIES} versions this read used before "
+            "it finished; the retention period is shorter than a read (keep versions longer)"
+        )
 
     # --- providers ---------------------------------------------------------------------------------
     def provider_for(self, modality: str) -> EmbeddingProvider:
@@ -198,8 +206,6 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         ``QueryTimeoutError`` is raised. ``max_rows`` streams the result and returns at most that many
         rows without computing the rest; ``aios_memory.query.truncated(table)`` says whether it cut any.
         """
-        from aios_memory.query import Deadline
-
         deadline = Deadline.start(timeout)  # the clock includes opening the fragments
 
         def read() -> pa.Table:
@@ -480,7 +486,11 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             # first as a WHERE clause, so that what a WHERE refuses (aggregates, windows) is refused here too
             run(con, f"SELECT 1 FROM {view} WHERE ({where}) LIMIT 0", params, timeout=deadline)  # noqa: S608 - the caller's predicate by contract; values are parameters
             mask_sql = f"SELECT COALESCE(CAST(({where}) AS BOOLEAN), false) AS aiosm_keep FROM {view}"  # noqa: S608
-            mask = run(con, mask_sql, params, timeout=deadline).column("aiosm_keep").to_numpy(zero_copy_only=False)
+            mask = (
+                run(con, mask_sql, params, timeout=deadline)
+                .column("aiosm_keep")
+                .to_numpy(zero_copy_only=False)
+            )
         finally:
             con.close()
         expected = sum(s.size for s in selections)

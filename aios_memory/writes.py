@@ -7,8 +7,6 @@ a changed copy of) the row.
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -19,17 +17,15 @@ from aios_memory.errors import (
     AiosMemoryError,
     InvalidInputError,
     MemoryNotFoundError,
-    ProviderError,
-    ProviderMismatchError,
     StoreCorruptError,
 )
 from aios_memory.history import HistoryMixin
 from aios_memory.memory import Memory, check_namespace, check_utf8, memory_from_row, metadata_json, now_utc
-from aios_memory.modality import Item, prepare
-from aios_memory.plugins import get_provider
+from aios_memory.modality import prepare
 from aios_memory.provider import EmbeddingProvider
-from aios_memory.schema import EXTRA_COLUMNS, HISTORY_DIR, TEXT_COLUMN, base_schema
-from aios_memory.storage import Fragment, Manifest, Storage, TableState, plan_compaction
+from aios_memory.rows import build_rows, table_state, text_vectors
+from aios_memory.schema import HISTORY_DIR, TEXT_COLUMN
+from aios_memory.storage import Fragment, Manifest, Storage, plan_compaction
 
 EMBED_BATCH = 64
 MAX_HISTORY_FRAGMENTS = 16  # change-log fragments merged into one by the maintenance after a commit
@@ -152,7 +148,7 @@ class WritesMixin(HistoryMixin):
                 if progress is not None:
                     progress(sum(1 for r in range(start, start + len(chunk)) if last_row[rows[r][0]] == r))
             row_items[mod] = [i for i, _, _ in rows]
-            tables[mod] = self._rows(
+            tables[mod] = build_rows(
                 mod,
                 provider,
                 text_providers[mod],
@@ -191,7 +187,7 @@ class WritesMixin(HistoryMixin):
             same_as.clear()  # a retried attempt starts over
             changed = False
             for mod, table in tables.items():
-                state = self._table_state(m, mod, providers[mod], text_providers[mod])
+                state = table_state(m, mod, providers[mod], text_providers[mod])
                 if dedupe is not None:
                     table = self._drop_duplicates(m, mod, table, row_items[mod], namespace, dedupe, same_as)
                 if table.num_rows:
@@ -313,100 +309,7 @@ class WritesMixin(HistoryMixin):
 
     def _text_provider_for(self, modality: str) -> EmbeddingProvider | None:
         """The provider that embeds ``modality``'s derived text column (audio transcripts), if any."""
-        if modality not in TEXT_COLUMN:
-            return None
-        state = self._manifest().tables.get(modality)
-        if state is not None and state.text_provider is not None:
-            return get_provider(state.text_provider)
-        if state is not None and state.rows:
-            return None  # the table was built without one: keep it consistent
-        try:
-            return self.provider_for("text")
-        except ProviderError:
-            return None
-
-    def _table_state(
-        self, m: Manifest, modality: str, provider: EmbeddingProvider, text: EmbeddingProvider | None
-    ) -> TableState:
-        state = m.tables.get(modality)
-        text_name, text_dim = (text.name, int(text.dim)) if text is not None else (None, None)
-        if state is None:
-            state = m.tables[modality] = TableState(
-                modality, provider.name, int(provider.dim), provider.fingerprint(), [], text_name, text_dim
-            )
-        elif (
-            state.provider != provider.name
-            or state.fingerprint != provider.fingerprint()
-            or (state.fragments and state.text_provider != text_name)
-        ):
-            raise ProviderMismatchError(
-                f"another writer created the {modality} table with {state.provider!r} meanwhile; "
-                f"this batch was embedded with {provider.name!r} and was not committed"
-            )
-        state.text_provider, state.text_dim = text_name, text_dim
-        return state
-
-    def _rows(
-        self,
-        modality: str,
-        provider: EmbeddingProvider,
-        text_provider: EmbeddingProvider | None,
-        items: list[Item],
-        metas: list[str],
-        namespace: str,
-        now: dt.datetime,
-        vectors: list[Any],
-        columns: list[dict[str, Any]],
-    ) -> pa.Table:
-        import numpy as np
-
-        text_dim = int(text_provider.dim) if text_provider is not None else None
-        schema = base_schema(modality, provider.dim, provider.fingerprint(), text_dim)
-        allowed = {f.name for f in EXTRA_COLUMNS[modality]}
-        for c in columns:
-            if set(c) - allowed:
-                raise ProviderError(
-                    f"provider {provider.name!r} returned unknown columns {sorted(set(c) - allowed)} for "
-                    f"{modality} memories (allowed: {sorted(allowed)})"
-                )
-        n = len(items)
-        flat = np.concatenate(vectors).reshape(-1)
-        cols: dict[str, Any] = {
-            "id": [str(uuid.uuid4()) for _ in range(n)],
-            "namespace": [namespace] * n,
-            "created_at": [now] * n,
-            "updated_at": [None] * n,
-            "source": [it.source for it in items],
-            "content": [it.content for it in items],
-            "media": [it.media for it in items],
-            "media_type": [it.media_type for it in items],
-            "metadata": metas,
-            "provider": [provider.name] * n,
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), int(provider.dim)),
-        }
-        for name in allowed:
-            cols[name] = [c.get(name) for c in columns]
-        if modality in TEXT_COLUMN:
-            cols[f"{TEXT_COLUMN[modality]}_embedding"] = self._text_vectors(
-                [c.get(TEXT_COLUMN[modality]) for c in columns], text_provider
-            )
-        return pa.table([cols[f.name] for f in schema], schema=schema)
-
-    @staticmethod
-    def _text_vectors(texts: list[str | None], provider: EmbeddingProvider | None) -> pa.Array:
-        """Embeddings of a derived text column; null where there is no text (silence) or no provider."""
-        import numpy as np
-
-        if provider is None:
-            return pa.nulls(len(texts), pa.list_(pa.float32()))
-        dim = int(provider.dim)
-        present = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
-        out = np.zeros((len(texts), dim), dtype=np.float32)
-        if present:
-            out[present] = provider.embed_batch([texts[i] for i in present])
-        have = set(present)
-        mask = pa.array([i not in have for i in range(len(texts))])
-        return pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1), pa.float32()), dim, mask=mask)
+        return self._text_provider_in(self._manifest(), modality)
 
     def delete(self, ids: str | Iterable[str]) -> int:
         """Delete memories by id in one commit. Unknown ids raise ``MemoryNotFoundError`` and delete nothing."""
@@ -479,7 +382,7 @@ class WritesMixin(HistoryMixin):
             vecs, cols = provider.embed_with_columns([payload])
             vector, columns = vecs, {**columns, **cols[0]}
             if current.modality in TEXT_COLUMN:
-                text_vec = self._text_vectors(
+                text_vec = text_vectors(
                     [columns.get(TEXT_COLUMN[current.modality])], self._text_provider_for(current.modality)
                 )
 

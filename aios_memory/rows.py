@@ -1,0 +1,103 @@
+"""Embedded items → one Arrow batch of a modality's table, and the table entry a commit adds it to.
+
+Pure functions of their arguments (the providers, the items, their vectors and extra columns): the write
+path (``MemoryStore.add_many``, ``update``) and the import pipeline build their batches here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from aios_memory.errors import ProviderError, ProviderMismatchError
+from aios_memory.modality import Item
+from aios_memory.provider import EmbeddingProvider
+from aios_memory.schema import EXTRA_COLUMNS, TEXT_COLUMN, base_schema
+from aios_memory.storage import Manifest, TableState
+
+
+def table_state(
+    m: Manifest, modality: str, provider: EmbeddingProvider, text: EmbeddingProvider | None
+) -> TableState:
+    """``modality``'s entry in ``m`` for rows of ``provider`` (created if new); a table built meanwhile by
+    another writer with another provider is a ``ProviderMismatchError``: the batch is not committed."""
+    state = m.tables.get(modality)
+    text_name, text_dim = (text.name, int(text.dim)) if text is not None else (None, None)
+    if state is None:
+        state = m.tables[modality] = TableState(
+            modality, provider.name, int(provider.dim), provider.fingerprint(), [], text_name, text_dim
+        )
+    elif (
+        state.provider != provider.name
+        or state.fingerprint != provider.fingerprint()
+        or (state.fragments and state.text_provider != text_name)
+    ):
+        raise ProviderMismatchError(
+            f"another writer created the {modality} table with {state.provider!r} meanwhile; "
+            f"this batch was embedded with {provider.name!r} and was not committed"
+        )
+    state.text_provider, state.text_dim = text_name, text_dim
+    return state
+
+
+def build_rows(
+    modality: str,
+    provider: EmbeddingProvider,
+    text_provider: EmbeddingProvider | None,
+    items: list[Item],
+    metas: list[str],
+    namespace: str,
+    now: dt.datetime,
+    vectors: list[Any],
+    columns: list[dict[str, Any]],
+) -> pa.Table:
+    """The Arrow batch of ``items`` (new ids, one timestamp) with their vectors and provider columns."""
+    text_dim = int(text_provider.dim) if text_provider is not None else None
+    schema = base_schema(modality, provider.dim, provider.fingerprint(), text_dim)
+    allowed = {f.name for f in EXTRA_COLUMNS[modality]}
+    for c in columns:
+        if set(c) - allowed:
+            raise ProviderError(
+                f"provider {provider.name!r} returned unknown columns {sorted(set(c) - allowed)} for "
+                f"{modality} memories (allowed: {sorted(allowed)})"
+            )
+    n = len(items)
+    flat = np.concatenate(vectors).reshape(-1)
+    cols: dict[str, Any] = {
+        "id": [str(uuid.uuid4()) for _ in range(n)],
+        "namespace": [namespace] * n,
+        "created_at": [now] * n,
+        "updated_at": [None] * n,
+        "source": [it.source for it in items],
+        "content": [it.content for it in items],
+        "media": [it.media for it in items],
+        "media_type": [it.media_type for it in items],
+        "metadata": metas,
+        "provider": [provider.name] * n,
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), int(provider.dim)),
+    }
+    for name in allowed:
+        cols[name] = [c.get(name) for c in columns]
+    if modality in TEXT_COLUMN:
+        cols[f"{TEXT_COLUMN[modality]}_embedding"] = text_vectors(
+            [c.get(TEXT_COLUMN[modality]) for c in columns], text_provider
+        )
+    return pa.table([cols[f.name] for f in schema], schema=schema)
+
+
+def text_vectors(texts: list[str | None], provider: EmbeddingProvider | None) -> pa.Array:
+    """Embeddings of a derived text column; null where there is no text (silence) or no provider."""
+    if provider is None:
+        return pa.nulls(len(texts), pa.list_(pa.float32()))
+    dim = int(provider.dim)
+    present = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    if present:
+        out[present] = provider.embed_batch([texts[i] for i in present])
+    have = set(present)
+    mask = pa.array([i not in have for i in range(len(texts))])
+    return pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1), pa.float32()), dim, mask=mask)
