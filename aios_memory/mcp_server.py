@@ -24,7 +24,7 @@ import click
 from aios_memory.errors import AiosMemoryError, InvalidInputError
 
 ROW_LIMIT = 1000  # most rows the sql tool returns
-SQL_TIMEOUT = 10.0  # seconds the sql tool lets a query run by default (serve --sql-timeout; 0: no limit)
+SQL_TIMEOUT = 10.0  # seconds the sql and recall tools let one query run (serve --sql-timeout; 0: no limit)
 RECENT = 20  # memories a memory://recent resource lists
 MAX_PATH_CHARS = 4096
 HTTP_HOST = "127.0.0.1"  # --http never listens beyond loopback
@@ -151,7 +151,7 @@ def recent(store: Any, modality: str | None = None, limit: int = RECENT) -> list
 def build_server(store: Any, *, dedupe: float | None = None, sql_timeout: float | None = SQL_TIMEOUT) -> Any:
     """An ``mcp.server.mcpserver.MCPServer`` exposing ``store`` (a ``MemoryStore``) to MCP clients.
 
-    ``sql_timeout``: seconds the ``sql`` tool lets one query run (None: no limit)."""
+    ``sql_timeout``: seconds the ``sql`` and ``recall`` tools let one query run (None: no limit)."""
     try:
         from mcp.server.mcpserver import MCPServer
         from mcp.types import ToolAnnotations
@@ -197,6 +197,7 @@ def build_server(store: Any, *, dedupe: float | None = None, sql_timeout: float 
                 namespace=namespace,
                 where=where,
                 params=params,
+                timeout=sql_timeout,  # the where predicate and the ranking stop with the same limit
                 **{key: v for key, v in extra.items() if v is not None},
             )
             return {"memories": [memory_dict(m) for m in results]}

@@ -290,6 +290,8 @@ def test_sql_tool_stops_a_runaway_query_and_reads_only_max_rows(homes, tmp_path)
             out["huge"] = await call(s, "sql", query="SELECT * FROM range(1000000000000)", max_rows=5)
             out["huge_s"] = time.monotonic() - start
             out["small"] = await call(s, "sql", query="SELECT id FROM text_memories")
+            slow = "(SELECT count(*) FROM range(1000000000000000)) > ?"
+            out["recall"] = await call_error(s, "recall", query="anything", where=slow, params=[0])
             return out
 
     out = asyncio.run(scenario())
@@ -300,6 +302,7 @@ def test_sql_tool_stops_a_runaway_query_and_reads_only_max_rows(homes, tmp_path)
     assert [r["range"] for r in huge["rows"]] == [0, 1, 2, 3, 4]
     assert huge["row_count"] == 5 and huge["truncated"] and out["huge_s"] < 5
     assert out["small"]["rows"] == [{"id": out["added"]["ids"][0]}] and not out["small"]["truncated"]
+    assert "QueryTimeoutError" in out["recall"]  # recall's where predicate has the same limit
 
 
 def _free_port() -> int:

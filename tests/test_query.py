@@ -146,6 +146,18 @@ def test_timeout_stops_a_runaway_query_and_leaves_nothing_behind(filled, params)
     assert threading.active_count() == threads
 
 
+def test_search_timeout_stops_a_runaway_where_predicate(filled):
+    """search(timeout=): the caller's where predicate runs in DuckDB and is interrupted like sql()."""
+    threads = threading.active_count()
+    slow = "(SELECT count(*) FROM range(1000000000000000)) > ?"
+    start = time.monotonic()
+    with pytest.raises(QueryTimeoutError, match=r"time limit of 0\.5 s.*search\(\)"):
+        filled.search("a memory", k=2, where=slow, params=[0], timeout=0.5)
+    assert time.monotonic() - start < 3
+    assert threading.active_count() == threads
+    assert len(filled.search("a memory", k=2, timeout=30)) == 2  # a fast search under a limit is unaffected
+
+
 def test_timeout_also_bounds_a_streamed_query(filled):
     threads = threading.active_count()
     start = time.monotonic()

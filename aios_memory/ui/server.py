@@ -40,6 +40,7 @@ from aios_memory.errors import (
     MemoryNotFoundError,
     ProviderError,
     QueryError,
+    QueryTimeoutError,
 )
 
 HOST = "127.0.0.1"
@@ -55,7 +56,9 @@ MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # a dropped image; larger bodies get 413 be
 MAX_JSON_BYTES = 64 * 1024
 DRAIN_BYTES = 64 * 1024 * 1024  # a body this much over the limit is read (and dropped) before the 413
 MAX_LIMIT = 200  # memories per page
-SQL_TIMEOUT = 10.0  # seconds a page's listing query may run before it is stopped (QueryTimeoutError, 400)
+SQL_TIMEOUT = (
+    10.0  # seconds a page's listing query or search may run before it is stopped (QueryTimeoutError, 504)
+)
 MAX_K = 100  # search results per table
 MAX_ID_CHARS = 128
 THUMB_PX = 320
@@ -190,7 +193,7 @@ def search_json(
     skipped: dict[str, str] = {}
     for target in targets:
         try:
-            found = store.search(query, k=k, modality=target, namespace=namespace)
+            found = store.search(query, k=k, modality=target, namespace=namespace, timeout=SQL_TIMEOUT)
         except (InvalidInputError, ProviderError) as exc:
             if modality is not None or not _skippable(exc):
                 raise
@@ -318,6 +321,8 @@ class UiHandler(BaseHTTPRequestHandler):
             self._error(exc.status, exc.message, exc.kind)
         except MemoryNotFoundError as exc:
             self._error(404, str(exc), type(exc).__name__)
+        except QueryTimeoutError as exc:  # the request was fine; the work took too long
+            self._error(504, str(exc), type(exc).__name__)
         except (InvalidInputError, QueryError) as exc:
             self._error(400, str(exc), type(exc).__name__)
         except ProviderError as exc:
