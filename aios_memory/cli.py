@@ -285,10 +285,10 @@ def compact(ctx: click.Context, modality: str | None) -> None:
 
 @cli.command()
 @click.option(
-    "--older-than", default=3600.0, show_default=True, help="Seconds a version must have been superseded."
+    "--older-than", type=click.FloatRange(min=0), help="Seconds superseded [default: retention, 3600]."
 )
 @click.pass_context
-def cleanup(ctx: click.Context, older_than: float) -> None:
+def cleanup(ctx: click.Context, older_than: float | None) -> None:
     """Delete superseded versions and unreferenced files older than --older-than seconds."""
     _echo_json(_store(ctx).cleanup(older_than))
 
