@@ -28,7 +28,8 @@ import numpy as np
 
 from aios_memory.errors import InvalidInputError, StoreCorruptError, StoreError
 from aios_memory.storage import DATA, Fragment, IndexFile, Storage
-from aios_memory.vectors import CACHE, DAMAGED, exact_scores, fragment_vectors, rank
+from aios_memory.storage.cache import CACHE, DAMAGED
+from aios_memory.vectors import exact_scores, fragment_vectors, rank
 
 KIND = "hnsw"
 # Measured at 1M x 512 (clustered, bench/bench_search.py): expansion_add 64 leaves ~5% of rows hard to reach

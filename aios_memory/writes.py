@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aios_memory.errors import (
-    AiosMemoryError,
     InvalidInputError,
     MemoryNotFoundError,
     StoreCorruptError,
@@ -222,7 +221,7 @@ class WritesMixin(HistoryMixin):
             task = f"compact {mod}"
             try:
                 self._auto_compact(mod)
-            except (AiosMemoryError, OSError, pa.ArrowException) as exc:
+            except Exception as exc:  # noqa: BLE001 - the write is committed: nothing may undo that
                 self._storage.note_maintenance(task, exc)
             else:
                 self._storage.note_maintenance(task, None)

@@ -253,7 +253,7 @@ class Storage:
         Works in small steps: the listing and the reading of manifests run without the writers' lock;
         each batch of deletions holds it briefly, after taking in the versions committed meanwhile.
         """
-        from aios_memory.vectors import CACHE
+        from aios_memory.storage.cache import CACHE
 
         older_than = self.retention if older_than is None else float(older_than)
         problems = self.containment_problems()
