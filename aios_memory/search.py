@@ -1,0 +1,251 @@
+"""How ``MemoryStore.search`` runs: one manifest read, the query embedded once, the namespace and
+``where`` selection, exact ranking over the vector sidecars or the ANN index (checked first; a damaged one
+is never used), exact rescoring, time decay, and the fetch of the result rows.
+
+Functions of the store they are given (``MemoryStore._search`` calls :func:`run_search`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aios_memory.ann import ann_refusal, ann_search, index_problem
+from aios_memory.errors import InvalidInputError, QueryError
+from aios_memory.memory import Memory, check_namespace, memory_from_row
+from aios_memory.modality import prepare
+from aios_memory.query import Deadline, Params, check_params, run, vector_columns, view_name
+from aios_memory.schema import TEXT_COLUMN
+from aios_memory.storage import Fragment, Manifest, Storage
+from aios_memory.vectors import (
+    decay_weights,
+    exact_scores,
+    fragment_times,
+    namespace_rows,
+    pool_map,
+    rank,
+    read_rows,
+    schema_of,
+)
+
+if TYPE_CHECKING:
+    from aios_memory.store import MemoryStore
+
+MAX_K = 10_000
+
+
+def run_search(
+    store: MemoryStore,
+    query: Any,
+    k: int,
+    modality: str | None,
+    namespace: str | None,
+    where: str | None,
+    params: Params,
+    half_life: float | None,
+    order: str,
+    min_score: float | None,
+    exact: bool | None,
+    timeout: float | None = None,
+) -> tuple[list[Memory], dict[str, Any]]:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+    if namespace is not None:
+        check_namespace(namespace)
+    if where is not None and (not isinstance(where, str) or not where.strip()):
+        raise QueryError("where must be a non-empty SQL predicate string")
+    if params is not None and where is None:
+        raise QueryError("params were given without a where predicate")
+    check_params(params)
+    if isinstance(params, Mapping) and any(str(name).startswith("aiosm_") for name in params):
+        raise QueryError("parameter names starting with 'aiosm_' are reserved for the store's own")
+    if half_life is not None and (
+        isinstance(half_life, bool)
+        or not isinstance(half_life, (int, float))
+        or not math.isfinite(half_life)
+        or half_life <= 0
+    ):
+        raise InvalidInputError(f"half_life must be a positive number of seconds, got {half_life!r}")
+    if order not in ("score", "newest"):
+        raise InvalidInputError(f"order must be 'score' or 'newest', got {order!r}")
+    if min_score is not None and (
+        isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or math.isnan(min_score)
+    ):
+        raise InvalidInputError(f"min_score must be a number, got {min_score!r}")
+    if exact not in (None, True, False):
+        raise InvalidInputError(f"exact must be True, False or None, got {exact!r}")
+    deadline = Deadline.start(timeout, hint="pass a larger timeout= to search()")
+    item = prepare(query)
+    target = modality or item.modality
+    reads = _count_reads(store._storage)
+    m = store._manifest()  # the one manifest read of this search: everything below uses ``m``
+    provider = store._provider_in(m, target)
+    column, dim = "embedding", int(provider.dim)
+    if item.modality != target and item.modality not in provider.query_modalities and target in TEXT_COLUMN:
+        # e.g. text -> audio: rank by the transcript's embedding from the text provider
+        text = store._text_provider_in(m, target)
+        if text is None or item.modality != text.modality:
+            provider.embed_query(item.payload, item.modality)  # raises the ModalityError that explains
+        assert text is not None
+        column, dim = f"{TEXT_COLUMN[target]}_embedding", int(text.dim)
+        vector = text.embed_query(item.payload, item.modality)
+    else:
+        vector = provider.embed_query(item.payload, item.modality)
+    state = m.tables.get(target)
+    fragments = list(state.fragments) if state is not None else []
+    explain: dict[str, Any] = {
+        "version": m.version,
+        "modality": target,
+        "column": column,
+        "path": "exact",
+        "rows": sum(f.rows for f in fragments),
+        "selected": sum(f.rows for f in fragments),
+        "scored": 0,
+        "fragments": len(fragments),
+        "parquet_fallback": 0,
+        "index": None,
+    }
+    if not fragments:
+        explain["selected"] = 0
+        explain["manifest_reads"] = reads()
+        if exact is False:
+            raise QueryError(f"{target} memories have no ANN index; call create_index() first")
+        return [], explain
+    deadline.check("the search")
+    selections = select_rows(store, m, target, fragments, namespace, where, params, deadline)
+    if selections is not None:
+        explain["path"] = "exact-selected"
+        explain["selected"] = int(sum(s.size for s in selections))
+    weight = None
+    now_us = int(time.time() * 1_000_000)
+    if half_life is not None:
+
+        def weight(i: int, idx: np.ndarray | slice) -> np.ndarray:
+            return decay_weights(fragment_times(store._storage, fragments[i])[idx], now_us, float(half_life))
+
+    index = state.index if state is not None else None
+    refusal = ann_refusal(index, column, fragments, explain["selected"], explain["rows"], half_life)
+    if refusal is None and index is not None and exact is not True:
+        problem = index_problem(store._storage, index)
+        if problem is not None:  # damaged or missing: exact search, and it says so
+            refusal = f"the index is damaged ({problem}); run create_index('{target}') to rebuild it"
+            explain["index_damaged"] = problem
+    if exact is False and refusal is not None:
+        raise QueryError(f"no usable ANN index for this search of {target} memories: {refusal}")
+    if index is not None and refusal is None and exact is not True:
+        got = ann_search(store._storage, index, fragments, column, dim, vector, k, selections)
+        frag_idx, rows, scores = got.frag, got.row, got.score
+        explain.update(path="ann" if selections is None else "ann-selected", scored=got.scored)
+        explain["index"] = index.kind
+    else:
+        ranked = rank(store._storage, fragments, column, dim, vector, k, selections, weight, deadline)
+        explain["scored"], explain["parquet_fallback"] = ranked.scored, ranked.parquet_fallback
+        frag_idx, rows = ranked.frag, ranked.row
+        scores = exact_scores(store._storage, fragments, column, dim, vector, frag_idx, rows)
+        if weight is not None:
+            for i in np.unique(frag_idx):
+                at = np.flatnonzero(frag_idx == i)
+                scores[at] *= weight(int(i), rows[at])
+        if index is not None:
+            explain["index_not_used"] = "exact=True" if refusal is None else refusal
+    explain["manifest_reads"] = reads()
+    if min_score is not None:
+        keep = scores >= float(min_score)
+        frag_idx, rows, scores = frag_idx[keep], rows[keep], scores[keep]
+    if len(rows) > k:  # exact scores now: keep the top k and anything tied with the k-th
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        keep = scores >= kth
+        frag_idx, rows, scores = frag_idx[keep], rows[keep], scores[keep]
+    if not len(rows):
+        return [], explain
+    found = fetch_rows(store, target, fragments, frag_idx, rows, scores)  # candidates: about k rows
+    out = sorted(found, key=lambda mem: (-(mem.score or 0.0), mem.id))[:k]
+    if order == "newest":
+        out.sort(key=lambda mem: mem.id)
+        out.sort(key=lambda mem: mem.created_at, reverse=True)
+    return out, explain
+
+
+def select_rows(
+    store: MemoryStore,
+    m: Manifest,
+    modality: str,
+    fragments: list[Fragment],
+    namespace: str | None,
+    where: str | None,
+    params: Params,
+    deadline: Deadline | None = None,
+) -> list[np.ndarray] | None:
+    """Per fragment, the row positions the namespace and ``where`` select (``None``: every row).
+
+    The namespace comes from each fragment's namespace column. ``where`` runs in DuckDB on the sandboxed
+    connection whose views hold only the namespace's rows, as one boolean per row of that view, in
+    scan order (DuckDB keeps insertion order for a plain projection); the user's values stay parameters.
+    """
+    if namespace is None and where is None:
+        return None
+    if namespace is not None:
+        selections = [namespace_rows(store._storage, f, namespace) for f in fragments]
+    else:
+        selections = [np.arange(f.rows, dtype=np.int64) for f in fragments]
+    if where is None:
+        return selections
+    view = view_name(modality)
+    con = store._connect(m, namespace)  # views hold only this namespace: where cannot reach others
+    try:
+        # first as a WHERE clause, so that what a WHERE refuses (aggregates, windows) is refused here too
+        run(con, f"SELECT 1 FROM {view} WHERE ({where}) LIMIT 0", params, timeout=deadline)  # noqa: S608 - the caller's predicate by contract; values are parameters
+        mask_sql = f"SELECT COALESCE(CAST(({where}) AS BOOLEAN), false) AS aiosm_keep FROM {view}"  # noqa: S608
+        mask = (
+            run(con, mask_sql, params, timeout=deadline).column("aiosm_keep").to_numpy(zero_copy_only=False)
+        )
+    finally:
+        con.close()
+    expected = sum(s.size for s in selections)
+    if len(mask) != expected:
+        raise QueryError("where must be a predicate on each row (it returned one value per group)")
+    out, at = [], 0
+    for s in selections:
+        out.append(s[np.asarray(mask[at : at + s.size], bool)])
+        at += s.size
+    return out
+
+
+def fetch_rows(
+    store: MemoryStore,
+    modality: str,
+    fragments: list[Fragment],
+    frag_idx: np.ndarray,
+    rows: np.ndarray,
+    scores: np.ndarray,
+) -> list[Memory]:
+    """The result rows (without media and vectors) as memories, in the given order."""
+    skip = {"media", *vector_columns(modality)}
+
+    def one(i: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        at = np.flatnonzero(frag_idx == i)
+        frag = fragments[i]
+        cols = [n for n in schema_of(store._storage, frag).names if n not in skip]
+        return at, read_rows(store._storage, frag, rows[at], cols).to_pylist()
+
+    found: dict[int, dict[str, Any]] = {}
+    # a top-k spans several fragments: their row groups are decoded on the ranking threads at once
+    for at, got in pool_map(one, np.unique(frag_idx).tolist()):
+        for j, row in zip(at, got, strict=True):
+            found[int(j)] = row
+    out = []
+    for j in range(len(rows)):
+        row = found[j]
+        row["score"] = float(scores[j])
+        out.append(memory_from_row(modality, row))
+    return out
+
+
+def _count_reads(storage: Storage) -> Callable[[], int]:
+    """A counter of the manifest reads from now on (``explain_search`` reports it)."""
+    start = storage.manifest_reads
+    return lambda: storage.manifest_reads - start
