@@ -136,3 +136,33 @@ def test_store_path_that_is_a_file(tmp_path):
         Storage(f)
     with pytest.raises(StoreError, match="no store"):
         Storage(tmp_path / "absent", create=False)
+
+
+def test_cleanup_spares_a_commit_in_progress(tmp_path):
+    """A writer's temp manifest lives between its write and its link: even cleanup(older_than=0) leaves a
+    young one alone (deleting it would fail that commit); a crashed writer's old one goes."""
+    s = Storage(tmp_path / "s")
+    _append(s, 1)
+    young, old = s.root / VERSIONS / ".tmp-young", s.root / VERSIONS / ".tmp-old"
+    young.write_bytes(b"being written")
+    old.write_bytes(b"left by a crash")
+    stale = time.time() - 3600
+    os.utime(old, (stale, stale))
+    s.cleanup(older_than=0)
+    assert young.exists() and not old.exists()
+
+
+def test_cleanup_holds_the_lock_briefly_and_reports_it(tmp_path):
+    s = Storage(tmp_path / "s")
+    for i in range(30):
+        _append(s, 2, 10 * i)
+
+    def squash(m: Manifest) -> Manifest:
+        m.tables["text"].fragments = [s.write_fragment("text", _table(60))]
+        return m
+
+    s.commit("compact", squash)
+    report = s.cleanup(older_than=0)
+    assert report["versions_removed"] == 30 and report["files_removed"] == 30
+    assert 0 < report["lock_held_max_s"] < 5
+    assert s.versions() == [31]

@@ -40,6 +40,7 @@ HINT = f"{VERSIONS}/_latest"
 MAINTENANCE = "_maintenance.json"
 DEFAULT_RETENTION = 3600.0  # seconds a superseded version stays readable (``cleanup``'s default)
 CLEANUP_BATCH = 256  # files deleted per hold of the writers' lock
+TMP_GRACE = 60.0  # seconds: temp files younger than this may belong to a commit in progress
 _MANIFEST_RE = re.compile(r"^(\d{20})\.manifest\.json$")
 _DATA_FILE_RE = re.compile(r"^[0-9a-f]{32}\.")  # fragments, their sidecars and index files: <uuid>.<what>
 
@@ -274,8 +275,8 @@ class Storage:
                 doomed.append(v)
         for name in self.backend.list(VERSIONS):  # crashed writers' temp manifests, stale hint temps
             if name.startswith(".tmp-"):
-                try:
-                    if now - self.backend.mtime(f"{VERSIONS}/{name}") > older_than:
+                try:  # a live writer's temp file exists for milliseconds: never one younger than a minute
+                    if now - self.backend.mtime(f"{VERSIONS}/{name}") > max(older_than, TMP_GRACE):
                         self.backend.delete(f"{VERSIONS}/{name}")
                 except FileNotFoundError:
                     pass
