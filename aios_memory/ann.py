@@ -97,8 +97,11 @@ def index_health(storage: Storage, index: IndexFile) -> str | None:
         return "the index file is missing"
     if size != index.nbytes:
         return f"the index file holds {size} bytes, its manifest says {index.nbytes}"
-    if index.sha256 and storage.backend.sha256(index.path) != index.sha256:
-        return "the index file's sha256 differs from the one its manifest recorded"
+    try:
+        if index.sha256 and storage.backend.sha256(index.path) != index.sha256:
+            return "the index file's sha256 differs from the one its manifest recorded"
+    except OSError as exc:
+        return f"the index file is unreadable ({exc.strerror or exc})"
     try:
         graph = _usearch().restore(str(storage.backend.path(index.path)), view=True)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -283,8 +286,11 @@ class PendingIndex:
                 os.fsync(fh.fileno())
                 size = os.fstat(fh.fileno()).st_size
             digest = storage.backend.sha256(rel)
+        except (OSError, RuntimeError) as exc:  # a full disk: usearch says "Failed to serialize"
+            storage.backend.delete(rel)  # no partial index file left behind
+            raise StoreError(f"could not write the index file ({exc}); nothing was committed") from exc
         except BaseException:
-            storage.backend.delete(rel)  # a full disk: no partial index file left behind
+            storage.backend.delete(rel)
             raise
         return IndexFile(
             path=rel,

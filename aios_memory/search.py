@@ -50,7 +50,7 @@ def run_search(
     order: str,
     min_score: float | None,
     exact: bool | None,
-    timeout: float | None = None,
+    timeout: float | Deadline | None = None,
 ) -> tuple[list[Memory], dict[str, Any]]:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
@@ -78,7 +78,11 @@ def run_search(
         raise InvalidInputError(f"min_score must be a number, got {min_score!r}")
     if exact not in (None, True, False):
         raise InvalidInputError(f"exact must be True, False or None, got {exact!r}")
-    deadline = Deadline.start(timeout, hint="pass a larger timeout= to search()")
+    deadline = (
+        timeout
+        if isinstance(timeout, Deadline)
+        else Deadline.start(timeout, hint="pass a larger timeout= to search()")
+    )
     item = prepare(query)
     target = modality or item.modality
     reads = _count_reads(store._storage)

@@ -22,6 +22,7 @@ from aios_memory.errors import (
     ProviderMismatchError,
     ProviderNotFoundError,
     QueryError,
+    QueryTimeoutError,
     StoreCorruptError,
     VersionNotFoundError,
 )
@@ -94,6 +95,11 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             CACHE.retain(str(self._storage.root), live)
         return m
 
+    def _manifest_of_newest_releases_cache(self) -> None:
+        """A pinned reader whose version is gone lets go of the files that went with it."""
+        live = self._storage.read_manifest().fragment_paths()
+        CACHE.retain(str(self._storage.root), {str(self._storage.backend.path(p)) for p in live})
+
     def _reading(self, read: Callable[[], Any]) -> Any:
         """Run a read; if the version it read was removed under it by ``cleanup`` (a file it named is
         gone), follow the newest version again (unpinned) or say that the pinned version is gone."""
@@ -101,16 +107,20 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             self._read_version.v = None
             try:
                 return read()
+            except QueryTimeoutError:
+                raise  # out of time: not a lost version, and never run again with the time it has left
             except (StoreCorruptError, QueryError) as exc:
                 used = self._read_version.v
                 if self._pinned is not None:
                     if not self._storage.has_version(self._pinned):
+                        self._manifest_of_newest_releases_cache()
                         raise self._storage.version_gone(self._pinned) from exc
                     raise
                 if used is None or self._storage.has_version(used):
                     raise  # the version is still there: the damage is real
             except VersionNotFoundError:
                 if self._pinned is not None:
+                    self._manifest_of_newest_releases_cache()
                     raise
         raise VersionNotFoundError(
             f"store {self.path}: cleanup removed each of the {READ_RETRIES} versions this read used before "
@@ -264,7 +274,8 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         the ``where`` predicate is interrupted inside DuckDB, the ranking between blocks of rows.
         """
         where, params = with_metadata_filter(where, params, filter)
-        args = (query, k, modality, namespace, where, params, half_life, order, min_score, exact, timeout)
+        deadline = Deadline.start(timeout, hint="pass a larger timeout= to search()")  # one, across retries
+        args = (query, k, modality, namespace, where, params, half_life, order, min_score, exact, deadline)
         return self._reading(lambda: self._search(*args))[0]
 
     def explain_search(self, query: Any, k: int = 10, **kwargs: Any) -> dict[str, Any]:
@@ -290,6 +301,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         )
         if kwargs:
             raise InvalidInputError(f"unknown search arguments: {', '.join(sorted(kwargs))}")
+        kw["timeout"] = Deadline.start(kw["timeout"], hint="pass a larger timeout= to search()")
         results, explain = self._reading(lambda: self._search(query, k, *kw.values()))
         return {**explain, "results": results}
 

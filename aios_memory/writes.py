@@ -216,9 +216,10 @@ class WritesMixin(HistoryMixin):
         for mod in modalities:
             state = committed.tables.get(mod)
             small = state is not None and bool(plan_compaction(state.fragments))
-            if not small and len(committed.history) <= MAX_HISTORY_FRAGMENTS:
-                continue  # nothing to merge: no manifest read, no commit
             task = f"compact {mod}"
+            if not small and len(committed.history) <= MAX_HISTORY_FRAGMENTS:
+                self._storage.note_maintenance(task, None)  # an earlier failure is over (a stat when none)
+                continue  # nothing to merge: no manifest read, no commit
             try:
                 self._auto_compact(mod)
             except Exception as exc:  # noqa: BLE001 - the write is committed: nothing may undo that
@@ -230,25 +231,40 @@ class WritesMixin(HistoryMixin):
         """Merge runs of small fragments once a table holds too many (``storage.plan_compaction``), in a
         commit of its own: many single adds would otherwise leave one tiny file per memory to open."""
 
+        damaged: list[StoreCorruptError] = []
+
         def build(m: Manifest) -> Manifest | None:
+            damaged.clear()
             state = m.tables.get(modality)
             plan = plan_compaction(state.fragments) if state is not None else []
-            for group in plan:  # the merged fragment takes the place of the group's first
+            changed = False
+            for group in plan:  # the merged fragment takes the place of the group's first readable one
                 assert state is not None
-                table = pa.concat_tables([self._read_fragment(f) for f in group])
-                merged = self._storage.write_fragment(modality, table)
-                gone = {f.path for f in group}
+                readable, tables = [], []
+                for f in group:  # a damaged fragment stays as it is (doctor names it); the rest merge
+                    try:
+                        tables.append(self._read_fragment(f))
+                        readable.append(f)
+                    except StoreCorruptError as exc:
+                        damaged.append(exc)
+                if len(readable) < 2:
+                    continue
+                merged = self._storage.write_fragment(modality, pa.concat_tables(tables))
+                gone = {f.path for f in readable}
                 state.fragments = [
-                    merged if f.path == group[0].path else f
+                    merged if f.path == readable[0].path else f
                     for f in state.fragments
-                    if f.path not in gone - {group[0].path}
+                    if f.path not in gone - {readable[0].path}
                 ]
+                changed = True
             if len(m.history) > MAX_HISTORY_FRAGMENTS:  # the change log of many small updates/deletes
                 m.history = [self._storage.write_fragment(HISTORY_DIR, self._concat(m.history))]
-                plan.append(m.history)
-            return m if plan else None
+                changed = True
+            return m if changed else None
 
         self._storage.commit(f"compact {modality}", build)
+        if damaged:  # merged around it; recorded so that doctor keeps saying so
+            raise damaged[0]
 
     def _concat(self, fragments: list[Fragment]) -> pa.Table:
         return pa.concat_tables([self._read_fragment(f) for f in fragments])
@@ -444,6 +460,8 @@ class WritesMixin(HistoryMixin):
             return m if merged else None
 
         self._storage.commit("compact", build)
+        for mod in merged:  # a full merge succeeded: an earlier failed automatic one is over
+            self._storage.note_maintenance(f"compact {mod}", None)
         return merged
 
     def cleanup(self, older_than: float | None = None) -> dict[str, Any]:

@@ -235,3 +235,63 @@ def test_doctor_cli_reports_maintenance_as_json(vstore):
     vstore._storage.note_maintenance("compact text", None)
     proc = run_cli("--store", str(vstore.path), "doctor", check=False)
     assert proc.returncode == 0 and json.loads(proc.stdout)["ok"]
+
+
+def test_a_failed_maintenance_note_clears_once_maintenance_works(vstore):
+    write_rows(vstore, _random(3, 1))
+    vstore._storage.note_maintenance("compact text", OSError(28, "No space left on device"))
+    assert not vstore.verify()["ok"]
+    vstore.add("a new memory")  # its maintenance has nothing to merge: the failure is over
+    assert vstore.verify()["ok"] and vstore._storage.maintenance() == {}
+
+
+def test_sidecars_are_hashed_once_per_process_even_when_their_maps_are_evicted(vstore, monkeypatch):
+    """Review finding: with more fragments than the handle cap every search re-hashed its sidecars."""
+    import hashlib
+
+    import aios_memory.storage.cache as cache
+
+    for i in range(6):
+        write_rows(vstore, _random(3, 10 + i))
+    store = _fresh(vstore)
+    monkeypatch.setattr(cache.CACHE, "max_handles", 2)
+    hashed = []
+    real = hashlib.sha256
+
+    def counting(data=b""):
+        hashed.append(len(memoryview(data).cast("B")))
+        return real(data)
+
+    monkeypatch.setattr(cache.hashlib, "sha256", counting)
+    for i in range(4):
+        assert [m.id for m in store.search(f"seed:{i}", k=3)] == sql_ranking(store, f"seed:{i}", 3)
+    sidecar = 3 * (DIM + 1) * 4  # bytes of one fragment's vector sidecar (manifests are hashed too)
+    assert hashed.count(sidecar) == 6  # each sidecar once, though its map was evicted and made again
+
+
+def test_a_passing_failure_to_map_is_not_remembered_as_damage(vstore, monkeypatch):
+    """Review finding: an EMFILE while mapping marked the sidecar damaged for the rest of the process."""
+    import errno
+
+    import aios_memory.vectors as vectors
+
+    write_rows(vstore, _random(5, 1))
+    store = _fresh(vstore)
+    real, calls = vectors.map_file, []
+
+    def flaky(path):
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(path)
+
+    monkeypatch.setattr(vectors, "map_file", flaky)
+    first = store.explain_search("seed:1", k=3)  # this once from the Parquet column
+    assert [m.id for m in first["results"]] == sql_ranking(store, "seed:1", 3)
+    second = store.explain_search("seed:1", k=3)
+    assert len(calls) == 2  # the map was tried again, not refused for good
+    assert second["parquet_fallback"] == 0
+    assert [m.id for m in second["results"]] == [m.id for m in first["results"]]
+    from aios_memory.vectors import DAMAGED
+
+    assert DAMAGED == {}

@@ -146,3 +146,35 @@ def test_unpinned_reads_racing_cleanup_never_fail(vstore):
     assert not [e for e in errors if not e.startswith("VersionNotFoundError")], errors[:3]  # never "corrupt"
     assert len(errors) <= 4, errors[:3]  # a read that loses its version starts again on the newest
     assert int(commits) >= 20
+
+
+def test_a_zero_hint_after_cleanup_neither_hides_nor_loses_versions(vstore):
+    """Review finding: a hint of 0 made a cleaned store look empty; the next add forked history."""
+    for i in range(3):
+        write_rows(vstore, _random(2, i))
+    vstore.compact()
+    vstore.cleanup(older_than=0)  # versions 1-3 go; 4 stays
+    (vstore.path / HINT).write_bytes(b"0")
+    store = MemoryStore(vstore.path, providers={"text": NAME})
+    assert store.version == 4 and store.stats()["tables"]["text"]["memories"] == 6
+    write_rows(store, _random(2, 9))
+    assert Storage(vstore.path).versions() == [4, 5]
+    assert MemoryStore(vstore.path, providers={"text": NAME}).stats()["tables"]["text"]["memories"] == 8
+
+
+def test_cleanup_removes_only_the_oldest_run_of_versions(vstore):
+    """Review finding: successor mtimes out of order (a clock step) let cleanup delete a version between
+    two kept ones; with a stale hint the newest then looked older and a write was lost."""
+    import time as _time
+
+    from aios_memory.storage import manifest_name
+
+    for i in range(4):
+        write_rows(vstore, _random(2, i))
+    old = _time.time() - 3600
+    os.utime(vstore.path / manifest_name(3), (old, old))  # v2 looks superseded long ago, v1 recently
+    vstore.cleanup(older_than=10)
+    assert Storage(vstore.path).versions() == [1, 2, 3, 4]  # v1 stays, so nothing after it may go
+    (vstore.path / HINT).write_bytes(b"1")
+    write_rows(MemoryStore(vstore.path, providers={"text": NAME}), _random(2, 9))
+    assert MemoryStore(vstore.path, providers={"text": NAME}).stats()["tables"]["text"]["memories"] == 10

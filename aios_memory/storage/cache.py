@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -75,24 +76,37 @@ class _Cache:
         return value
 
     def _evict(self) -> None:
-        handles = sum(1 for k in self._items if self._is_handle(k))
-        mapped = sum(n for k, (_v, n) in self._items.items() if self._is_handle(k))
-        decoded = sum(n for k, (_v, n) in self._items.items() if not self._is_handle(k))
-        for key in list(self._items):
-            if not (
-                len(self._items) > self.max_entries
-                or handles > self.max_handles
-                or mapped > self.max_mapped
-                or decoded > self.max_decoded
-            ):
+        """Least recently used first, within the budget that is exceeded: too many descriptors or mapped
+        bytes evict handle entries, too many decoded bytes decoded ones; cheap entries (a checked
+        file's verdict) go only when the cache holds more than ``max_entries`` in all."""
+        handles = [k for k in self._items if self._is_handle(k)]
+        mapped = sum(self._items[k][1] for k in handles)
+        decoded_keys = [k for k in self._items if not self._is_handle(k) and self._items[k][1]]
+        decoded = sum(self._items[k][1] for k in decoded_keys)
+        newest = next(reversed(self._items))  # the entry just made is in use: never evicted here
+        n = len(handles)
+        for key in handles:
+            if n <= self.max_handles and mapped <= self.max_mapped:
                 break
-            if len(self._items) == 1:
-                break  # the entry just made is in use
-            _value, n = self._items.pop(key)
-            if self._is_handle(key):
-                handles, mapped = handles - 1, mapped - n
-            else:
-                decoded -= n
+            if key != newest:
+                mapped -= self._items.pop(key)[1]
+                n -= 1
+        for key in decoded_keys:
+            if decoded <= self.max_decoded:
+                break
+            if key != newest:
+                decoded -= self._items.pop(key)[1]
+        for key in list(self._items):
+            if len(self._items) <= self.max_entries:
+                break
+            if key != newest:
+                del self._items[key]
+
+    def peek(self, key: tuple[str, str]) -> Any:
+        """The value of ``key`` if cached (not made, not moved in the LRU order), else ``None``."""
+        with self._lock:
+            got = self._items.get(key)
+        return None if got is None else got[0]
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -130,7 +144,10 @@ DAMAGED: dict[str, str] = {}  # absolute path of a derived file -> why it was no
 
 
 def map_file(path: str) -> np.ndarray:
+    """The file's bytes, memory-mapped (an empty file: an empty array, which no size check accepts)."""
     with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return np.zeros(0, np.uint8)
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     if hasattr(mm, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
         mm.madvise(mmap.MADV_WILLNEED)
@@ -143,8 +160,10 @@ def trusted(path: str, raw: np.ndarray, size: int, digest: str | None) -> bool:
     if raw.size != size:
         DAMAGED[path] = f"holds {raw.size} bytes, expected {size}"
         return False
-    if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
-        DAMAGED[path] = "its sha256 differs from the one its manifest recorded"
-        return False
+    if digest is not None and CACHE.peek((path, "ok")) != digest:  # hashed once, even if re-mapped
+        if hashlib.sha256(raw).hexdigest() != digest:
+            DAMAGED[path] = "its sha256 differs from the one its manifest recorded"
+            return False
+        CACHE.get((path, "ok"), lambda: digest)  # a cheap entry: the verdict outlives the map
     DAMAGED.pop(path, None)
     return True

@@ -92,8 +92,8 @@ class Storage:
         try:
             v = int(self.backend.read_bytes(HINT))
         except (OSError, ValueError):
-            v = -1
-        if v < 0 or not self.has_version(v):  # no hint yet, or a damaged one: list once
+            v = 0
+        if v <= 0 or not self.has_version(v):  # no hint yet, or a damaged or stale one: list once
             listed = self.versions()
             v = listed[-1] if listed else 0
         while self.backend.exists(manifest_name(v + 1)):
@@ -210,6 +210,8 @@ class Storage:
     def note_maintenance(self, task: str, error: BaseException | None) -> None:
         """Record (or, with ``error=None``, clear) a failed maintenance task; never raises."""
         try:
+            if error is None and not self.backend.exists(MAINTENANCE):
+                return  # the common case after every commit: one stat
             notes = self.maintenance()
             if error is None:
                 if task not in notes:
@@ -266,15 +268,18 @@ class Storage:
         keep = set(versions[-max(1, keep_versions) :])
         doomed = []
         for v, successor in zip(versions, versions[1:], strict=False):
-            # age counts from when v stopped being the newest: a reader may have opened it until then
+            # age counts from when v stopped being the newest: a reader may have opened it until then.
+            # Only a run of the oldest versions goes, never one between two kept ones: the retained
+            # versions stay contiguous, so probing forward from any of them finds the newest.
             try:
                 superseded = self.backend.mtime(manifest_name(successor))
             except FileNotFoundError:
-                continue
-            if v not in keep and now - superseded > older_than:
-                doomed.append(v)
+                break
+            if v in keep or now - superseded <= older_than:
+                break
+            doomed.append(v)
         for name in self.backend.list(VERSIONS):  # crashed writers' temp manifests, stale hint temps
-            if name.startswith(".tmp-"):
+            if name.startswith(".tmp-") and self.backend.path(f"{VERSIONS}/{name}").is_file():
                 try:  # a live writer's temp file exists for milliseconds: never one younger than a minute
                     if now - self.backend.mtime(f"{VERSIONS}/{name}") > max(older_than, TMP_GRACE):
                         self.backend.delete(f"{VERSIONS}/{name}")

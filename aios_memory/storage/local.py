@@ -131,14 +131,19 @@ class LocalBackend:
                 f.flush()
                 os.fsync(f.fileno())
             os.link(tmp, final)  # atomic, and fails when the name exists: no reader sees a partial file
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
-        try:
-            self.fsync_dir(str(Path(rel).parent))
-        except OSError:
-            pass
+        except BaseException as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if isinstance(exc, FileExistsError):
+                return False
+            raise
+        for tidy in (lambda: tmp.unlink(missing_ok=True), lambda: self.fsync_dir(str(Path(rel).parent))):
+            try:
+                tidy()
+            except OSError:
+                pass  # committed already: a leftover temp file is cleanup's, the directory sync the next commit's
         return True
 
     def replace(self, rel: str, data: bytes) -> None:

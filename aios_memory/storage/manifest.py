@@ -27,7 +27,7 @@ SUFFIX_RE = re.compile(r"^[a-z0-9_]{1,64}(\.[a-z0-9_]{1,64})*$")
 
 def check_path(rel: str, where: str) -> str:
     """``rel`` if it is a path a store writes; else :class:`StoreCorruptError` (it could point outside)."""
-    if not isinstance(rel, str) or not DATA_PATH_RE.match(rel):
+    if not isinstance(rel, str) or not DATA_PATH_RE.fullmatch(rel):
         raise StoreCorruptError(
             f"{where} names {rel!r}, which is not a file of this store (outside it, or not a name a store "
             "writes); it was refused, nothing was read"
@@ -163,9 +163,13 @@ class Manifest:
             ) from exc
         for f in [*(f for t in tables.values() for f in t.fragments), *history]:
             f.check_paths(f"manifest {where}")
+            if not all(isinstance(x, int) and x >= 0 for x in (f.rows, f.nbytes, f.sidecar_nbytes)):
+                raise StoreCorruptError(f"manifest {where} gives fragment {f.path} non-integer sizes")
         for t in tables.values():
             if t.index is not None:
                 check_path(t.index.path, f"manifest {where}")
+                if not isinstance(t.index.params, dict) or not isinstance(t.index.nbytes, int):
+                    raise StoreCorruptError(f"manifest {where} describes index {t.index.path} wrongly")
                 for path, _first, _rows in t.index.covers:
                     check_path(path, f"manifest {where}")
         return m
