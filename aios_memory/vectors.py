@@ -292,6 +292,8 @@ def rank(
     ]
     # mapped (and, the first time in this process, checksummed) on the ranking threads at once
     got = pool_map(lambda i: fragment_vectors(storage, fragments[i], column, dim), used)
+    if deadline is not None:
+        deadline.check("the search")  # a first search in a process hashes its sidecars before ranking
     for i, (mat, norms) in zip(used, got, strict=True):
         frag, sel = fragments[i], selections[i] if selections is not None else None
         out.fragments += 1
