@@ -155,3 +155,40 @@ def test_lock_timeout_raises_and_commits_nothing(model_home, tmp_path):
         holder.communicate("\n", timeout=10)
     store.add("blocked by the other process")  # the retry
     assert _count(MemoryStore(path), "blocked by the other process") == 1
+
+
+STEPS = 24  # 0 to 368 KiB free in 16 KiB steps: an update or delete rewrites a whole fragment
+
+
+def test_disk_full_during_update_and_delete(model_home, tmpfs):
+    """The same sweep for the calls that rewrite a fragment: update and delete either happened (and
+    returned) or did not happen at all (and raised), whatever step the disk ran out at."""
+    path = tmpfs / "store"
+    store = MemoryStore(path)
+    ids = store.add_many([f"an item to change, number {i}" for i in range(2 * STEPS)])  # first half updated
+    outcomes: Counter[str] = Counter()
+    for step, leave in enumerate(range(0, STEPS * 16384, 16384)):
+        target = ids[step]
+        filler = _fill(tmpfs, leave)
+        try:
+            MemoryStore(path).update(target, metadata={"step": step})
+            updated = True
+        except AiosMemoryError:
+            updated = False
+        filler.unlink()
+        filler = _fill(tmpfs, leave)  # the same space left for the delete
+        try:
+            MemoryStore(path).delete(ids[-1 - step])
+            deleted = True
+        except AiosMemoryError:
+            deleted = False
+        filler.unlink()
+        fresh = MemoryStore(path)
+        assert (fresh.get(target).metadata == {"step": step}) == updated, f"step {step}: update"
+        gone = _count(fresh, f"an item to change, number {2 * STEPS - 1 - step}") == 0
+        assert gone == deleted, f"step {step}: delete"
+        outcomes[f"update {'returned' if updated else 'raised'}"] += 1
+        outcomes[f"delete {'returned' if deleted else 'raised'}"] += 1
+    print(f"\nupdate/delete under a full disk: {dict(outcomes)}")
+    assert outcomes["update raised"] and outcomes["update returned"]
+    assert outcomes["delete raised"] and outcomes["delete returned"]
