@@ -89,16 +89,15 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         m = self._storage.read_manifest(self._pinned)
         self._read_version.v = m.version  # which version this thread's read is using (see _reading)
         if self._pinned is None and m.version > self._seen_version:
-            # a newer version: let go of the cached handles and maps of files it no longer names
             self._seen_version = m.version
-            live = {str(self._storage.backend.path(p)) for p in m.fragment_paths()}
-            CACHE.retain(str(self._storage.root), live)
+            self._let_go(m)
         return m
 
-    def _manifest_of_newest_releases_cache(self) -> None:
-        """A pinned reader whose version is gone lets go of the files that went with it."""
-        live = self._storage.read_manifest().fragment_paths()
-        CACHE.retain(str(self._storage.root), {str(self._storage.backend.path(p)) for p in live})
+    def _let_go(self, newest: Manifest) -> None:
+        """Release the cached handles and maps of this store's files that ``newest`` no longer names
+        (superseded by it, or deleted by a cleanup)."""
+        live = {str(self._storage.backend.path(p)) for p in newest.fragment_paths()}
+        CACHE.retain(str(self._storage.root), live)
 
     def _reading(self, read: Callable[[], Any]) -> Any:
         """Run a read; if the version it read was removed under it by ``cleanup`` (a file it named is
@@ -113,14 +112,14 @@ class MemoryStore(WritesMixin, CrossModalMixin):
                 used = self._read_version.v
                 if self._pinned is not None:
                     if not self._storage.has_version(self._pinned):
-                        self._manifest_of_newest_releases_cache()
+                        self._let_go(self._storage.read_manifest())
                         raise self._storage.version_gone(self._pinned) from exc
                     raise
                 if used is None or self._storage.has_version(used):
                     raise  # the version is still there: the damage is real
             except VersionNotFoundError:
                 if self._pinned is not None:
-                    self._manifest_of_newest_releases_cache()
+                    self._let_go(self._storage.read_manifest())
                     raise
         raise VersionNotFoundError(
             f"store {self.path}: cleanup removed each of the {READ_RETRIES} versions this read used before "
