@@ -94,8 +94,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         return m
 
     def _let_go(self, newest: Manifest) -> None:
-        """Release the cached handles and maps of this store's files that ``newest`` no longer names
-        (superseded by it, or deleted by a cleanup)."""
+        """Release cached handles and maps of files ``newest`` no longer names (superseded, deleted)."""
         live = {str(self._storage.backend.path(p)) for p in newest.fragment_paths()}
         CACHE.retain(str(self._storage.root), live)
 

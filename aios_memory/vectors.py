@@ -68,7 +68,6 @@ def sidecar_buffers(table: pa.Table) -> Iterator[tuple[str, list[Any]]]:
             yield TIME_SUFFIX, [us]
 
 
-# --- reading: through the bounded per-process cache of immutable files (aios_memory.storage.cache) ---
 def _corrupt(storage: Storage, frag: Fragment, what: str) -> StoreCorruptError:
     return StoreCorruptError(
         f"store {storage.root}: {what} of fragment {frag.path} is missing or unreadable; run `aios-memory doctor`"

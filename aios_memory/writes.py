@@ -11,23 +11,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from aios_memory.compaction import compact_all, maintain, read_fragment
 from aios_memory.errors import (
     InvalidInputError,
     MemoryNotFoundError,
-    StoreCorruptError,
 )
 from aios_memory.history import HistoryMixin
 from aios_memory.memory import Memory, check_namespace, check_utf8, memory_from_row, metadata_json, now_utc
 from aios_memory.modality import prepare
 from aios_memory.provider import EmbeddingProvider
 from aios_memory.rows import build_rows, table_state, text_vectors
-from aios_memory.schema import HISTORY_DIR, TEXT_COLUMN
-from aios_memory.storage import Fragment, Manifest, Storage, plan_compaction
+from aios_memory.schema import TEXT_COLUMN
+from aios_memory.storage import Fragment, Manifest, Storage
 
 EMBED_BATCH = 64
-MAX_HISTORY_FRAGMENTS = 16  # change-log fragments merged into one by the maintenance after a commit
 DEFAULT_DEDUPE = 0.97  # cosine at or above which ``dedupe=True`` treats two memories as the same
 
 
@@ -196,7 +194,7 @@ class WritesMixin(HistoryMixin):
 
         with self._storage.writer_lock():  # a lock time-out raises here, before anything is written
             committed = self._storage.commit(operation, build)
-            self._maintain(committed, list(tables))
+            maintain(self._storage, committed, list(tables))
         ordered = sorted(
             (item, row, same_as.get((mod, row), id_))
             for mod, table in tables.items()
@@ -205,69 +203,6 @@ class WritesMixin(HistoryMixin):
             )
         )
         return [(item, id_) for item, _, id_ in ordered]  # an item split into windows: its rows in order
-
-    def _maintain(self, committed: Manifest, modalities: list[str]) -> None:
-        """Maintenance after a commit, still under its hold of the lock: merge runs of small fragments.
-
-        It never fails the write that triggered it: the write is committed and its ids are returned.
-        A failure (a full disk, a damaged older fragment) is recorded for ``doctor`` and the merge is
-        tried again after the next commit (the plan is made afresh from the newest manifest each time).
-        """
-        for mod in modalities:
-            state = committed.tables.get(mod)
-            small = state is not None and bool(plan_compaction(state.fragments))
-            task = f"compact {mod}"
-            if not small and len(committed.history) <= MAX_HISTORY_FRAGMENTS:
-                self._storage.note_maintenance(task, None)  # an earlier failure is over (a stat when none)
-                continue  # nothing to merge: no manifest read, no commit
-            try:
-                self._auto_compact(mod)
-            except Exception as exc:  # noqa: BLE001 - the write is committed: nothing may undo that
-                self._storage.note_maintenance(task, exc)
-            else:
-                self._storage.note_maintenance(task, None)
-
-    def _auto_compact(self, modality: str) -> None:
-        """Merge runs of small fragments once a table holds too many (``storage.plan_compaction``), in a
-        commit of its own: many single adds would otherwise leave one tiny file per memory to open."""
-
-        damaged: list[StoreCorruptError] = []
-
-        def build(m: Manifest) -> Manifest | None:
-            damaged.clear()
-            state = m.tables.get(modality)
-            plan = plan_compaction(state.fragments) if state is not None else []
-            changed = False
-            for group in plan:  # the merged fragment takes the place of the group's first readable one
-                assert state is not None
-                readable, tables = [], []
-                for f in group:  # a damaged fragment stays as it is (doctor names it); the rest merge
-                    try:
-                        tables.append(self._read_fragment(f))
-                        readable.append(f)
-                    except StoreCorruptError as exc:
-                        damaged.append(exc)
-                if len(readable) < 2:
-                    continue
-                merged = self._storage.write_fragment(modality, pa.concat_tables(tables))
-                gone = {f.path for f in readable}
-                state.fragments = [
-                    merged if f.path == readable[0].path else f
-                    for f in state.fragments
-                    if f.path not in gone - {readable[0].path}
-                ]
-                changed = True
-            if len(m.history) > MAX_HISTORY_FRAGMENTS:  # the change log of many small updates/deletes
-                m.history = [self._storage.write_fragment(HISTORY_DIR, self._concat(m.history))]
-                changed = True
-            return m if changed else None
-
-        self._storage.commit(f"compact {modality}", build)
-        if damaged:  # merged around it; recorded so that doctor keeps saying so
-            raise damaged[0]
-
-    def _concat(self, fragments: list[Fragment]) -> pa.Table:
-        return pa.concat_tables([self._read_fragment(f) for f in fragments])
 
     def _nearest(
         self, modality: str, vectors: Any, namespace: str, manifest: Manifest | None = None
@@ -374,7 +309,7 @@ class WritesMixin(HistoryMixin):
 
         with self._storage.writer_lock():
             committed = self._storage.commit(f"delete {len(wanted)}", build)
-            self._maintain(committed, sorted(committed.tables))
+            maintain(self._storage, committed, sorted(committed.tables))
         return len(wanted)
 
     def update(self, id: str, content: Any = None, *, metadata: Mapping[str, Any] | None = None) -> Memory:
@@ -438,31 +373,13 @@ class WritesMixin(HistoryMixin):
         written: list[dict[str, Any]] = []
         with self._storage.writer_lock():
             committed = self._storage.commit("update 1", build)
-            self._maintain(committed, [current.modality])
+            maintain(self._storage, committed, [current.modality])
         # the row as committed: nothing that could fail (a read of another fragment) runs after the commit
         return memory_from_row(current.modality, written[0])
 
     def compact(self, modality: str | None = None) -> dict[str, int]:
         """Merge each table's fragments into one; old files stay until ``cleanup`` (readers may use them)."""
-        merged: dict[str, int] = {}
-
-        def build(m: Manifest) -> Manifest | None:
-            merged.clear()  # a retried attempt starts over
-            for mod, state in m.tables.items():
-                if (modality is None or mod == modality) and len(state.fragments) > 1:
-                    table = pa.concat_tables([self._read_fragment(f) for f in state.fragments])
-                    merged[mod] = len(state.fragments)
-                    state.fragments = [self._storage.write_fragment(mod, table)] if table.num_rows else []
-            if modality is None and len(m.history) > 1:
-                table = pa.concat_tables([self._read_fragment(f) for f in m.history])
-                merged[HISTORY_DIR] = len(m.history)
-                m.history = [self._storage.write_fragment(HISTORY_DIR, table)]
-            return m if merged else None
-
-        self._storage.commit("compact", build)
-        for mod in merged:  # a full merge succeeded: an earlier failed automatic one is over
-            self._storage.note_maintenance(f"compact {mod}", None)
-        return merged
+        return compact_all(self._storage, modality)
 
     def cleanup(self, older_than: float | None = None) -> dict[str, Any]:
         """Remove versions superseded more than ``older_than`` seconds ago (default: the store's
@@ -479,11 +396,6 @@ class WritesMixin(HistoryMixin):
         return bool(pc.any(pc.is_in(col, pa.array(sorted(ids), pa.string()))).as_py())
 
     def _read_fragment(self, frag: Fragment, columns: list[str] | None = None) -> pa.Table:
-        try:
-            return pq.read_table(self._storage.abspath(frag), columns=columns)
-        except (FileNotFoundError, pa.ArrowException, OSError) as exc:
-            raise StoreCorruptError(
-                f"fragment {frag.path} of {self.path} is missing or unreadable ({exc})"
-            ) from exc
+        return read_fragment(self._storage, frag, columns)
 
     # --- reading -----------------------------------------------------------------------------------
