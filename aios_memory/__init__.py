@@ -11,6 +11,7 @@ Importing this package loads no model and no torch; providers load their weights
 from typing import TYPE_CHECKING, Any
 
 from aios_memory.errors import (
+    AccessDeniedError,
     AiosMemoryError,
     EmptyContentError,
     InputTooLargeError,
@@ -58,6 +59,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AccessDeniedError",
     "AiosMemoryError",
     "EmbeddingProvider",
     "EmptyContentError",

@@ -388,9 +388,11 @@ from aios_memory.ui.server import ui  # noqa: E402
 cli.add_command(ui)
 
 
-from aios_memory.mcp_server import serve  # noqa: E402
+from aios_memory.service.commands import daemon, serve, token  # noqa: E402
 
 cli.add_command(serve)
+cli.add_command(daemon)
+cli.add_command(token)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from aios_memory.errors import InvalidInputError, StoreCorruptError, VersionNotFoundError
 from aios_memory.provider import MODALITIES
-from aios_memory.query import vector_columns
+from aios_memory.query import connect, run, vector_columns, view_name
 from aios_memory.storage import Fragment, Manifest, TableState
 
 if TYPE_CHECKING:
@@ -181,3 +181,37 @@ def create_index(
         and committed.tables.get(modality) is not None
         and committed.tables[modality].index == index,
     }
+
+
+def stats(store: MemoryStore) -> dict[str, Any]:
+    """``MemoryStore.stats``: per table its provider, dimension and rows, and the rows per namespace. A
+    handle scoped to some namespaces counts only theirs and is told nothing of files or other rows."""
+    m = store._manifest()
+    scope = store.scope
+    namespaces: dict[str, int] = {}
+    per_table: dict[str, int] = {}
+    if m.tables:
+        con = connect(store._storage, m, namespaces=scope.readable(None), media=False)
+        try:
+            union = " UNION ALL ".join(
+                f"SELECT '{mod}' AS modality, namespace FROM {view_name(mod)}"  # noqa: S608 - our own names
+                for mod in m.tables
+            )
+            sql = f"SELECT modality, namespace, count(*) AS n FROM ({union}) GROUP BY 1, 2 ORDER BY 1, 2"  # noqa: S608
+            for r in run(con, sql).to_pylist():
+                namespaces[r["namespace"]] = namespaces.get(r["namespace"], 0) + r["n"]
+                per_table[r["modality"]] = per_table.get(r["modality"], 0) + r["n"]
+        finally:
+            con.close()
+    tables: dict[str, Any] = {}
+    for mod, state in m.tables.items():
+        tables[mod] = {"provider": state.provider, "dim": state.dim, "memories": per_table.get(mod, 0)}
+        if scope.namespaces is None:
+            tables[mod].update(
+                memories=state.rows,
+                fragments=len(state.fragments),
+                bytes=sum(f.nbytes for f in state.fragments),
+                sidecar_bytes=sum(f.sidecar_nbytes for f in state.fragments),
+                index=None if state.index is None else {"kind": state.index.kind, "rows": state.index.rows},
+            )
+    return {"path": str(store.path), "version": m.version, "tables": tables, "namespaces": namespaces}

@@ -85,3 +85,8 @@ class QueryError(AiosMemoryError, ValueError):
 class QueryTimeoutError(QueryError):
     """A query or search ran past its time limit and was stopped; the message says the limit and how to
     raise it."""
+
+
+class AccessDeniedError(AiosMemoryError, PermissionError):
+    """The caller's scope (a token's namespaces and rights) does not allow the operation; nothing changed.
+    Memories outside the scope are never named: reading one by id is a ``MemoryNotFoundError``."""

@@ -81,6 +81,9 @@ class HistoryMixin:
         for frag in m.history:
             t = self._read_fragment(frag)
             changes.extend(t.filter(pc.equal(t.column("memory_id"), id)).to_pylist())
+        scope = getattr(self, "_scope", None)
+        if scope is not None:  # a handle sees the history of its scope's memories only
+            changes = [c for c in changes if scope.sees(c["namespace"])]
         changes.sort(key=lambda c: c["version"])
         current: dict[str, Any] | None = None
         try:

@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
-
 from aios_memory.errors import AiosMemoryError, InvalidInputError
 
 ROW_LIMIT = 1000  # most rows the sql tool returns
@@ -324,53 +322,3 @@ def build_server(store: Any, *, dedupe: float | None = None, sql_timeout: float 
             return json.dumps(memory_dict(store.get(id)), ensure_ascii=False)
 
     return server
-
-
-@click.command()
-@click.option(
-    "--store",
-    "store_path",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Store directory (default: the one given to aios-memory --store, else $AIOS_MEMORY_HOME/store).",
-)
-@click.option("--http", is_flag=True, help=f"Serve streamable HTTP on {HTTP_HOST} instead of stdio.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, help="Port for --http.")
-@click.option(
-    "--dedupe",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
-    default=None,
-    help="Cosine threshold at or above which `remember` returns the existing memory instead of a duplicate.",
-)
-@click.option(
-    "--sql-timeout",
-    type=click.FloatRange(0.0),
-    default=SQL_TIMEOUT,
-    show_default=True,
-    metavar="SECONDS",
-    help="Time limit of one `sql` tool query; 0 for no limit.",
-)
-@click.pass_context
-def serve(
-    ctx: click.Context,
-    store_path: Path | None,
-    http: bool,
-    port: int,
-    dedupe: float | None,
-    sql_timeout: float,
-) -> None:
-    """Serve the store to agents over MCP: stdio by default, streamable HTTP on loopback with --http."""
-    try:
-        import mcp  # noqa: F401
-    except ImportError:
-        raise click.ClickException(INSTALL_HINT) from None
-    from aios_memory.store import MemoryStore
-
-    root = ctx.find_root().obj or {}
-    store = MemoryStore(store_path or root.get("store"))
-    server = build_server(store, dedupe=dedupe, sql_timeout=sql_timeout or None)
-    if http:
-        click.echo(f"aios-memory MCP server: http://{HTTP_HOST}:{port}/mcp (store {store.path})", err=True)
-        server.run("streamable-http", host=HTTP_HOST, port=port)
-    else:
-        server.run("stdio")

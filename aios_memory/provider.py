@@ -8,8 +8,10 @@ vectors that are of the wrong shape, not finite, or zero, before they reach the 
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +20,8 @@ import numpy as np
 from aios_memory.errors import EmptyContentError, ModalityError, ProviderError
 
 MODALITIES = ("text", "image", "audio")
+_MISSING = object()
+_LIFECYCLE = frozenset({"_load_lock", "_loaded", "_busy", "_last_used", "_restore"})
 
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -48,6 +52,9 @@ class EmbeddingProvider:
             )
         self._load_lock = threading.Lock()
         self._loaded = False
+        self._busy = 0  # embed calls running now (an unload waits for none)
+        self._last_used = 0.0  # time.monotonic() of the last embed call's start or end
+        self._restore: dict[str, Any] = {}  # what _load replaced: put back by unload()
 
     # --- lifecycle -------------------------------------------------------------------------------------
     @property
@@ -60,8 +67,43 @@ class EmbeddingProvider:
             return
         with self._load_lock:
             if not self._loaded:
+                before = dict(self.__dict__)
                 self._load()
+                self._restore = {
+                    k: before.get(k, _MISSING)
+                    for k, v in self.__dict__.items()
+                    if k not in _LIFECYCLE and before.get(k, _MISSING) is not v
+                }
                 self._loaded = True
+
+    def unload(self, idle: float = 0.0) -> bool:
+        """Let go of the model (a long-lived service calls this when it has been idle): the attributes
+        ``_load`` set go back to what they were, so the next embed call loads again. Does nothing while
+        an embed call runs or within ``idle`` seconds of the last one; returns whether it unloaded."""
+        with self._load_lock:
+            if not self._loaded or self._busy or time.monotonic() - self._last_used < idle:
+                return False
+            for k, v in self._restore.items():
+                if v is _MISSING:
+                    self.__dict__.pop(k, None)
+                else:
+                    self.__dict__[k] = v
+            self._restore, self._loaded = {}, False
+        return True
+
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[None]:
+        """Around each embed call: loads the model, and keeps ``unload`` away until the call ends."""
+        with self._load_lock:
+            self._busy += 1
+            self._last_used = time.monotonic()
+        try:
+            self.load()
+            yield
+        finally:
+            with self._load_lock:
+                self._busy -= 1
+                self._last_used = time.monotonic()
 
     def _load(self) -> None:
         """Subclasses read their weights here. Called at most once per instance."""
@@ -74,8 +116,8 @@ class EmbeddingProvider:
             return np.zeros((0, self.dim), dtype=np.float32)
         for item in items:
             self._check_item(item, self.modality)
-        self.load()
-        return self._finish(self._embed(items), len(items))
+        with self._in_use():
+            return self._finish(self._embed(items), len(items))
 
     def expand(self, item: Any) -> list[tuple[Any, dict[str, Any]]]:
         """The rows one stored item becomes: ``[(payload, columns), ...]``. Default: one row, no columns.
@@ -92,8 +134,8 @@ class EmbeddingProvider:
             return np.zeros((0, self.dim), dtype=np.float32), []
         for item in items:
             self._check_item(item, self.modality)
-        self.load()
-        vectors, columns = self._embed_with_columns(items)
+        with self._in_use():
+            vectors, columns = self._embed_with_columns(items)
         if len(columns) != len(items):
             raise ProviderError(
                 f"provider {self.name!r} returned {len(columns)} column rows for {len(items)} items"
@@ -123,16 +165,16 @@ class EmbeddingProvider:
         items = list(items)
         for item in items:
             self._check_item(item, self.modality)
-        self.load()
-        return self.preprocess(items)
+        with self._in_use():
+            return self.preprocess(items)
 
     def embed_preprocessed(self, batch: Any, n: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """``forward`` a ``preprocess_batch`` result of ``n`` items; vectors checked and normalised like
         ``embed_with_columns``, whose result this equals."""
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32), []
-        self.load()
-        vectors, columns = self.forward(batch)
+        with self._in_use():
+            vectors, columns = self.forward(batch)
         if len(columns) != n:
             raise ProviderError(f"provider {self.name!r} returned {len(columns)} column rows for {n} items")
         return self._finish(vectors, n), [dict(c) for c in columns]
@@ -149,8 +191,8 @@ class EmbeddingProvider:
                 f"{', '.join(accepted)}; a {modality} query cannot search it"
             )
         self._check_item(query, modality)
-        self.load()
-        return self._finish(self._embed_query([query], modality), 1)[0]
+        with self._in_use():
+            return self._finish(self._embed_query([query], modality), 1)[0]
 
     def _embed(self, items: list[Any]) -> np.ndarray:
         raise NotImplementedError

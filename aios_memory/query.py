@@ -47,20 +47,25 @@ def connect(
     storage: Storage,
     manifest: Manifest,
     embedders: Mapping[str, Any] | None = None,
-    namespace: str | None = None,
+    namespaces: Sequence[str] | str | None = None,
     sandboxed: bool = True,
+    media: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """A locked-down connection with one view per modality and the ``embed_*`` SQL functions.
 
-    With ``namespace``, the views hold only that namespace's rows: no SQL on this connection (a search's
-    ``where`` predicate included) can see another namespace's memories. ``sandboxed=False`` leaves file
-    access on (for a caller who asked for it explicitly); the memories themselves stay immutable either
-    way, since the views read committed Parquet fragments through Arrow.
+    With ``namespaces`` (one name or a list), the views hold only those namespaces' rows: no SQL on this
+    connection (a search's ``where`` predicate included) can see another namespace's memories. With
+    ``media=False`` the views have no ``media`` column, so no SQL function can return (or test) the
+    stored bytes. ``sandboxed=False`` leaves file access on (for a caller who asked for it explicitly);
+    the memories themselves stay immutable either way, since the views read committed Parquet
+    fragments through Arrow.
     """
     import duckdb
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
+    if isinstance(namespaces, str):
+        namespaces = [namespaces]
     con = duckdb.connect(":memory:")
     try:
         for modality in MODALITIES:
@@ -69,17 +74,22 @@ def connect(
                 paths = [storage.abspath(f) for f in state.fragments]
                 try:
                     source: Any = ds.dataset(paths, format="parquet")
+                    if not media:  # a dataset read with a schema that lacks the column never reads it
+                        schema = source.schema
+                        source = ds.dataset(paths, format="parquet", schema=_without_media(schema))
                 except (FileNotFoundError, pa.ArrowException, OSError) as exc:
                     raise StoreCorruptError(
                         f"store {storage.root} version {manifest.version}: a fragment of {modality} memories "
                         f"is missing or unreadable ({exc}); run `aios-memory doctor`"
                     ) from exc
-                if namespace is not None:
-                    source = source.filter(pc.field("namespace") == namespace)
+                if namespaces is not None:
+                    source = source.filter(pc.field("namespace").isin(list(namespaces)))
             elif state is not None:  # every row deleted: an empty table that keeps its vector types
                 source = base_schema(modality, state.dim, text_dim=state.text_dim).empty_table()
             else:
                 source = base_schema(modality, None).empty_table()
+            if not media and isinstance(source, pa.Table):
+                source = _without_media(source.schema).empty_table()
             con.register(view_name(modality), source)
         for fname, (fn, dim) in (embedders or {}).items():
             _register_embedder(con, fname, fn, dim)
@@ -90,6 +100,10 @@ def connect(
         con.close()
         raise
     return con
+
+
+def _without_media(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f for f in schema if f.name != "media"], metadata=schema.metadata)
 
 
 _UDF_ERRORS: dict[int, AiosMemoryError] = {}  # per connection: the typed error a SQL function raised

@@ -56,6 +56,7 @@ def run_search(
         raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
     if namespace is not None:
         check_namespace(namespace)
+    namespaces = store.scope.readable(namespace)  # the scope's namespaces, or None: every row
     if where is not None and (not isinstance(where, str) or not where.strip()):
         raise QueryError("where must be a non-empty SQL predicate string")
     if params is not None and where is None:
@@ -120,7 +121,7 @@ def run_search(
             raise QueryError(f"{target} memories have no ANN index; call create_index() first")
         return [], explain
     deadline.check("the search")
-    selections = select_rows(store, m, target, fragments, namespace, where, params, deadline)
+    selections = select_rows(store, m, target, fragments, namespaces, where, params, deadline)
     if selections is not None:
         explain["path"] = "exact-selected"
         explain["selected"] = int(sum(s.size for s in selections))
@@ -179,27 +180,32 @@ def select_rows(
     m: Manifest,
     modality: str,
     fragments: list[Fragment],
-    namespace: str | None,
+    namespaces: list[str] | None,
     where: str | None,
     params: Params,
     deadline: Deadline | None = None,
 ) -> list[np.ndarray] | None:
-    """Per fragment, the row positions the namespace and ``where`` select (``None``: every row).
+    """Per fragment, the row positions the namespaces and ``where`` select (``None``: every row).
 
     The namespace comes from each fragment's namespace column. ``where`` runs in DuckDB on the sandboxed
-    connection whose views hold only the namespace's rows, as one boolean per row of that view, in
-    scan order (DuckDB keeps insertion order for a plain projection); the user's values stay parameters.
+    connection whose views hold only those namespaces' rows (the store's scope), as one boolean per row
+    of that view, in scan order (DuckDB keeps insertion order for a plain projection); the user's values
+    stay parameters.
     """
-    if namespace is None and where is None:
+    if namespaces is None and where is None:
         return None
-    if namespace is not None:
-        selections = [namespace_rows(store._storage, f, namespace) for f in fragments]
+    if namespaces is not None:
+        selections = [
+            np.sort(np.concatenate([namespace_rows(store._storage, f, ns) for ns in namespaces]))
+            for f in fragments
+        ]
     else:
         selections = [np.arange(f.rows, dtype=np.int64) for f in fragments]
     if where is None:
         return selections
     view = view_name(modality)
-    con = store._connect(m, namespace)  # views hold only this namespace: where cannot reach others
+    con = store._connect(m, namespaces[0] if namespaces is not None and len(namespaces) == 1 else None)
+    # the views hold only the scope's (or the one asked for) namespaces: where cannot reach others
     try:
         # first as a WHERE clause, so that what a WHERE refuses (aggregates, windows) is refused here too
         run(con, f"SELECT 1 FROM {view} WHERE ({where}) LIMIT 0", params, timeout=deadline)  # noqa: S608 - the caller's predicate by contract; values are parameters

@@ -31,6 +31,7 @@ from aios_memory.memory import Memory, check_utf8, memory_from_row, with_metadat
 from aios_memory.plugins import get_provider, get_providers
 from aios_memory.provider import MODALITIES, EmbeddingProvider
 from aios_memory.query import Deadline, Params, connect, run, vector_columns, view_name
+from aios_memory.scope import FULL, Scope
 from aios_memory.schema import TEXT_COLUMN
 from aios_memory.storage import DEFAULT_RETENTION, Manifest, Storage
 from aios_memory.vectors import (
@@ -70,9 +71,27 @@ class MemoryStore(WritesMixin, CrossModalMixin):
                 raise InvalidInputError(f"unknown modality {modality!r} in providers=")
         self._chosen = dict(providers or {})
         self._pinned: int | None = None
+        self._scope: Scope = FULL
         self._dedupe: float | bool | None = None
         self._dedupe = self._dedupe_threshold(dedupe)  # the default of add(dedupe=None); validated now
         self._manifest()  # fail now, not later, on a damaged manifest
+
+    # --- scope -------------------------------------------------------------------------------------
+    @property
+    def scope(self) -> Scope:
+        """What this handle may see and do (an in-process store: everything)."""
+        return self._scope
+
+    def scoped(self, scope: Scope) -> MemoryStore:
+        """The same store seen through ``scope`` (narrowed with this handle's own): reads hold only the
+        scope's namespaces, writes outside it raise ``AccessDeniedError``. Shares files, caches, models."""
+        if not isinstance(scope, Scope):
+            raise InvalidInputError(f"scope must be an aios_memory.scope.Scope, got {type(scope).__name__}")
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view._read_version = threading.local()
+        view._scope = self._scope.narrow(scope)
+        return view
 
     # --- versions ----------------------------------------------------------------------------------
     @property
@@ -81,6 +100,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
 
     def checkout(self, version: int | None) -> None:
         """Pin reads to ``version`` (``None``: follow the newest again)."""
+        self._scope.check_admin("pin versions")
         if version is not None:
             self._storage.read_manifest(version)
         self._pinned = version
@@ -185,13 +205,15 @@ class MemoryStore(WritesMixin, CrossModalMixin):
 
     # --- writing -----------------------------------------------------------------------------------
     def _connect(self, manifest: Manifest, namespace: str | None = None, sandboxed: bool = True) -> Any:
+        """A connection whose views hold what this handle's scope may read (of ``namespace``, if given)."""
+        namespaces = self._scope.readable(namespace)
         embedders = {}
         try:
             text = self._provider_in(manifest, "text")
             embedders["embed_text"] = (text.embed_batch, int(text.dim))
         except (ProviderNotFoundError, ProviderMismatchError):
             pass
-        return connect(self._storage, manifest, embedders, namespace, sandboxed)
+        return connect(self._storage, manifest, embedders, namespaces, sandboxed, media=self._scope.media)
 
     def sql(
         self, query: str, params: Params = None, *, timeout: float | None = None, max_rows: int | None = None
@@ -202,6 +224,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         ``QueryTimeoutError`` is raised. ``max_rows`` streams the result and returns at most that many
         rows without computing the rest; ``aios_memory.query.truncated(table)`` says whether it cut any.
         """
+        self._scope.check_sql()
         deadline = Deadline.start(timeout)  # the clock includes opening the fragments
 
         def read() -> pa.Table:
@@ -220,6 +243,9 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         ``allow_file_access=True`` (an explicit choice) it can, e.g. to ``COPY`` results out. Either way
         the memories cannot be changed through it: writes go through the ``MemoryStore`` API only.
         """
+        self._scope.check_sql()
+        if allow_file_access:
+            self._scope.check_admin("open a connection with file access")
         return self._connect(self._manifest(), sandboxed=not allow_file_access)
 
     def get(self, id: str) -> Memory:
@@ -230,7 +256,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
 
     def _get(self, id: str) -> Memory:
         m = self._manifest()
-        con = connect(self._storage, m)
+        con = connect(self._storage, m, namespaces=self._scope.readable(None))  # outside: not found
         try:
             for mod in m.tables:
                 exclude = ", ".join(vector_columns(mod))
@@ -347,30 +373,9 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         return self._reading(self._stats)
 
     def _stats(self) -> dict[str, Any]:
-        m = self._manifest()
-        tables = {}
-        for mod, state in m.tables.items():
-            tables[mod] = {
-                "provider": state.provider,
-                "dim": state.dim,
-                "memories": state.rows,
-                "fragments": len(state.fragments),
-                "bytes": sum(f.nbytes for f in state.fragments),
-                "sidecar_bytes": sum(f.sidecar_nbytes for f in state.fragments),
-                "index": None
-                if state.index is None
-                else {"kind": state.index.kind, "rows": state.index.rows},
-            }
-        namespaces: dict[str, int] = {}
-        if m.tables:
-            con = connect(self._storage, m)
-            try:
-                union = " UNION ALL ".join(f"SELECT namespace FROM {view_name(mod)}" for mod in m.tables)  # noqa: S608
-                sql = f"SELECT namespace, count(*) AS n FROM ({union}) GROUP BY 1 ORDER BY 1"  # noqa: S608
-                namespaces = {r["namespace"]: r["n"] for r in run(con, sql).to_pylist()}
-            finally:
-                con.close()
-        return {"path": str(self.path), "version": m.version, "tables": tables, "namespaces": namespaces}
+        from aios_memory.doctor import stats
+
+        return stats(self)
 
     def verify(self) -> dict[str, Any]:
         """Integrity check of the newest version (see :func:`aios_memory.doctor.verify`): every file it
@@ -379,6 +384,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         failed after a commit is listed. ``{"version", "ok", "problems", "orphans", "maintenance"}``."""
         from aios_memory.doctor import verify
 
+        self._scope.check_admin("verify the store")
         return verify(self)
 
     def create_index(
@@ -395,6 +401,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         """
         from aios_memory.doctor import create_index
 
+        self._scope.check_admin("build an index")
         return create_index(self, modality, kind, column, params)
 
     def __repr__(self) -> str:

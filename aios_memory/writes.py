@@ -23,6 +23,7 @@ from aios_memory.modality import prepare
 from aios_memory.provider import EmbeddingProvider
 from aios_memory.rows import build_rows, table_state, text_vectors
 from aios_memory.schema import TEXT_COLUMN
+from aios_memory.scope import Scope
 from aios_memory.storage import Fragment, Manifest, Storage
 
 EMBED_BATCH = 64
@@ -30,6 +31,7 @@ DEFAULT_DEDUPE = 0.97  # cosine at or above which ``dedupe=True`` treats two mem
 
 
 class WritesMixin(HistoryMixin):
+    _scope: Scope
     """Mixed into ``MemoryStore``, which provides ``_storage``, ``_manifest``, ``provider_for`` and ``get``."""
 
     _storage: Storage
@@ -102,6 +104,7 @@ class WritesMixin(HistoryMixin):
                 f"add_many takes an iterable of items, got {type(items).__name__}"
             ) from None
         namespace = check_namespace(namespace)
+        self._scope.check_write(namespace)
         n = len(contents)
         if isinstance(metadata, Mapping) or metadata is None:
             metas = [metadata_json(metadata)] * n
@@ -261,8 +264,11 @@ class WritesMixin(HistoryMixin):
         """The provider that embeds ``modality``'s derived text column (audio transcripts), if any."""
         return self._text_provider_in(self._manifest(), modality)
 
-    def delete(self, ids: str | Iterable[str]) -> int:
-        """Delete memories by id in one commit. Unknown ids raise ``MemoryNotFoundError`` and delete nothing."""
+    def delete(self, ids: str | Iterable[str], *, missing_ok: bool = False) -> int:
+        """Delete memories by id in one commit; returns how many were deleted. Unknown ids raise
+        ``MemoryNotFoundError`` and delete nothing, unless ``missing_ok`` (then they are skipped: deleting
+        twice is the same as once). Memories outside the handle's scope count as unknown."""
+        self._scope.check_write()
         if isinstance(ids, str):
             ids = [ids]
         try:
@@ -278,7 +284,9 @@ class WritesMixin(HistoryMixin):
         if not wanted:
             return 0
 
-        def build(m: Manifest) -> Manifest:
+        count = [0]
+
+        def build(m: Manifest) -> Manifest | None:
             import pyarrow.compute as pc  # not on the import path of a cold add
 
             found: set[str] = set()
@@ -291,6 +299,9 @@ class WritesMixin(HistoryMixin):
                         continue
                     table = self._read_fragment(frag)
                     hit = pc.is_in(table.column("id"), pa.array(sorted(wanted), pa.string()))
+                    if self._scope.namespaces is not None:  # others' memories are not there for this handle
+                        mine = pa.array(sorted(self._scope.namespaces), pa.string())
+                        hit = pc.and_(hit, pc.is_in(table.column("namespace"), mine))
                     found.update(pc.filter(table.column("id"), hit).to_pylist())
                     gone.extend((mod, row) for row in table.filter(hit).to_pylist())
                     rest = table.filter(pc.invert(hit))
@@ -298,25 +309,29 @@ class WritesMixin(HistoryMixin):
                         kept.append(self._storage.write_fragment(mod, rest))
                 state.fragments = kept
             missing = wanted - found
-            if missing:
+            if missing and not missing_ok:
                 raise MemoryNotFoundError(
                     f"no memory with id {sorted(missing)[0]!r}"
                     + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                     + "; nothing was deleted"
                 )
+            count[0] = len(found)
+            if not found:
+                return None  # nothing to delete (missing_ok): no new version
             self._log_changes(m, "delete", gone)
             return m
 
         with self._storage.writer_lock():
             committed = self._storage.commit(f"delete {len(wanted)}", build)
             maintain(self._storage, committed, sorted(committed.tables))
-        return len(wanted)
+        return count[0]
 
     def update(self, id: str, content: Any = None, *, metadata: Mapping[str, Any] | None = None) -> Memory:
         """Replace a memory's content (re-embedding it) and/or its metadata, keeping its id and namespace."""
         if content is None and metadata is None:
             raise InvalidInputError("update needs new content, new metadata, or both")
-        current = self.get(id)
+        self._scope.check_write()
+        current = self.get(id)  # a memory outside the scope is not found
         item = prepare(content, current.modality) if content is not None else None
         meta = metadata_json(metadata) if metadata is not None else None
         provider = self.provider_for(current.modality)
@@ -379,6 +394,7 @@ class WritesMixin(HistoryMixin):
 
     def compact(self, modality: str | None = None) -> dict[str, int]:
         """Merge each table's fragments into one; old files stay until ``cleanup`` (readers may use them)."""
+        self._scope.check_admin("compact the store")
         return compact_all(self._storage, modality)
 
     def cleanup(self, older_than: float | None = None) -> dict[str, Any]:
@@ -386,6 +402,7 @@ class WritesMixin(HistoryMixin):
         ``retention``, one hour unless set) and the files no retained version names. Readers pinned on a
         removed version get a ``VersionNotFoundError``; the writers' lock is held only in short steps
         (``lock_held_max_s`` reports the longest)."""
+        self._scope.check_admin("clean up the store")
         return self._storage.cleanup(older_than)
 
     def _has_ids(self, frag: Fragment, ids: set[str]) -> bool:
