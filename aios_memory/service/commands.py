@@ -85,6 +85,22 @@ _media_sql_option = click.option(
 @_timeout_option
 @_allow_read_option
 @_media_sql_option
+@click.option(
+    "--idle-exit",
+    type=click.FloatRange(0.0),
+    default=IDLE_EXIT,
+    show_default=True,
+    metavar="SECONDS",
+    help="A daemon this command starts exits after this long without clients (0: never).",
+)
+@click.option(
+    "--unload-after",
+    type=click.FloatRange(0.0),
+    default=UNLOAD_AFTER,
+    show_default=True,
+    metavar="SECONDS",
+    help="A daemon this command starts unloads a model not used for this long (0: never).",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -97,6 +113,8 @@ def serve(
     sql_timeout: float,
     allow_read: tuple[Path, ...],
     allow_media_sql: bool,
+    idle_exit: float,
+    unload_after: float,
 ) -> None:
     """Serve the store to an agent over MCP on stdio: a thin proxy to the store's daemon, which is
     started (with these options) when none runs and exits when no client has used it for a while."""
@@ -118,7 +136,12 @@ def serve(
         return
     from aios_memory.service.proxy import run_proxy
 
-    options = [f"--sql-timeout={sql_timeout:g}", *(f"--allow-read={os.path.realpath(d)}" for d in allow_read)]
+    options = [
+        f"--sql-timeout={sql_timeout!r}",
+        f"--idle-exit={idle_exit!r}",
+        f"--unload-after={unload_after!r}",
+        *(f"--allow-read={os.path.realpath(d)}" for d in allow_read),
+    ]
     if dedupe is not None:
         options.append(f"--dedupe={dedupe!r}")
     if allow_media_sql:

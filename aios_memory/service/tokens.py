@@ -76,7 +76,9 @@ class TokenStore:
                     data = json.loads(self.path.read_text("utf-8"))
                     entries = {e["id"]: e for e in data["tokens"]}
                 except (OSError, ValueError, KeyError, TypeError) as exc:
-                    raise StoreError(f"the token file {self.path} is unreadable ({exc}); recreate the tokens") from exc
+                    raise StoreError(
+                        f"the token file {self.path} is unreadable ({exc}); recreate the tokens"
+                    ) from exc
                 self._seen, self._entries = key, entries
             return self._entries
 
