@@ -160,7 +160,8 @@ class TokenStore:
     def _change(self, change: Any) -> None:
         from filelock import FileLock
 
-        self.dir.mkdir(mode=0o700, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
         with FileLock(str(self.dir / "tokens.lock"), timeout=30):
             entries = dict(self._load())
             change(entries)
