@@ -1,39 +1,60 @@
-"""An MCP server over a ``MemoryStore``: ``aios-memory serve --store PATH`` (stdio, or ``--http``).
+"""An MCP server over a ``MemoryStore``: ``aios-memory serve --standalone`` (stdio), or per client of
+the service's daemon.
 
 Built on the official ``mcp`` SDK (``pip install "aios-memory[mcp]"``), imported only when a server is
-built, so the rest of the CLI never loads it. Tools: ``remember``, ``recall``, ``forget``, ``sql``,
-``classify_image`` and ``history``; resources: ``memory://recent``, ``memory://recent/{modality}``, ``memory://stats``
-and ``memory://{id}``. Every ``AiosMemoryError`` the store raises becomes an MCP tool error carrying the
-store's message; media bytes and vectors never leave the server.
+built, so the rest of the CLI never loads it. Tools (``aios_memory.mcp_tools``): ``remember``,
+``recall``, ``forget``, ``sql``, ``classify_image`` and ``history``; resources: ``memory://recent``,
+``memory://recent/{modality}``, ``memory://stats`` and ``memory://{id}``; no prompts.
+
+Everything goes through the store handle given, which carries the caller's scope: the store itself
+enforces namespaces, rights and the media column. On top of that, no data leaves by surprise: media
+arrive as base64 bytes; the server reads a file of its own only under directories its operator allows
+(``--allow-read``); every ``AiosMemoryError`` becomes a tool error whose text names neither the store's
+directory nor an allowed one; media bytes and vectors are never sent.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import datetime as dt
 import decimal
 import json
+import logging
 import math
+import os
+import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from aios_memory.errors import AiosMemoryError, InvalidInputError
+from aios_memory.errors import (
+    AccessDeniedError,
+    AiosMemoryError,
+    EmptyContentError,
+    InputTooLargeError,
+    InvalidInputError,
+)
 
 ROW_LIMIT = 1000  # most rows the sql tool returns
+K_LIMIT = 100  # most memories one recall returns
 SQL_TIMEOUT = 10.0  # seconds the sql and recall tools let one query run (serve --sql-timeout; 0: no limit)
 RECENT = 20  # memories a memory://recent resource lists
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # most media bytes one tool call may bring (base64 data or a path)
 MAX_PATH_CHARS = 4096
-HTTP_HOST = "127.0.0.1"  # --http never listens beyond loopback
-DEFAULT_PORT = 8765
 INSTALL_HINT = 'the MCP server needs the `mcp` package: pip install "aios-memory[mcp]"'
+logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
-Long-term multimodal memory. `remember` stores text, or an image/audio file given by its path;
-`recall` finds memories by meaning (a text query, or an image path), optionally within a namespace or
-filtered by an SQL predicate over the memory columns (values as ? placeholders in `params`); `sql` runs
-read-only SQL over text_memories, image_memories and audio_memories; `forget` deletes memories by id."""
+Long-term multimodal memory. `remember` stores text (`content`), or an image or audio file sent as
+base64 `data`; `recall` finds memories by meaning (a text `query`, or an image or audio as base64
+`data`), optionally within a namespace or filtered by an SQL predicate over the memory columns (values
+as ? placeholders in `params`); `sql` runs read-only SQL over text_memories, image_memories and
+audio_memories; `forget` deletes memories by id (forgetting one twice is harmless); `history` shows a
+memory's changes. A `path` on the server's machine is read only inside directories the operator allows
+(none by default)."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -61,25 +82,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def media_path(value: str) -> tuple[Path, str] | None:
-    """``(path, modality)`` when ``value`` names an existing file whose bytes are a known image or audio
-    format; ``None`` otherwise (the value is text)."""
-    from aios_memory.errors import UnsupportedMediaError
-    from aios_memory.modality import sniff
-
-    if not value or len(value) > MAX_PATH_CHARS or "\n" in value or "\x00" in value:
-        return None
-    try:
-        path = Path(value).expanduser()
-        if not path.is_file():
-            return None
-        with path.open("rb") as f:
-            modality, _ = sniff(f.read(64))
-    except (OSError, ValueError, UnsupportedMediaError):
-        return None
-    return path, modality
-
-
 def memory_dict(memory: Any) -> dict[str, Any]:
     """What a client sees of a memory: everything but the media bytes and the vectors."""
     out = {
@@ -100,32 +102,8 @@ def memory_dict(memory: Any) -> dict[str, Any]:
     return out
 
 
-@contextlib.contextmanager
-def _tool_errors() -> Iterator[None]:
-    from mcp.server.mcpserver.exceptions import ToolError
-
-    try:
-        yield
-    except AiosMemoryError as exc:
-        raise ToolError(f"{type(exc).__name__}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def _resource_errors() -> Iterator[None]:
-    from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
-
-    from aios_memory.errors import MemoryNotFoundError
-
-    try:
-        yield
-    except MemoryNotFoundError as exc:
-        raise ResourceNotFoundError(str(exc)) from exc
-    except AiosMemoryError as exc:
-        raise ResourceError(f"{type(exc).__name__}: {exc}") from exc
-
-
 def recent(store: Any, modality: str | None = None, limit: int = RECENT) -> list[dict[str, Any]]:
-    """The ``limit`` newest memories (of one modality, or of all), newest first."""
+    """The ``limit`` newest memories (of one modality, or of all), newest first, without media bytes."""
     from aios_memory.provider import MODALITIES
     from aios_memory.query import vector_columns, view_name
 
@@ -133,9 +111,9 @@ def recent(store: Any, modality: str | None = None, limit: int = RECENT) -> list
         raise InvalidInputError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
     rows: list[dict[str, Any]] = []
     for mod in [modality] if modality else MODALITIES:
-        exclude = ", ".join(["media", *vector_columns(mod)])
-        sql = (
-            f"SELECT * EXCLUDE ({exclude}) FROM {view_name(mod)} "  # noqa: S608 - our own identifiers
+        hidden = ", ".join(f"'{c}'" for c in ["media", "provider", *vector_columns(mod)])
+        sql = (  # COLUMNS(...): a view without the media column (a scope without media) works the same
+            f"SELECT COLUMNS(lambda c: c NOT IN ({hidden})) FROM {view_name(mod)} "  # noqa: S608 - our names
             "ORDER BY created_at DESC, id LIMIT ?"
         )
         for row in store.sql(sql, [int(limit)]).to_pylist():
@@ -143,182 +121,229 @@ def recent(store: Any, modality: str | None = None, limit: int = RECENT) -> list
             row["metadata"] = json.loads(row["metadata"]) if row.get("metadata") else {}
             rows.append(row)
     rows.sort(key=lambda r: (r["created_at"], r["id"]), reverse=True)
-    return [_jsonable({k: v for k, v in r.items() if k != "provider"}) for r in rows[:limit]]
+    return [_jsonable(r) for r in rows[:limit]]
 
 
-def build_server(store: Any, *, dedupe: float | None = None, sql_timeout: float | None = SQL_TIMEOUT) -> Any:
-    """An ``mcp.server.mcpserver.MCPServer`` exposing ``store`` (a ``MemoryStore``) to MCP clients.
+class Served:
+    """What every tool and resource call shares: the store (resolved per call), the operator's limits
+    and allowed directories, and the translation of errors into MCP errors that reveal no server paths."""
 
-    ``sql_timeout``: seconds the ``sql`` and ``recall`` tools let one query run (None: no limit)."""
+    def __init__(
+        self,
+        store: Any,
+        *,
+        dedupe: float | None,
+        sql_timeout: float | None,
+        allow_read: Sequence[Path | str],
+    ) -> None:
+        resolve = callable(store) and not hasattr(store, "search")  # a MemoryStore per request
+        self._resolve: Callable[[], Any] = store if resolve else lambda: store
+        self.dedupe = dedupe
+        self.sql_timeout = sql_timeout
+        self.allow_read = tuple(os.path.realpath(d) for d in allow_read)
+
+    def store(self) -> Any:
+        return self._resolve()
+
+    # --- errors ------------------------------------------------------------------------------------
+    def scrub(self, text: str, store: Any = None) -> str:
+        """``text`` with the server's directories (the store's, the allowed ones, the models', the
+        user's home) replaced by placeholders."""
+        from aios_memory.home import home
+
+        roots: list[tuple[str, str]] = []
+        if getattr(store, "path", None) is not None:
+            roots += [(str(store.path), "<store>"), (os.path.realpath(store.path), "<store>")]
+        roots += [(d, "<allowed>") for d in self.allow_read]
+        roots += [(str(home()), "<models>"), (os.path.realpath(home()), "<models>")]
+        roots += [(str(Path.home()), "~"), (os.path.realpath(Path.home()), "~")]
+        for root, placeholder in sorted(roots, key=lambda r: -len(r[0])):
+            if len(root.rstrip(os.sep)) > 1:
+                text = text.replace(root.rstrip(os.sep), placeholder)
+        return text
+
+    @contextlib.contextmanager
+    def tool_call(self) -> Iterator[Any]:
+        """Yields the store; any error becomes a ``ToolError`` (type name and scrubbed message)."""
+        from mcp.server.mcpserver.exceptions import ToolError
+
+        store = None
+        try:
+            store = self.store()
+            yield store
+        except ToolError:
+            raise
+        except Exception as exc:  # not only AiosMemoryError: an OSError's message names paths too
+            if not isinstance(exc, AiosMemoryError):
+                logger.exception("MCP tool call failed")
+            raise ToolError(self.scrub(f"{type(exc).__name__}: {exc}", store)) from exc
+
+    @contextlib.contextmanager
+    def resource_read(self) -> Iterator[Any]:
+        from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
+
+        from aios_memory.errors import MemoryNotFoundError
+
+        store = None
+        try:
+            store = self.store()
+            yield store
+        except MemoryNotFoundError as exc:
+            raise ResourceNotFoundError(self.scrub(str(exc), store)) from exc
+        except Exception as exc:
+            if not isinstance(exc, AiosMemoryError):
+                logger.exception("MCP resource read failed")
+            raise ResourceError(self.scrub(f"{type(exc).__name__}: {exc}", store)) from exc
+
+    # --- media from clients ------------------------------------------------------------------------
+    def media(
+        self, data: str | None, path: str | None, media_type: str | None = None
+    ) -> tuple[bytes, str | None]:
+        """The media bytes a call brings (base64 ``data``, or an allowed server ``path``) and the
+        source to record (the path as the client gave it)."""
+        from aios_memory.modality import sniff
+
+        if (data is None) == (path is None):
+            raise InvalidInputError("give the media as base64 `data` or as a server `path`: one of the two")
+        if data is not None:
+            raw, declared = decode_base64(data)
+            media_type = media_type or declared
+            source = None
+        else:
+            raw, source = self.read_allowed(str(path)), Path(str(path)).as_uri()
+        modality, mime = sniff(raw)
+        if media_type and media_type.split("/")[0].strip().lower() != modality:
+            raise InvalidInputError(f"media_type {media_type!r} does not match the bytes, which are {mime}")
+        return raw, source
+
+    def read_allowed(self, path: str) -> bytes:
+        """The bytes of the regular file at absolute ``path`` whose real location (symlinks resolved)
+        lies inside an allowed directory. Outside, present or not, the same ``AccessDeniedError``."""
+        if not self.allow_read:
+            raise AccessDeniedError(
+                "this server reads no files for clients (its operator allows none: serve --allow-read "
+                "DIR); send the file's bytes as base64 `data` instead"
+            )
+        if not path or len(path) > MAX_PATH_CHARS or "\x00" in path or not os.path.isabs(path):
+            raise InvalidInputError("`path` must be an absolute path on the server's machine")
+        denied = AccessDeniedError(  # the same text whether or not such a file exists
+            "the server reads files only inside the directories its operator allows (serve --allow-read), "
+            "and this path is not one of those files"
+        )
+        if not self._allowed(os.path.realpath(path)):
+            raise denied
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(os.path.realpath(path), flags)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read {path!r}: {exc.strerror or 'unreadable'}") from None
+        with os.fdopen(fd, "rb") as f:
+            opened = f"/proc/self/fd/{fd}"  # Linux: where the opened file really is, whatever raced
+            if os.path.islink(opened) and not self._allowed(os.readlink(opened)):
+                raise denied
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidInputError(f"{path!r} is not a regular file")
+            _check_size(st.st_size)
+            raw = f.read(MAX_UPLOAD_BYTES + 1)
+        _check_size(len(raw))
+        return raw
+
+    def _allowed(self, real: str) -> bool:
+        return any(real == d or real.startswith(d.rstrip(os.sep) + os.sep) for d in self.allow_read)
+
+
+def _check_size(size: int) -> None:
+    if size == 0:
+        raise EmptyContentError("the media is empty (0 bytes)")
+    if size > MAX_UPLOAD_BYTES:
+        raise InputTooLargeError(f"the media is over the limit of {MAX_UPLOAD_BYTES} bytes per call")
+
+
+def decode_base64(data: str) -> tuple[bytes, str | None]:
+    """Base64 (standard alphabet, whitespace ignored; a ``data:<type>;base64,`` URL too) → (bytes,
+    the URL's media type or None). Over ``MAX_UPLOAD_BYTES`` decoded: ``InputTooLargeError``."""
+    declared = None
+    if data.startswith("data:") and ";base64," in data[:256]:
+        header, data = data.split(",", 1)
+        declared = header[5:].split(";")[0] or None
+    if len(data) > 2 * (MAX_UPLOAD_BYTES // 3 + 1) * 4:  # refused before any copy, whitespace or not
+        raise InputTooLargeError(f"the media is over the limit of {MAX_UPLOAD_BYTES} bytes per call")
+    compact = "".join(data.split())
+    if len(compact) > (MAX_UPLOAD_BYTES // 3 + 1) * 4:
+        raise InputTooLargeError(f"the media is over the limit of {MAX_UPLOAD_BYTES} bytes per call")
+    try:
+        raw = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInputError(f"`data` is not valid base64: {exc}") from None
+    _check_size(len(raw))
+    return raw, declared
+
+
+def _without_prompts(server: Any) -> None:
+    """MCPServer always registers prompts/list and prompts/get, so it advertises a ``prompts``
+    capability; this server has none, so it drops both handlers (then it advertises no prompts, and a
+    prompts/list is 'method not found')."""
+    handlers = getattr(server._lowlevel_server, "_request_handlers", None)
+    if not isinstance(handlers, dict) or "prompts/list" not in handlers:
+        raise RuntimeError(
+            "this version of the mcp SDK registers prompts differently; update _without_prompts"
+        )
+    for method in ("prompts/list", "prompts/get"):
+        handlers.pop(method, None)
+
+
+def build_server(
+    store: Any,
+    *,
+    dedupe: float | None = None,
+    sql_timeout: float | None = SQL_TIMEOUT,
+    allow_read: Sequence[Path | str] = (),
+) -> Any:
+    """An ``mcp.server.mcpserver.MCPServer`` exposing ``store`` to MCP clients.
+
+    ``store``: a ``MemoryStore`` (usually a scoped view), or a zero-argument callable returning the one
+    to use for the current request. ``sql_timeout``: seconds the ``sql`` and ``recall`` tools let one
+    query run (None: no limit). ``allow_read``: directories whose files clients may name by ``path``
+    (none by default: media come as base64 bytes)."""
     try:
         from mcp.server.mcpserver import MCPServer
-        from mcp.types import ToolAnnotations
     except ImportError as exc:
         raise ImportError(INSTALL_HINT) from exc
 
     from aios_memory import __version__
+    from aios_memory.mcp_tools import register_tools
 
+    served = Served(store, dedupe=dedupe, sql_timeout=sql_timeout, allow_read=allow_read)
     server = MCPServer("aios-memory", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
-    add_kwargs: dict[str, Any] = {}
-    if dedupe is not None:
-        add_kwargs["dedupe"] = dedupe
-    read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
-
-    @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False))
-    def remember(
-        content: str, namespace: str = "default", metadata: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """Store a memory. `content` is text, or the path of an image or audio file on this machine
-        (PNG, JPEG, GIF, WebP, TIFF, BMP; WAV, FLAC, Ogg, MP3, AIFF, M4A), which is stored as that media.
-        Returns the new ids (long audio becomes one memory per 30 s window)."""
-        with _tool_errors():
-            media = media_path(content)
-            item = media[0] if media is not None else content
-            ids = store.add_many([item], namespace=namespace, metadata=metadata, **add_kwargs)
-            return {"ids": ids, "modality": media[1] if media is not None else "text"}
-
-    def _recall(
-        query: str,
-        modality: str | None,
-        namespace: str | None,
-        k: int,
-        where: str | None,
-        params: list[Any] | None,
-        **extra: Any,
-    ) -> dict[str, Any]:
-        with _tool_errors():
-            media = media_path(query)
-            results = store.search(
-                media[0] if media is not None else query,
-                k=k,
-                modality=modality,
-                namespace=namespace,
-                where=where,
-                params=params,
-                timeout=sql_timeout,  # the where predicate and the ranking stop with the same limit
-                **{key: v for key, v in extra.items() if v is not None},
-            )
-            return {"memories": [memory_dict(m) for m in results]}
-
-    recall_doc = """Find memories by meaning. `query` is text, or the path of an image file to search by
-        (image→image, or text→image with a joint text-image model). `modality` picks the table searched
-        (text, image or audio; default: the query's own). `where` is an SQL predicate over the memory
-        columns (e.g. "metadata->>'$.kind' = ?") whose values come from `params`. Returns id, modality,
-        score (cosine similarity), namespace, created_at, content/transcript/source and metadata."""
-
-    def recall(
-        query: str,
-        modality: str | None = None,
-        namespace: str | None = None,
-        k: int = 5,
-        where: str | None = None,
-        params: list[Any] | None = None,
-        half_life_s: float | None = None,
-        order: str | None = None,
-        min_score: float | None = None,
-    ) -> dict[str, Any]:
-        return _recall(
-            query,
-            modality,
-            namespace,
-            k,
-            where,
-            params,
-            half_life=half_life_s,
-            order=order,
-            min_score=min_score,
-        )
-
-    recall.__doc__ = recall_doc + (
-        "\n        `half_life_s` (seconds) multiplies each score by 0.5 ** (age / half_life_s); "
-        "`min_score` drops results scoring below it (after the decay); `order` is 'score' (default) "
-        "or 'newest' (the top k by score, newest first)."
-    )
-    server.add_tool(recall, annotations=read_only)
-
-    @server.tool(
-        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True)
-    )
-    def forget(ids: list[str]) -> dict[str, Any]:
-        """Delete memories by id, all or none (an unknown id deletes nothing and is an error)."""
-        with _tool_errors():
-            return {"deleted": store.delete(list(ids))}
-
-    if callable(getattr(store, "history", None)):
-
-        @server.tool(annotations=read_only)
-        def history(id: str) -> dict[str, Any]:
-            """A memory's timeline, oldest first: its add, each update and its delete (if deleted), each
-            with `operation`, `at`, `version` and the memory's content and metadata after that change."""
-            with _tool_errors():
-                return {"history": _jsonable(store.history(id))}
-
-    @server.tool(annotations=read_only)
-    def sql(query: str, params: list[Any] | None = None, max_rows: int = 200) -> dict[str, Any]:
-        """Run one read-only SQL statement (SELECT or EXPLAIN) over the views text_memories,
-        image_memories and audio_memories, values as ? placeholders in `params`. `embed_text(?)` embeds
-        text for vector SQL. Returns at most `max_rows` rows (limit 1000), `row_count` of them, and
-        `truncated` when the result had more; bytes are summarised. A query past the server's time limit
-        (10 s by default) is stopped with a QueryTimeoutError: narrow it (WHERE, LIMIT)."""
-        from aios_memory.errors import QueryTimeoutError
-        from aios_memory.query import timeout_error
-
-        with _tool_errors():
-            if isinstance(max_rows, bool) or not 1 <= max_rows <= ROW_LIMIT:
-                raise InvalidInputError(f"max_rows must be from 1 to {ROW_LIMIT}, got {max_rows!r}")
-            try:  # one row more than asked for says whether the result was cut
-                table = store.sql(query, params, timeout=sql_timeout, max_rows=max_rows + 1)
-            except QueryTimeoutError as exc:
-                hint = (
-                    "narrow the query (WHERE, LIMIT); the limit is set by `aios-memory serve --sql-timeout`"
-                )
-                raise timeout_error("the query", sql_timeout or 0.0, hint) from exc
-            rows = table.slice(0, max_rows).to_pylist()
-            return {
-                "columns": table.column_names,
-                "rows": _jsonable(rows),
-                "row_count": len(rows),
-                "truncated": table.num_rows > max_rows,
-            }
-
-    @server.tool(annotations=read_only)
-    def classify_image(image: str, labels: list[str]) -> dict[str, Any]:
-        """Zero-shot classification of the image file at path `image` over `labels` with the store's
-        joint text-image model (CLIP). Returns each label's probability, best first."""
-        with _tool_errors():
-            if not labels:
-                raise InvalidInputError("labels must be a non-empty list of strings")
-            media = media_path(image)
-            if media is None or media[1] != "image":
-                raise InvalidInputError(f"{image!r} is not the path of an image file")
-            probs = store.zero_shot_classification(media[0], list(labels))
-            ranked = sorted(probs.items(), key=lambda kv: -kv[1])
-            return {"best": ranked[0][0], "probabilities": {label: float(p) for label, p in ranked}}
+    _without_prompts(server)
+    register_tools(server, served)
 
     @server.resource("memory://recent", mime_type="application/json", name="recent memories")
     def recent_all() -> str:
         """The newest memories of every modality, newest first (no media bytes)."""
-        with _resource_errors():
-            return json.dumps(recent(store), ensure_ascii=False)
+        with served.resource_read() as s:
+            return json.dumps(recent(s), ensure_ascii=False)
 
     @server.resource("memory://stats", mime_type="application/json", name="store statistics")
     def stats() -> str:
-        """Counts per modality and namespace, the store's version and path."""
-        with _resource_errors():
-            return json.dumps(_jsonable(store.stats()), ensure_ascii=False)
+        """The store's version and memories per modality and namespace (those this client may read)."""
+        with served.resource_read() as s:
+            out = {k: v for k, v in s.stats().items() if k != "path"}  # no server paths
+            return json.dumps(_jsonable(out), ensure_ascii=False)
 
     @server.resource(
         "memory://recent/{modality}", mime_type="application/json", name="recent memories of a modality"
     )
     def recent_of(modality: str) -> str:
         """The newest memories of one modality (text, image or audio), newest first."""
-        with _resource_errors():
-            return json.dumps(recent(store, modality), ensure_ascii=False)
+        with served.resource_read() as s:
+            return json.dumps(recent(s, modality), ensure_ascii=False)
 
     @server.resource("memory://{id}", mime_type="application/json", name="one memory")
     def one(id: str) -> str:
         """One memory by id (no media bytes)."""
-        with _resource_errors():
-            return json.dumps(memory_dict(store.get(id)), ensure_ascii=False)
+        with served.resource_read() as s:
+            return json.dumps(memory_dict(s.get(id)), ensure_ascii=False)
 
     return server
