@@ -31,20 +31,25 @@ from aios_memory.errors import (
     WeightFileError,
 )
 from aios_memory.hookspecs import hookimpl
-from aios_memory.provider import EmbeddingProvider
 
 if TYPE_CHECKING:
     from aios_memory.memory import Memory
+    from aios_memory.provider import EmbeddingProvider
     from aios_memory.store import MemoryStore
 
 __version__ = "0.1.0"
 
-_LAZY = {"MemoryStore": "aios_memory.store", "Memory": "aios_memory.memory"}
+_LAZY = {
+    "MemoryStore": "aios_memory.store",
+    "Memory": "aios_memory.memory",
+    "EmbeddingProvider": "aios_memory.provider",
+}
 
 
 def __getattr__(name: str) -> Any:
     """``MemoryStore`` and ``Memory`` import the storage layer (pyarrow) on first use, so a plugin or a
-    process that only embeds (``from aios_memory import EmbeddingProvider``) does not pay for it."""
+    process that only embeds (``from aios_memory import EmbeddingProvider``) does not pay for it; and
+    ``EmbeddingProvider`` imports numpy on first use, so the ``serve`` proxy pays for neither."""
     if name in _LAZY:
         import importlib
 

@@ -40,7 +40,27 @@ def _echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=_jsonable, ensure_ascii=False))
 
 
+# commands whose modules load only when they run (or are listed): `serve`, the proxy an MCP host starts
+# for every client, must not pay for the web page's or the store's imports
+_LAZY_COMMANDS = {
+    "daemon": "aios_memory.service.commands",
+    "serve": "aios_memory.service.commands",
+    "token": "aios_memory.service.commands",
+    "ui": "aios_memory.ui.server",
+}
+
+
 class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY_COMMANDS and cmd_name not in self.commands:
+            import importlib
+
+            self.add_command(getattr(importlib.import_module(_LAZY_COMMANDS[cmd_name]), cmd_name))
+        return super().get_command(ctx, cmd_name)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -381,18 +401,6 @@ def demo(ctx: click.Context, reset: bool, no_audio: bool) -> None:
         click.echo(
             "\n(audio part skipped: no spoken clips found; `apt-get install alsa-utils` provides them)"
         )
-
-
-from aios_memory.ui.server import ui  # noqa: E402
-
-cli.add_command(ui)
-
-
-from aios_memory.service.commands import daemon, serve, token  # noqa: E402
-
-cli.add_command(serve)
-cli.add_command(daemon)
-cli.add_command(token)
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aios_memory.errors import AccessDeniedError, InvalidInputError
-from aios_memory.memory import check_namespace
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,8 @@ class Scope:
         label: str = "",
     ) -> Scope:
         """A scope with checked namespace names (``admin`` defaults to False here)."""
+        from aios_memory.memory import check_namespace  # pyarrow: not on the serve proxy's import path
+
         if namespaces is not None:
             if isinstance(namespaces, str):
                 raise InvalidInputError("namespaces must be a list of names, not one string")

@@ -239,7 +239,7 @@ def daemon(
         unload_after=unload_after or None,
         idle_exit=idle_exit or None,
     )
-    Daemon(config).run()
+    raise SystemExit(Daemon(config).run())
 
 
 @click.group()

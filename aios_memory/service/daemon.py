@@ -140,7 +140,7 @@ class Daemon:
                 self.store.scoped(scope),
                 dedupe=self.config.dedupe,
                 sql_timeout=self.config.sql_timeout,
-                **({"allow_read": list(self.config.allow_read)} if self.config.allow_read else {}),  # TEMP
+                allow_read=list(self.config.allow_read),
             )
         return self._servers[key]
 
