@@ -5,6 +5,7 @@
     python bench/run_all.py --quick        # smaller sizes (search stops at 100k memories)
     python bench/run_all.py --only search,load --write-docs
     python bench/run_all.py --only longrun --quick   # issue 14: add latency as a store ages, soak plot
+    python bench/run_all.py --only daemon --quick    # issue 15: attach time and memory, daemon vs standalone
 
 Each bench module runs in its own fresh process (so one's memory or threads do not colour another's)
 and returns rows ``{"area","measure","ours","reference","ratio","floor","unit","note"}`` from
@@ -28,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
-MODULES = ["floors", "load", "text", "clip", "whisper", "ingest", "search", "longrun"]
+MODULES = ["floors", "load", "text", "clip", "whisper", "ingest", "search", "longrun", "daemon"]
 FILES = {"floors": "floors"}  # module file of each bench; the rest are bench_<name>.py
 MARK = "@@ROWS@@"
 
