@@ -103,25 +103,9 @@ def memory_dict(memory: Any) -> dict[str, Any]:
 
 
 def recent(store: Any, modality: str | None = None, limit: int = RECENT) -> list[dict[str, Any]]:
-    """The ``limit`` newest memories (of one modality, or of all), newest first, without media bytes."""
-    from aios_memory.provider import MODALITIES
-    from aios_memory.query import vector_columns, view_name
-
-    if modality is not None and modality not in MODALITIES:
-        raise InvalidInputError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
-    rows: list[dict[str, Any]] = []
-    for mod in [modality] if modality else MODALITIES:
-        hidden = ", ".join(f"'{c}'" for c in ["media", "provider", *vector_columns(mod)])
-        sql = (  # COLUMNS(...): a view without the media column (a scope without media) works the same
-            f"SELECT COLUMNS(lambda c: c NOT IN ({hidden})) FROM {view_name(mod)} "  # noqa: S608 - our names
-            "ORDER BY created_at DESC, id LIMIT ?"
-        )
-        for row in store.sql(sql, [int(limit)]).to_pylist():
-            row["modality"] = mod
-            row["metadata"] = json.loads(row["metadata"]) if row.get("metadata") else {}
-            rows.append(row)
-    rows.sort(key=lambda r: (r["created_at"], r["id"]), reverse=True)
-    return [_jsonable(r) for r in rows[:limit]]
+    """The ``limit`` newest memories the client may read (of one modality, or of all), newest first,
+    without media bytes (``MemoryStore.recent``: no SQL right needed)."""
+    return [memory_dict(m) for m in store.recent(limit, modality=modality)]
 
 
 class Served:

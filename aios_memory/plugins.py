@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from aios_memory.provider import EmbeddingProvider
 
 ENTRY_POINT_GROUP = "aios_memory"
+# The provider a modality gets when the store has no table for it yet and the caller names none.
+DEFAULT_PROVIDERS = {"text": "minilm-l6-v2", "image": "clip-vit-b-32", "audio": "whisper-base"}
 
 pm = pluggy.PluginManager("aios_memory")
 pm.add_hookspecs(hookspecs)
@@ -120,3 +122,48 @@ def plugin_info() -> list[dict[str, object]]:
             }
         )
     return sorted(out, key=lambda d: str(d["name"]))
+
+
+def resolve_provider(state: Any, modality: str, chosen: str | None, path: Any) -> EmbeddingProvider:
+    """The provider for ``modality``'s table of the store at ``path``: the one its ``state`` (a
+    ``TableState`` or None) was built with, else ``chosen``, else the default (or another ready one)."""
+    from aios_memory.errors import InvalidInputError, ProviderMismatchError
+    from aios_memory.provider import MODALITIES
+
+    if modality not in MODALITIES:
+        raise InvalidInputError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
+    if chosen is not None:
+        get_provider(chosen)  # an unknown name is a ProviderNotFoundError, whatever the table holds
+    if state is not None:
+        if chosen is not None and chosen != state.provider:
+            raise ProviderMismatchError(
+                f"{modality} memories in {path} were embedded with {state.provider!r}, not {chosen!r}; "
+                f"open the store with providers={{'{modality}': '{state.provider}'}} or re-embed into a new store"
+            )
+        provider = get_provider(state.provider)
+        if provider.fingerprint() != state.fingerprint:
+            raise ProviderMismatchError(
+                f"{modality} memories were embedded with {state.fingerprint}, but provider {provider.name!r} "
+                f"now reports {provider.fingerprint()}; re-embed into a new store"
+            )
+        return provider
+    if chosen is not None:
+        provider = get_provider(chosen)
+    else:
+        registered = get_providers()
+        candidates = sorted(n for n, p in registered.items() if p.modality == modality)
+        if not candidates:
+            raise ProviderNotFoundError(
+                f"no installed plugin provides {modality} embeddings; registered providers: "
+                f"{', '.join(sorted(registered)) or 'none'}"
+            )
+        # the default provider, unless its weights are missing and another one is ready to embed
+        default = DEFAULT_PROVIDERS[modality]
+        ready = [n for n in candidates if registered[n].is_installed()]
+        if default in registered and (registered[default].is_installed() or not ready):
+            provider = registered[default]
+        else:
+            provider = registered[(ready or candidates)[0]]
+    if provider.modality != modality:
+        raise ProviderMismatchError(f"provider {provider.name!r} embeds {provider.modality}, not {modality}")
+    return provider

@@ -259,3 +259,29 @@ def _count_reads(storage: Storage) -> Callable[[], int]:
     """A counter of the manifest reads from now on (``explain_search`` reports it)."""
     start = storage.manifest_reads
     return lambda: storage.manifest_reads - start
+
+
+def recent(store: MemoryStore, limit: int, modality: str | None) -> list[Memory]:
+    """``MemoryStore.recent``: the newest memories of the handle's scope, without media or vectors."""
+    from aios_memory.provider import MODALITIES
+
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_K:
+        raise InvalidInputError(f"limit must be an integer from 1 to {MAX_K}, got {limit!r}")
+    if modality is not None and modality not in MODALITIES:
+        raise InvalidInputError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
+    m = store._manifest()
+    con = store._connect(m)  # the scope's views; no SQL right needed: the statement is ours
+    out: list[Memory] = []
+    try:
+        for mod in [modality] if modality else [x for x in MODALITIES if x in m.tables]:
+            hidden = ", ".join(f"'{c}'" for c in ["media", *vector_columns(mod)])
+            sql = (  # COLUMNS(...): the same with or without the media column (a scope without media)
+                f"SELECT COLUMNS(lambda c: c NOT IN ({hidden})) FROM {view_name(mod)} "  # noqa: S608 - our names
+                "ORDER BY created_at DESC, id LIMIT ?"
+            )
+            out += [memory_from_row(mod, row) for row in run(con, sql, [limit]).to_pylist()]
+    finally:
+        con.close()
+    out.sort(key=lambda mem: mem.id)
+    out.sort(key=lambda mem: mem.created_at, reverse=True)
+    return out[:limit]

@@ -31,8 +31,8 @@ from aios_memory.memory import Memory, check_utf8, memory_from_row, with_metadat
 from aios_memory.plugins import get_provider, get_providers
 from aios_memory.provider import MODALITIES, EmbeddingProvider
 from aios_memory.query import Deadline, Params, connect, run, vector_columns, view_name
-from aios_memory.scope import FULL, Scope
 from aios_memory.schema import TEXT_COLUMN
+from aios_memory.scope import FULL, Scope
 from aios_memory.storage import DEFAULT_RETENTION, Manifest, Storage
 from aios_memory.vectors import (
     CACHE,
@@ -42,8 +42,6 @@ from aios_memory.vectors import (
 )
 from aios_memory.writes import WritesMixin
 
-# The provider a modality gets when the store has no table for it yet and the caller names none.
-DEFAULT_PROVIDERS = {"text": "minilm-l6-v2", "image": "clip-vit-b-32", "audio": "whisper-base"}
 READ_RETRIES = 8  # a read whose version cleanup removed mid-call starts again on the newest this often
 
 
@@ -151,47 +149,9 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         return self._provider_in(self._manifest(), modality)
 
     def _provider_in(self, m: Manifest, modality: str) -> EmbeddingProvider:
-        if modality not in MODALITIES:
-            raise InvalidInputError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
-        state = m.tables.get(modality)
-        chosen = self._chosen.get(modality)
-        if chosen is not None:
-            get_provider(chosen)  # an unknown name is a ProviderNotFoundError, whatever the table holds
-        if state is not None:
-            if chosen is not None and chosen != state.provider:
-                raise ProviderMismatchError(
-                    f"{modality} memories in {self.path} were embedded with {state.provider!r}, not {chosen!r}; "
-                    f"open the store with providers={{'{modality}': '{state.provider}'}} or re-embed into a new store"
-                )
-            provider = get_provider(state.provider)
-            if provider.fingerprint() != state.fingerprint:
-                raise ProviderMismatchError(
-                    f"{modality} memories were embedded with {state.fingerprint}, but provider {provider.name!r} "
-                    f"now reports {provider.fingerprint()}; re-embed into a new store"
-                )
-            return provider
-        if chosen is not None:
-            provider = get_provider(chosen)
-        else:
-            registered = get_providers()
-            candidates = sorted(n for n, p in registered.items() if p.modality == modality)
-            if not candidates:
-                raise ProviderNotFoundError(
-                    f"no installed plugin provides {modality} embeddings; registered providers: "
-                    f"{', '.join(sorted(registered)) or 'none'}"
-                )
-            # the default provider, unless its weights are missing and another one is ready to embed
-            default = DEFAULT_PROVIDERS[modality]
-            ready = [n for n in candidates if registered[n].is_installed()]
-            if default in registered and (registered[default].is_installed() or not ready):
-                provider = registered[default]
-            else:
-                provider = registered[(ready or candidates)[0]]
-        if provider.modality != modality:
-            raise ProviderMismatchError(
-                f"provider {provider.name!r} embeds {provider.modality}, not {modality}"
-            )
-        return provider
+        from aios_memory.plugins import resolve_provider
+
+        return resolve_provider(m.tables.get(modality), modality, self._chosen.get(modality), self.path)
 
     def providers(self) -> list[dict[str, Any]]:
         """Every registered provider, with the modality tables of this store that use it."""
@@ -253,6 +213,13 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             raise InvalidInputError(f"memory ids are strings, got {type(id).__name__}")
         check_utf8(id, "a memory id")
         return self._reading(lambda: self._get(id))
+
+    def recent(self, limit: int = 20, *, modality: str | None = None) -> list[Memory]:
+        """The ``limit`` newest memories this handle may read (of one modality, or of all), newest first,
+        without media bytes. Needs no SQL right: a scope that may only recall can still list."""
+        from aios_memory.search import recent
+
+        return self._reading(lambda: recent(self, limit, modality))
 
     def _get(self, id: str) -> Memory:
         m = self._manifest()

@@ -190,3 +190,15 @@ def test_media_column_gone_from_text_views_too(stores):
     no_media = stores["full"].scoped(Scope(media=False))
     assert "media" not in no_media.sql("SELECT * FROM text_memories").column_names
     assert len(no_media.search("cat", k=3)) == 3  # searches work without the column
+
+
+def test_recent_lists_the_scope_without_the_sql_right(stores):
+    full, ids = stores["full"], stores["ids"]
+    lister = full.scoped(Scope.of(["agent-a", "shared"], sql=False, media=False))
+    got = lister.recent(10)
+    assert {m.id for m in got} == {ids["a"], ids["shared"]}
+    assert all(m.media is None for m in got)
+    assert [m.id for m in full.recent(1)] == [ids["shared"]]  # newest first
+    assert lister.recent(10, modality="image") == []
+    with pytest.raises(AccessDeniedError):
+        lister.sql("SELECT 1")
