@@ -358,3 +358,56 @@ def test_idle_daemon_unloads_its_model_and_exits(rt, tmp_path):
         f"\ndaemon RSS with MiniLM loaded {out['loaded']:.0f} MiB, after unloading {out['unloaded']:.0f} MiB"
     )
     assert _gone(str(rt["dir"]), store), "the auto-started daemon did not exit when idle"
+
+
+def test_daemon_answers_are_byte_identical_to_a_standalone_server_and_the_store(rt, tmp_path):
+    from aios_memory.mcp_server import _jsonable, memory_dict
+
+    store = tmp_path / "store"
+    seed = MemoryStore(store)
+    seed.add_many(
+        [
+            f"fact {i}: the {c} bicycle is parked at dock {i}"
+            for i, c in enumerate(["red", "blue", "green"] * 4)
+        ],
+        namespace="n",
+    )
+    calls = [
+        ("recall", {"query": "where is the red bicycle", "k": 5}),
+        (
+            "recall",
+            {
+                "query": "blue bicycle",
+                "k": 3,
+                "namespace": "n",
+                "where": "content LIKE ?",
+                "params": ["%dock 1%"],
+            },
+        ),
+        ("sql", {"query": "SELECT id, content, created_at FROM text_memories ORDER BY id"}),
+        (
+            "sql",
+            {
+                "query": "SELECT array_cosine_similarity(embedding, embed_text(?)) AS s FROM text_memories ORDER BY id",
+                "params": ["bike"],
+            },
+        ),
+    ]
+
+    async def texts(*options: str) -> list[str]:
+        async with session(rt, store, *options) as s:
+            out = []
+            for tool, args in calls:
+                result = await s.call_tool(tool, args)
+                assert not result.is_error, result.content[0].text
+                out.append(result.content[0].text)
+            return out
+
+    via_daemon, standalone = asyncio.run(texts()), asyncio.run(texts("--standalone"))
+    assert via_daemon == standalone  # the same bytes
+    in_process = [memory_dict(m) for m in seed.search("where is the red bicycle", k=5)]
+    assert [(m["id"], m["score"]) for m in json.loads(via_daemon[0])["memories"]] == [
+        (m["id"], m["score"]) for m in in_process
+    ]
+    table = seed.sql(calls[3][1]["query"], ["bike"])
+    assert json.loads(via_daemon[3])["rows"] == _jsonable(table.to_pylist())
