@@ -106,25 +106,55 @@ def ui_env(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return {"root": root, "env": env, "store": root / "store", **json.loads(proc.stdout.splitlines()[-1])}
 
 
+def start_ui(store: Path, env: dict[str, str], log_path: Path) -> Any:
+    """`aios-memory ui --store S --port 0 --no-browser` as a real subprocess: (process, its log, the
+    base URL, the port, the owner token from the printed sign-in address)."""
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aios_memory", "ui", "--store", str(store), "--port", "0",
+         "--no-browser", "--max-upload", str(MAX_UPLOAD)],
+        env=env, stdout=subprocess.PIPE, stderr=log, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # printed once the socket listens
+    match = re.search(r"(http://127\.0\.0\.1:(\d+)/)\?token=(aiosm-owner_[A-Za-z0-9_-]{43}) ", line)
+    if not match:
+        stop_ui(proc, log)
+        raise AssertionError(f"no sign-in URL in {line!r}; log: {log_path.read_text()[-2000:]}")
+    return proc, log, match.group(1), int(match.group(2)), match.group(3)
+
+
+def stop_ui(proc: Any, log: Any) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
 @pytest.fixture(scope="module")
 def server(ui_env: dict[str, Any]) -> Any:
-    """`aios-memory ui --store S --port 0 --no-browser` as a real subprocess; yields its base URL."""
-    log = (ui_env["root"] / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aios_memory", "ui", "--store", str(ui_env["store"]), "--port", "0",
-         "--no-browser", "--max-upload", str(MAX_UPLOAD)],
-        env=ui_env["env"], stdout=subprocess.PIPE, stderr=log, text=True,
-    )  # fmt: skip
+    """The page over the module's store; yields its base URL, port and owner token."""
+    proc, log, url, port, token = start_ui(ui_env["store"], ui_env["env"], ui_env["root"] / "server.log")
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # printed once the socket listens
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        assert match, f"no URL in {line!r}; log: {(ui_env['root'] / 'server.log').read_text()[-2000:]}"
-        yield {"url": match.group(0), "port": int(match.group(1)), "proc": proc, **ui_env}
+        yield {"url": url, "port": port, "token": token, "login_url": f"{url}?token={token}", **ui_env}
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+        stop_ui(proc, log)
+
+
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request with exactly these headers (no token unless they carry one)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def call(
@@ -134,18 +164,14 @@ def call(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=60)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
+    """A request signed with the owner token (unless ``headers`` carry another)."""
+    return request(server["port"], method, path, body, {**bearer(server["token"]), **(headers or {})})
 
 
-def get_json(server: dict[str, Any], path: str) -> tuple[int, Any]:
+def get_json(server: dict[str, Any], path: str, token: str | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(server["url"].rstrip("/") + path, headers=bearer(token or server["token"]))
     try:
-        with urllib.request.urlopen(server["url"].rstrip("/") + path, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=60) as resp:
             assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
@@ -153,10 +179,9 @@ def get_json(server: dict[str, Any], path: str) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read())
 
 
-def post_json(server: dict[str, Any], path: str, obj: Any) -> tuple[int, Any]:
-    status, headers, body = call(
-        server, "POST", path, json.dumps(obj).encode(), {"Content-Type": "application/json"}
-    )
+def post_json(server: dict[str, Any], path: str, obj: Any, token: str | None = None) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json", **bearer(token or server["token"])}
+    status, headers, body = call(server, "POST", path, json.dumps(obj).encode(), headers)
     assert headers["content-type"] == "application/json; charset=utf-8"
     return status, json.loads(body)
 
@@ -190,7 +215,9 @@ def test_page_and_assets(server):
 
 def test_stats(server):
     status, stats = get_json(server, "/api/stats")
-    assert status == 200
+    assert status == 200 and "path" not in stats and str(server["root"]) not in json.dumps(stats)
+    assert stats["caller"] == {"name": "owner", "namespaces": None, "write": True, "sql": True,
+                               "media": True, "admin": True}  # fmt: skip
     assert {m: t["memories"] for m, t in stats["tables"].items()} == {
         "text": len(NOTES) + len(LOG),
         "image": len(PHOTOS),
@@ -382,6 +409,7 @@ def test_image_search_refusals(server):
     assert status == 413 and str(MAX_UPLOAD) in json.loads(raw)["error"]
     conn = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=30)
     conn.putrequest("POST", "/api/search/image")
+    conn.putheader("Authorization", f"Bearer {server['token']}")
     conn.putheader("Content-Length", str(10**12))
     conn.endheaders()
     resp = conn.getresponse()
@@ -415,6 +443,291 @@ def test_missing_store_is_a_clear_error(tmp_path, ui_env):
     assert not (tmp_path / "nope").exists()
 
 
+# --- tokens and scopes -----------------------------------------------------------------------------------
+POPULATE_SCOPED = r"""
+import json, sys
+from pathlib import Path
+from aios_memory import MemoryStore
+
+store, photos, clip = MemoryStore(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+ids = {
+    "a_text": store.add("Agent A's note: the cat is called Miso", namespace="A"),
+    "a_image": store.add(photos / "chelsea.png", namespace="A"),
+    "b_text": store.add("Agent B's secret: the vault code is 4711", namespace="B"),
+    "b_image": store.add(photos / "rocket.jpg", namespace="B"),
+    "b_audio": store.add(clip, namespace="B"),
+    "shared_text": store.add("Shared: the team meets on Mondays", namespace="shared"),
+}
+print(json.dumps(ids))
+"""
+B_MARKS = ("vault", "4711", "rocket", "Rear_Left", '"B"')  # what of B an answer to A could show
+
+
+def make_token(store: Path, env: dict[str, str], name: str, *args: str) -> dict[str, Any]:
+    from conftest import run_cli
+
+    return json.loads(
+        run_cli("--store", str(store), "token", "create", "--name", name, *args, env=env).stdout
+    )
+
+
+@pytest.fixture(scope="module")
+def scoped(ui_env: dict[str, Any]) -> Any:
+    """A store with namespaces A, B and shared, tokens made by the CLI, and the page over it."""
+    root = ui_env["root"] / "scoped"
+    proc = subprocess.run(
+        [sys.executable, "-c", POPULATE_SCOPED, str(root), str(ui_env["root"] / "photos"),
+         str(ALSA / "Rear_Left.wav")],
+        env=ui_env["env"], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = ui_env["env"]
+    tokens = {
+        "a": make_token(root, env, "agent-a", "--namespace", "A", "--namespace", "shared"),
+        "b": make_token(root, env, "agent-b", "--namespace", "B", "--namespace", "shared"),
+        "a_ro": make_token(root, env, "agent-a-reader", "--namespace", "A", "--read-only", "--no-sql"),
+    }
+    ui, log, url, port, owner = start_ui(root, env, ui_env["root"] / "scoped.log")
+    try:
+        yield {"url": url, "port": port, "token": owner, "root": root, "env": env, "tokens": tokens,
+               "ids": json.loads(proc.stdout.splitlines()[-1])}  # fmt: skip
+    finally:
+        stop_ui(ui, log)
+
+
+def as_token(scoped: dict[str, Any], who: str) -> dict[str, Any]:
+    """The ``scoped`` server, with ``who``'s token as the one ``call``/``get_json``/``post_json`` send."""
+    return {**scoped, "token": scoped["tokens"][who]["token"]}
+
+
+def post_bytes(server: dict[str, Any], path: str, body: bytes) -> tuple[int, Any]:
+    status, _, raw = call(server, "POST", path, body)
+    return status, json.loads(raw)
+
+
+def test_a_token_gets_nothing_of_b(scoped):
+    a, ids = as_token(scoped, "a"), scoped["ids"]
+    answers = []
+    status, stats = get_json(a, "/api/stats")
+    assert status == 200 and stats["namespaces"] == {"A": 2, "shared": 1}
+    assert {m: t["memories"] for m, t in stats["tables"].items()} == {"text": 2, "image": 1, "audio": 0}
+    assert stats["caller"]["name"] == "agent-a" and stats["caller"]["namespaces"] == ["A", "shared"]
+    answers.append(stats)
+    for modality, expected in (("text", {ids["a_text"], ids["shared_text"]}), ("image", {ids["a_image"]})):
+        status, page = get_json(a, f"/api/memories?modality={modality}&limit=200")
+        assert (
+            status == 200
+            and {m["id"] for m in page["memories"]} == expected
+            and page["total"] == len(expected)
+        )
+        answers.append(page)
+    status, page = get_json(a, "/api/memories?modality=audio")
+    assert status == 200 and page["total"] == 0 and page["memories"] == []
+    for query in ("the vault code", "a rocket", "rear left"):
+        status, found = post_json(a, "/api/search", {"query": query, "k": 10})
+        assert status == 200 and found["results"], query
+        assert {r["namespace"] for r in found["results"]} <= {"A", "shared"}
+        answers.append(found)
+    rocket = (scoped["root"].parent / "photos" / "rocket.jpg").read_bytes()
+    status, _, raw = call(a, "POST", "/api/search/image?k=10", rocket)
+    assert status == 200 and [r["id"] for r in json.loads(raw)["results"]] == [ids["a_image"]]
+    answers.append(json.loads(raw))
+    assert not [m for m in B_MARKS if m in json.dumps(answers)], answers
+    assert not {ids["b_text"], ids["b_image"], ids["b_audio"]} & set(
+        re.findall(r"[0-9a-f-]{36}", json.dumps(answers))
+    )
+    # B's memories by id: the answer an unknown id gets
+    for path in (
+        f"/api/media/{ids['b_image']}",
+        f"/api/media/{ids['b_audio']}",
+        f"/api/thumb/{ids['b_image']}",
+    ):
+        status, _, body = call(a, "GET", path)
+        assert status == 404 and json.loads(body)["type"] == "MemoryNotFoundError", path
+        assert json.loads(body)["error"] == f"no memory with id {path.rsplit('/', 1)[1]!r}"
+    assert call(a, "GET", f"/api/thumb/{ids['a_image']}")[0] == 200
+    # naming B: the listing's views hold none of B's rows; a search of B is refused by the store (403)
+    for modality in ("text", "image", "audio"):
+        status, page = get_json(a, f"/api/memories?modality={modality}&namespace=B")
+        assert status == 200 and page["total"] == 0 and page["memories"] == []
+    for status, body in (
+        post_json(a, "/api/search", {"query": "vault", "namespace": "B"}),
+        post_bytes(a, "/api/search/image?namespace=B", rocket),
+    ):
+        assert status == 403 and body["type"] == "AccessDeniedError"
+        assert body["error"] == "token 'agent-a' may not read namespace 'B'"
+    status, _, raw = call(
+        a, "POST", "/api/memories?namespace=B", b"planted by A", {"Content-Type": "text/plain"}
+    )
+    assert status == 403 and json.loads(raw) == {
+        "error": "token 'agent-a' may not write namespace 'B'; nothing was changed",
+        "type": "AccessDeniedError",
+    }
+    assert get_json(scoped, "/api/stats")[1]["namespaces"] == {"A": 2, "B": 3, "shared": 1}  # owner: all
+
+
+def test_uploads_land_in_the_scope_and_shared_is_shared(scoped):
+    a, b = as_token(scoped, "a"), as_token(scoped, "b")
+    status, _, raw = call(a, "POST", "/api/memories?namespace=shared&source=note.txt",
+                          b"Lunch order: ramen for everyone", {"Content-Type": "text/plain"})  # fmt: skip
+    memory = json.loads(raw)
+    assert status == 201 and memory["namespace"] == "shared" and memory["content"].startswith("Lunch order")
+    png = (scoped["root"].parent / "photos" / "astronaut.png").read_bytes()
+    status, _, raw = call(a, "POST", "/api/memories?namespace=A", png, {"Content-Type": "image/png"})
+    assert (
+        status == 201
+        and json.loads(raw)["modality"] == "image"
+        and json.loads(raw)["media_bytes"] == len(png)
+    )
+    assert call(a, "GET", f"/api/media/{json.loads(raw)['id']}")[2] == png
+    texts = get_json(b, "/api/memories?modality=text")[1]["memories"]
+    assert {m["namespace"] for m in texts} == {"B", "shared"} and memory["id"] in {m["id"] for m in texts}
+    assert call(b, "GET", f"/api/media/{json.loads(raw)['id']}")[0] == 404  # A's image: not B's
+    found = post_json(b, "/api/search", {"query": "ramen", "modality": "text", "k": 1})[1]["results"]
+    assert [r["id"] for r in found] == [memory["id"]]
+
+
+def test_read_only_token_cannot_upload(scoped):
+    reader = as_token(scoped, "a_ro")
+    before = get_json(scoped, "/api/stats")[1]["namespaces"]
+    for ctype, body in (
+        ("text/plain", b"a note"),
+        ("image/png", (scoped["root"].parent / "photos" / "chelsea.png").read_bytes()),
+    ):
+        status, _, raw = call(reader, "POST", "/api/memories?namespace=A", body, {"Content-Type": ctype})
+        assert (
+            status == 403
+            and json.loads(raw)["error"] == "token 'agent-a-reader' is read-only; nothing was changed"
+        )
+    assert get_json(scoped, "/api/stats")[1]["namespaces"] == before
+    # it still reads: the listing's fixed queries run without the SQL right, searches too
+    status, page = get_json(reader, "/api/memories?modality=text")
+    assert status == 200 and [m["namespace"] for m in page["memories"]] == ["A"]
+    assert post_json(reader, "/api/search", {"query": "cat", "k": 3})[0] == 200
+
+
+def every_route(ids: dict[str, str]) -> list[tuple[str, str, bytes | None]]:
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+    return [
+        ("GET", "/", None), ("GET", "/app.js", None), ("GET", "/style.css", None), ("GET", "/icon.svg", None),
+        ("HEAD", "/", None), ("GET", "/no/such/page", None), ("GET", "/api/stats", None),
+        ("GET", "/api/memories?modality=text", None), ("GET", f"/api/media/{ids['a_image']}", None),
+        ("GET", f"/api/thumb/{ids['a_image']}", None), ("GET", "/api/media/no-such-id", None),
+        ("POST", "/api/search", b'{"query": "cat"}'), ("POST", "/api/search/image", png),
+        ("POST", "/api/memories?namespace=A", b"a note"), ("POST", "/api/nothing", b"x"),
+    ]  # fmt: skip
+
+
+def test_missing_and_wrong_tokens_get_401_everywhere(scoped):
+    port, revealed = scoped["port"], {"api": set(), "page": set()}
+    wrong = [
+        {}, bearer("wrong"), bearer("aiosm_deadbeef_" + "x" * 43), bearer("aiosm-owner_" + "x" * 43),
+        bearer(scoped["tokens"]["a"]["token"][:-1] + "y"), {"Authorization": "Basic YTpi"},
+        {"Authorization": f"Basic {scoped['tokens']['a']['token']}"},
+        {"Cookie": f"aiosm_ui_{port}=wrong"}, {"Cookie": f"aiosm_ui_{port + 1}={scoped['token']}"},
+    ]  # fmt: skip
+    for method, path, body in every_route(scoped["ids"]):
+        for headers in wrong:
+            headers = {**headers, "Content-Type": "application/json" if "search" in path else "text/plain"}
+            status, got, raw = request(port, method, path, body, headers)
+            assert status == 401 and got["www-authenticate"].startswith("Bearer"), (method, path, headers)
+            kind = "api" if path.startswith("/api/") else "page"
+            assert got["content-type"].startswith("application/json" if kind == "api" else "text/html")
+            revealed[kind].add(raw)
+    assert len(revealed["api"]) == 1 and json.loads(revealed["api"].pop())["type"] == "Unauthorized"
+    pages = revealed["page"] - {b""}  # HEAD's answer has no body
+    assert len(pages) == 1 and b"needs a token" in pages.pop()
+    status, got, _ = request(port, "GET", "/?token=wrong")
+    assert status == 401 and "set-cookie" not in got
+
+
+def test_token_visit_sets_the_cookie_and_redirects(scoped):
+    token, port = scoped["tokens"]["a"]["token"], scoped["port"]
+    status, headers, _ = request(port, "GET", f"/?token={token}")
+    assert status == 303 and headers["location"] == "/"
+    name, _, attrs = headers["set-cookie"].partition("; ")
+    assert name == f"aiosm_ui_{port}={token}" and set(attrs.split("; ")) == {
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+    }
+    cookie = {"Cookie": name}
+    status, headers, body = request(port, "GET", "/", headers=cookie)
+    assert status == 200 and b'id="drop"' in body
+    status, _, body = request(port, "GET", "/api/stats", headers=cookie)
+    assert status == 200 and json.loads(body)["caller"]["name"] == "agent-a"
+    log = (scoped["root"].parent / "scoped.log").read_text()
+    assert token not in log and "token=<hidden>" in log  # the sign-in link's token is not logged
+
+
+def test_revoked_token_is_refused_on_the_next_request(scoped):
+    from conftest import run_cli
+
+    made = make_token(scoped["root"], scoped["env"], "short-lived", "--namespace", "A")
+    port, cookie = scoped["port"], {"Cookie": f"aiosm_ui_{scoped['port']}={made['token']}"}
+    assert request(port, "GET", "/api/stats", headers=bearer(made["token"]))[0] == 200
+    assert request(port, "GET", "/api/stats", headers=cookie)[0] == 200
+    run_cli("--store", str(scoped["root"]), "token", "revoke", made["id"], env=scoped["env"])
+    assert request(port, "GET", "/api/stats", headers=bearer(made["token"]))[0] == 401
+    status, headers, _ = request(port, "GET", "/", headers=cookie)
+    assert status == 401 and "Max-Age=0" in headers["set-cookie"]  # the browser forgets it
+    assert request(port, "GET", "/api/stats", headers=bearer(scoped["tokens"]["a"]["token"]))[0] == 200
+
+
+def test_no_token_is_on_disk_in_plain_text(scoped):
+    """grep the store (tokens file included) and the model home for every token, and the owner's."""
+    tokens = [t["token"] for t in scoped["tokens"].values()] + [scoped["token"]]
+    tokens_file = scoped["root"] / "_service" / "tokens.json"
+    assert tokens_file.stat().st_mode & 0o777 == 0o600
+    assert [e["name"] for e in json.loads(tokens_file.read_text())["tokens"]][:3] == [
+        "agent-a",
+        "agent-b",
+        "agent-a-reader",
+    ]
+    home = Path(scoped["env"]["AIOS_MEMORY_HOME"])
+    for token in tokens:
+        secret = token.rsplit("_", 1)[1]
+        grep = subprocess.run(["grep", "-rlF", "-e", token, "-e", secret, str(scoped["root"]), str(home)],
+                              capture_output=True, text=True)  # fmt: skip
+        assert grep.returncode == 1 and not grep.stdout, grep.stdout  # 1: no match anywhere
+
+
+def test_server_in_a_thread_for_another_component(tmp_path, model_home):
+    """``UiServer`` as a daemon would run it: its own store object, the store's tokens, no owner token.
+    Error messages name the store ``<store>``, never its directory."""
+    import threading
+
+    from aios_memory import MemoryStore
+    from aios_memory.service.tokens import TokenStore
+    from aios_memory.ui import UiServer
+
+    store = MemoryStore(tmp_path / "daemon-store")
+    store.add_many(["alpha note", "beta note"], namespace="A")
+    store.add("gamma note", namespace="B")
+    tokens = TokenStore(store.path)
+    token, _ = tokens.create("agent-a", ["A"])
+    server = UiServer(store, 0, tokens=tokens)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert server.owner_token is None and server.login_url == server.url
+        status, _, body = request(server.port, "GET", "/api/stats", headers=bearer(token))
+        assert status == 200 and json.loads(body)["namespaces"] == {"A": 2}
+        assert request(server.port, "GET", "/api/stats", headers=bearer("aiosm-owner_" + "x" * 43))[0] == 401
+        for fragment in (store.path / "data").rglob("*.parquet"):
+            fragment.unlink()  # damage the store: the answer must not say where it lives
+        status, _, body = request(server.port, "GET", "/api/memories?modality=text", headers=bearer(token))
+        error = json.loads(body)["error"]
+        assert status == 500 and "<store>" in error and str(tmp_path) not in error, error
+        tokens.path.write_text("{not json")  # an unreadable tokens file: 503, and only the log says why
+        status, _, body = request(server.port, "GET", "/api/stats", headers=bearer(token))
+        assert (
+            status == 503 and str(tmp_path) not in body.decode() and "see the server's log" in body.decode()
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # --- the page in headless Chromium -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser(server):
@@ -442,7 +755,8 @@ def page(browser, server, console_errors):
     errors = console_errors
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.goto(server["url"])
+    page.goto(server["login_url"])  # signs in: the token goes into a cookie and leaves the address
+    assert page.url == server["url"]
     page.wait_for_selector("body[data-ready=true]", timeout=30_000)
     yield page
     context.close()
@@ -486,8 +800,14 @@ def card_texts(page, selector: str) -> list[str]:
     return page.eval_on_selector_all(selector, "nodes => nodes.map(n => n.textContent)")
 
 
-def test_page_lists_memories_and_pages(page, shots):
-    assert page.inner_text("#store-path").endswith("· version 4")  # four commits
+def test_page_lists_memories_and_pages(page, server, shots):
+    header = page.inner_text("#store-path")
+    assert header.startswith("owner · all namespaces") and header.endswith("· version 4")  # four commits
+    cookies = page.context.cookies()
+    assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [
+        (f"aiosm_ui_{server['port']}", True, "Strict")
+    ]
+    assert page.evaluate("document.cookie") == ""  # scripts cannot read the token
     assert page.locator("#grid .card").count() == 24
     assert page.inner_text("#page-info") == "1–24 of 32"
     bodies = card_texts(page, "#grid .card .body")

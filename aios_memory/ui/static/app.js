@@ -113,7 +113,10 @@ function fillNamespaces(select, namespaces) {
 async function loadStats() {
   const stats = await api("/api/stats");
   state.stats = stats;
-  $("store-path").textContent = `${stats.path} · version ${stats.version}`;
+  const caller = stats.caller || {};
+  const where = caller.namespaces ? caller.namespaces.join(", ") : "all namespaces";
+  const rights = caller.write === false ? "read-only" : "read and write";
+  $("store-path").textContent = `${caller.name} · ${where} · ${rights} · version ${stats.version}`;
   const counts = $("counts");
   counts.replaceChildren();
   for (const modality of ["text", "image", "audio"]) {
