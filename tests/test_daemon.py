@@ -129,7 +129,7 @@ async def session(
     with (rt["dir"] / f"serve-{os.getpid()}-{time.monotonic_ns()}.log").open("w") as err:
         async with stdio_client(params, errlog=err) as (read, write):
             async with ClientSession(read, write, read_timeout_seconds=120) as s:
-                await s.initialize()
+                s.init = await s.initialize()  # type: ignore[attr-defined]
                 yield s
 
 
@@ -411,3 +411,24 @@ def test_daemon_answers_are_byte_identical_to_a_standalone_server_and_the_store(
     ]
     table = seed.sql(calls[3][1]["query"], ["bike"])
     assert json.loads(via_daemon[3])["rows"] == _jsonable(table.to_pylist())
+
+
+def test_a_cold_start_answers_initialize_as_the_daemon_did(rt, tmp_path):
+    """The first proxy of a store waits for its daemon; later cold starts answer ``initialize`` from the
+    daemon's earlier answer while the daemon starts, then relay as usual (the daemon's answer is dropped)."""
+    store = tmp_path / "store"
+
+    async def one() -> tuple[Any, Any, bool]:
+        async with session(rt, store) as s:
+            found = await call(s, "recall", query="anything", k=1)
+            return s.init, found, bool(_pids("daemon", str(rt["dir"]), store))
+
+    stop = [sys.executable, "-m", "aios_memory", "--store", str(store), "daemon", "--stop"]
+    first, found1, up1 = asyncio.run(one())
+    assert len(list(rt["dir"].glob("*.init.json"))) == 1  # the daemon's answer, kept by the proxy
+    subprocess.run(stop, env=rt["env"], check=True, capture_output=True, timeout=60)
+    assert _gone(str(rt["dir"]), store)
+    second, found2, up2 = asyncio.run(one())
+    assert up1 and up2 and found1 == found2 == {"memories": []}
+    assert second.model_dump() == first.model_dump()  # what the host sees does not depend on the cache
+    assert second.server_info.name == "aios-memory"

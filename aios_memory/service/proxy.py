@@ -170,10 +170,12 @@ class Proxy:
                 for line in iter(rfile.readline, b""):
                     _method, id_ = _ids(_parse(line))
                     with self.state:
+                        self.pending.pop(id_, None)
                         if id_ is not None and id_ in self.swallow:
                             self.swallow.discard(id_)
                             continue
-                        self.pending.pop(id_, None)
+                    if self.init and id_ is not None and _ids(_parse(self.init[0]))[1] == id_:
+                        remember_init(self.link.store, self.init[0], line)
                     self.write(line)
             self.link.lost(sock)
             with self.state:  # requests sent on this connection will never be answered
@@ -190,19 +192,22 @@ class Proxy:
     def to_daemon(self) -> None:
         """Main thread: the host's messages to the daemon (reconnecting when it went away)."""
         for line in iter(self.stdin.readline, b""):
-            if not line.strip():
-                continue
-            method, id_ = _ids(_parse(line))
-            if method == "initialize":
-                self.init = [line]
-            elif method == "notifications/initialized" and len(self.init) == 1:
-                self.init.append(line)
-            try:
-                self._send(line, method, id_)
-            except (OSError, ProxyError) as exc:
-                if method is not None and id_ is not None:
-                    self.fail(id_, f"the memory daemon is not reachable: {exc}")
+            self.relay(line)
         self.link.close()
+
+    def relay(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        method, id_ = _ids(_parse(line))
+        if method == "initialize":
+            self.init = [line]
+        elif method == "notifications/initialized" and len(self.init) == 1:
+            self.init.append(line)
+        try:
+            self._send(line, method, id_)
+        except (OSError, ProxyError) as exc:
+            if method is not None and id_ is not None:
+                self.fail(id_, f"the memory daemon is not reachable: {exc}")
 
     def _send(self, line: bytes, method: str | None, id_: Any) -> None:
         for attempt in (1, 2):  # a daemon that died since the last message: start one, send again
@@ -249,6 +254,17 @@ def run_proxy(
     """Relay until the host closes stdin; returns the exit status."""
     link = Link(Path(store), token, list(daemon_options or []))
     proxy = Proxy(link, stdin or sys.stdin.buffer, stdout or sys.stdout.buffer)
+    first = None
+    cold = link._try_connect()
+    if cold is None:  # no daemon yet: start one, and answer `initialize` while it starts (if known)
+        link._start_daemon()
+        first = proxy.stdin.readline()
+        answer = known_init(link.store, first)
+        if answer is not None:
+            proxy.write(answer)
+            proxy.swallow.add(_ids(_parse(first))[1])  # the daemon's own answer: the host has one
+    else:
+        cold.close()
     try:
         link.connect()  # now, so that a refused token or a daemon that cannot start is said at once
     except ProxyError as exc:
@@ -256,9 +272,47 @@ def run_proxy(
         return 1
     reader = threading.Thread(target=proxy.from_daemon, name="aios-memory-proxy-reader", daemon=True)
     reader.start()
+    if first:
+        proxy.relay(first)
     proxy.to_daemon()
     reader.join(timeout=30)
     return 0
+
+
+def _init_cache(store: Path) -> Path:
+    return runtime.runtime_dir() / f"{runtime.store_key(store)}.init.json"
+
+
+def remember_init(store: Path, request: bytes, response: bytes) -> None:
+    """Keep the daemon's answer to an ``initialize`` (per protocol version), for a cold start's host."""
+    req, resp = _parse(request), _parse(response)
+    try:
+        version = req["params"]["protocolVersion"]
+        result = resp["result"]
+    except (KeyError, TypeError):
+        return
+    path = _init_cache(store)
+    with contextlib.suppress(OSError, ValueError):
+        known = json.loads(path.read_text()) if path.exists() else {}
+        if known.get(version) != result:
+            known[version] = result
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known))
+            os.replace(tmp, path)
+
+
+def known_init(store: Path, request: bytes) -> bytes | None:
+    """The answer the daemon gave to the same ``initialize`` before (the server's name, version,
+    capabilities and instructions do not change between runs of one installation), or ``None``."""
+    req = _parse(request)
+    method, id_ = _ids(req)
+    if method != "initialize" or id_ is None:
+        return None
+    try:
+        result = json.loads(_init_cache(store).read_text())[req["params"]["protocolVersion"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return json.dumps({"jsonrpc": "2.0", "id": id_, "result": result}).encode() + b"\n"
 
 
 def stop_daemon(store: str | Path, timeout: float = 30.0) -> dict[str, Any]:
