@@ -65,10 +65,11 @@ def served(model_home: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
         "a": token("--name", "agent-a", "--namespace", "agent-a", "--namespace", "shared"),
         "reader": token("--name", "reader", "--namespace", "agent-a", "--read-only", "--no-sql"),
     }
-    port = _free_port()
+    port, ui_port = _free_port(), _free_port()
     log = (tmp_path / "daemon.log").open("w")
+    command = ["daemon", "--http", "--port", str(port), "--ui-port", str(ui_port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aios_memory", "--store", str(store), "daemon", "--http", "--port", str(port)],
+        [sys.executable, "-m", "aios_memory", "--store", str(store), *command],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -83,7 +84,15 @@ def served(model_home: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
             time.sleep(0.1)
     try:
-        yield {"url": url, "ids": ids, "tokens": tokens, "store": store, "env": env, "proc": proc}
+        yield {
+            "url": url,
+            "page": f"http://127.0.0.1:{ui_port}/",
+            "ids": ids,
+            "tokens": tokens,
+            "store": store,
+            "env": env,
+            "proc": proc,
+        }
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -197,3 +206,15 @@ def test_read_only_no_sql_token(served):
     assert "read-only" in out["write"].content[0].text and "SQL" in out["sql"].content[0].text
     assert [m["id"] for m in out["recent"]] == [served["ids"]["a"]]  # listing needs no SQL right
     assert MemoryStore(served["store"]).get(served["ids"]["a"]) is not None
+
+
+def test_the_daemon_serves_the_page_with_the_same_tokens_and_models(served):
+    page, token = served["page"], served["tokens"]["a"]["token"]
+    assert httpx2.get(page + "api/stats", timeout=10).status_code == 401  # no owner token in a daemon
+    auth = {"Authorization": f"Bearer {token}"}
+    stats = httpx2.get(page + "api/stats", headers=auth, timeout=10).json()
+    assert set(stats["namespaces"]) == {"agent-a", "shared"}
+    found = httpx2.post(page + "api/search", json={"query": "vault code", "k": 10}, headers=auth, timeout=60)
+    assert found.status_code == 200 and "4711" not in found.text
+    signed_in = httpx2.get(page, params={"token": token}, timeout=10)
+    assert signed_in.status_code == 303 and "httponly" in signed_in.headers["set-cookie"].lower()

@@ -204,6 +204,13 @@ def _standalone(
     metavar="SECONDS",
     help=f"Exit after this long without clients (0: never; serve starts daemons with {IDLE_EXIT:g}).",
 )
+@click.option(
+    "--ui-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve the web page on 127.0.0.1:PORT (0: any free port) over the daemon's models; "
+    "sign in with a token from `aios-memory token create` at /?token=...",
+)
 @click.option("--stop", is_flag=True, help="Stop the store's running daemon (SIGTERM) and exit.")
 @click.pass_context
 def daemon(
@@ -217,6 +224,7 @@ def daemon(
     allow_media_sql: bool = False,
     unload_after: float = UNLOAD_AFTER,
     idle_exit: float = 0.0,
+    ui_port: int | None = None,
     stop: bool = False,
 ) -> None:
     """Hold the store and its models once and serve many MCP clients: over a Unix socket (mode 0600,
@@ -238,6 +246,7 @@ def daemon(
         allow_media_sql=allow_media_sql,
         unload_after=unload_after or None,
         idle_exit=idle_exit or None,
+        ui_port=ui_port,
     )
     raise SystemExit(Daemon(config).run())
 

@@ -53,6 +53,7 @@ class DaemonConfig:
     unload_after: float | None = 600.0
     idle_exit: float | None = None
     socket: Path | None = None  # default: runtime.socket_path(store)
+    ui_port: int | None = None  # also serve the web page (service tokens only) on 127.0.0.1:ui_port
 
 
 class AlreadyRunning(RuntimeError):
@@ -190,9 +191,13 @@ class Daemon:
             self.log(str(exc))
             return 1
         sock = self._bind()
+        page = self._start_page() if self.config.ui_port is not None else None
         try:
             anyio.run(self._main, sock)
         finally:
+            if page is not None:
+                page.shutdown()
+                page.server_close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)
             sock.close()
@@ -200,6 +205,18 @@ class Daemon:
                 os.close(self._lock_fd)
         self.log("stopped")
         return 0
+
+    def _start_page(self) -> Any:
+        """The web page in a thread, over the daemon's store and models. No owner token: sign in with a
+        service token (``aios-memory token create``) at ``/?token=...``."""
+        import threading
+
+        from aios_memory.ui.server import UiServer
+
+        page = UiServer(self.store, self.config.ui_port or 0, tokens=self.tokens)
+        threading.Thread(target=page.serve_forever, name="aios-memory-page", daemon=True).start()
+        self.log(f"web page on {page.url} (sign in with a token: {page.url}?token=...)")
+        return page
 
     async def _main(self, sock: socket.socket) -> None:
         listener = await anyio.abc.SocketListener.from_socket(sock)
