@@ -7,7 +7,7 @@ and their bodies, each a thin call of the store handle ``Served`` resolves for t
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from typing_extensions import TypeAliasType
 
 from aios_memory.errors import InvalidInputError, QueryTimeoutError
@@ -33,18 +33,10 @@ def _opt(description: str, **constraints: Any) -> Any:
     return Field(description=description, json_schema_extra=_optional, **constraints)
 
 
-def _nullable(schema: dict[str, Any]) -> None:
-    """Results: a nullable property is ``{"type": [T, "null"]}``, so every property has a type."""
-    for prop in schema.get("properties", {}).values():
-        branches = prop.get("anyOf", [])
-        typed = [b for b in branches if b != {"type": "null"}]
-        if len(branches) == 2 and len(typed) == 1 and isinstance(typed[0].get("type"), str):
-            del prop["anyOf"]
-            prop.update(typed[0], type=[typed[0]["type"], "null"])
-
-
 class _Result(BaseModel):
-    model_config = ConfigDict(json_schema_extra=_nullable)
+    """A tool's result. A nullable property keeps pydantic's ``anyOf: [{type: T}, {type: null}]``: one
+    single-typed branch each, which every client dialect maps (a ``type: [T, "null"]`` array is less
+    portable: MCP Inspector --strict warns about it)."""
 
 
 class Memory(_Result):

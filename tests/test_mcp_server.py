@@ -108,8 +108,12 @@ def schema_problems(node: Any, where: str, inputs: bool) -> list[str]:
     if node.get("type") == "array" and not node.get("items"):
         out.append(f"{where}: array without typed items")
     for name, prop in node.get("properties", {}).items():
-        if "type" not in prop and "$ref" not in prop or (inputs and "anyOf" in prop):
+        branches = prop.get("anyOf", [])
+        nullable = len(branches) == 2 and {"type": "null"} in branches  # results only: T or null
+        if ("type" not in prop and "$ref" not in prop and (inputs or not nullable)) or (inputs and branches):
             out.append(f"{where}/properties/{name}: no single type")
+        if isinstance(prop.get("type"), list):  # ["string", "null"]: Inspector --strict warns
+            out.append(f"{where}/properties/{name}: a type array")
         if "description" not in prop:
             out.append(f"{where}/properties/{name}: no description")
     for key, value in node.items():  # every subschema: of properties and $defs, in lists, or alone
