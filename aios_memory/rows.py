@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -101,3 +102,41 @@ def text_vectors(texts: list[str | None], provider: EmbeddingProvider | None) ->
     have = set(present)
     mask = pa.array([i not in have for i in range(len(texts))])
     return pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1), pa.float32()), dim, mask=mask)
+
+
+def drop_duplicates(
+    nearest: Callable[..., tuple[list[str | None], Any]],
+    m: Manifest,
+    modality: str,
+    table: pa.Table,
+    rows_item: list[int],
+    namespace: str,
+    threshold: float,
+    same_as: dict[tuple[str, int], str],
+) -> pa.Table:
+    """``table`` without the rows that duplicate a committed memory or an earlier kept row (``nearest``:
+    the store's search of committed memories); ``same_as`` gets the id each dropped row duplicates."""
+    import numpy as np
+
+    per_item: dict[int, int] = {}
+    for item in rows_item:
+        per_item[item] = per_item.get(item, 0) + 1
+    vectors = table.column("embedding").combine_chunks().values.to_numpy().reshape(table.num_rows, -1)
+    ids = table.column("id").to_pylist()
+    best_ids, best = nearest(modality, vectors, namespace, manifest=m)
+    keep: list[int] = []
+    for r in range(table.num_rows):
+        if per_item[rows_item[r]] > 1:  # one window of a long recording: never deduplicated
+            keep.append(r)
+            continue
+        match, score = best_ids[r], float(best[r])
+        if keep:  # earlier rows of this batch that are being stored
+            sims = vectors[keep] @ vectors[r]
+            j = int(np.argmax(sims))
+            if float(sims[j]) > score:
+                match, score = ids[keep[j]], float(sims[j])
+        if match is not None and score >= threshold:
+            same_as[(modality, r)] = match
+        else:
+            keep.append(r)
+    return table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64()))

@@ -21,7 +21,7 @@ from aios_memory.history import HistoryMixin
 from aios_memory.memory import Memory, check_namespace, check_utf8, memory_from_row, metadata_json, now_utc
 from aios_memory.modality import prepare
 from aios_memory.provider import EmbeddingProvider
-from aios_memory.rows import build_rows, table_state, text_vectors
+from aios_memory.rows import build_rows, drop_duplicates, table_state, text_vectors
 from aios_memory.schema import TEXT_COLUMN
 from aios_memory.scope import Scope
 from aios_memory.storage import Fragment, Manifest, Storage
@@ -189,7 +189,9 @@ class WritesMixin(HistoryMixin):
             for mod, table in tables.items():
                 state = table_state(m, mod, providers[mod], text_providers[mod])
                 if dedupe is not None:
-                    table = self._drop_duplicates(m, mod, table, row_items[mod], namespace, dedupe, same_as)
+                    table = drop_duplicates(
+                        self._nearest, m, mod, table, row_items[mod], namespace, dedupe, same_as
+                    )
                 if table.num_rows:
                     state.fragments.append(self._storage.write_fragment(mod, table))
                     changed = True
@@ -223,42 +225,6 @@ class WritesMixin(HistoryMixin):
         if isinstance(dedupe, (int, float)) and 0.0 < float(dedupe) <= 1.0:
             return float(dedupe)
         raise InvalidInputError(f"dedupe must be a cosine threshold in (0, 1], True or False; got {dedupe!r}")
-
-    def _drop_duplicates(
-        self,
-        m: Manifest,
-        modality: str,
-        table: pa.Table,
-        rows_item: list[int],
-        namespace: str,
-        threshold: float,
-        same_as: dict[tuple[str, int], str],
-    ) -> pa.Table:
-        """``table`` without the rows that duplicate a committed memory or an earlier kept row."""
-        import numpy as np
-
-        per_item: dict[int, int] = {}
-        for item in rows_item:
-            per_item[item] = per_item.get(item, 0) + 1
-        vectors = table.column("embedding").combine_chunks().values.to_numpy().reshape(table.num_rows, -1)
-        ids = table.column("id").to_pylist()
-        best_ids, best = self._nearest(modality, vectors, namespace, manifest=m)
-        keep: list[int] = []
-        for r in range(table.num_rows):
-            if per_item[rows_item[r]] > 1:  # one window of a long recording: never deduplicated
-                keep.append(r)
-                continue
-            match, score = best_ids[r], float(best[r])
-            if keep:  # earlier rows of this batch that are being stored
-                sims = vectors[keep] @ vectors[r]
-                j = int(np.argmax(sims))
-                if float(sims[j]) > score:
-                    match, score = ids[keep[j]], float(sims[j])
-            if match is not None and score >= threshold:
-                same_as[(modality, r)] = match
-            else:
-                keep.append(r)
-        return table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64()))
 
     def _text_provider_for(self, modality: str) -> EmbeddingProvider | None:
         """The provider that embeds ``modality``'s derived text column (audio transcripts), if any."""
