@@ -36,8 +36,12 @@ class BearerAuth:
         self.app, self.daemon = app, daemon
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":  # lifespan: the SDK's session manager starts here
+        if scope["type"] == "lifespan":  # the SDK's session manager starts here
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # a websocket (or anything else) is not served at all
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
         kind, _, token = header.partition(" ")
