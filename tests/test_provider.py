@@ -91,3 +91,42 @@ def test_normalisation_survives_huge_and_tiny_values():
     huge = Counting(lambda n: np.full((n, 4), 3e38, dtype=np.float32)).embed_batch(["x"])
     tiny = Counting(lambda n: np.full((n, 4), 1e-30, dtype=np.float32)).embed_batch(["x"])
     assert np.allclose(huge, 0.5) and np.allclose(tiny, 0.5)
+
+
+def test_unload_lets_go_of_the_model_and_the_next_call_loads_it_again(model_home):
+    """The real MiniLM provider: unload puts back what ``_load`` set; vectors after a reload are equal."""
+    from aios_memory.plugins import get_provider
+
+    p = get_provider("minilm-l6-v2")
+    first = p.embed_batch(["a sentence about tea"])
+    assert p.loaded and p._model is not None
+    assert p.unload(idle=3600) is False  # used just now: not idle long enough
+    assert p.unload() is True
+    assert not p.loaded and p._model is None
+    assert p.unload() is False  # nothing loaded
+    again = p.embed_batch(["a sentence about tea"])
+    assert p.loaded and np.array_equal(first, again)
+
+
+def test_unload_waits_for_no_running_embed_call():
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(EmbeddingProvider):
+        name, modality, dim = "slow-unload", "text", 4
+
+        def _load(self) -> None:
+            self.weights = np.eye(4, dtype=np.float32)
+
+        def _embed(self, items):
+            started.set()
+            release.wait(10)
+            return np.stack([self.weights[len(t) % 4] for t in items])
+
+    p = Slow()
+    t = threading.Thread(target=p.embed_batch, args=(["abc"],))
+    t.start()
+    assert started.wait(10)
+    assert p.unload() is False  # an embed call is running: its model stays
+    release.set()
+    t.join(10)
+    assert p.unload() is True and not hasattr(p, "weights")  # an attribute _load added is gone again
