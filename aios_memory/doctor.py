@@ -185,7 +185,8 @@ def create_index(
 
 def stats(store: MemoryStore) -> dict[str, Any]:
     """``MemoryStore.stats``: per table its provider, dimension and rows, and the rows per namespace. A
-    handle scoped to some namespaces counts only theirs and is told nothing of files or other rows."""
+    handle scoped to some namespaces counts only theirs and is told nothing of files, other rows, tables
+    only others use, or the store's version (a count of every namespace's commits)."""
     m = store._manifest()
     scope = store.scope
     namespaces: dict[str, int] = {}
@@ -205,6 +206,8 @@ def stats(store: MemoryStore) -> dict[str, Any]:
             con.close()
     tables: dict[str, Any] = {}
     for mod, state in m.tables.items():
+        if scope.namespaces is not None and not per_table.get(mod):
+            continue  # a table only others have rows in is not this handle's business
         tables[mod] = {"provider": state.provider, "dim": state.dim, "memories": per_table.get(mod, 0)}
         if scope.namespaces is None:
             tables[mod].update(
@@ -214,4 +217,6 @@ def stats(store: MemoryStore) -> dict[str, Any]:
                 sidecar_bytes=sum(f.sidecar_nbytes for f in state.fragments),
                 index=None if state.index is None else {"kind": state.index.kind, "rows": state.index.rows},
             )
+    if scope.namespaces is not None:  # the version counts every namespace's commits: not shown
+        return {"path": str(store.path), "tables": tables, "namespaces": namespaces}
     return {"path": str(store.path), "version": m.version, "tables": tables, "namespaces": namespaces}

@@ -94,12 +94,25 @@ def connect(
         for fname, (fn, dim) in (embedders or {}).items():
             _register_embedder(con, fname, fn, dim)
         if sandboxed:
-            con.execute("SET enable_external_access = false")
-            con.execute("SET lock_configuration = true")
+            for statement in _SANDBOX:
+                con.execute(statement)
     except BaseException:
         con.close()
         raise
     return con
+
+
+# No file access, and no directory of the server's in the settings: DuckDB keeps its temp directory
+# (<cwd>/.tmp) readable even with external access off, and duckdb_settings() would show the paths.
+_SANDBOX = (
+    "SET temp_directory = ''",
+    "SET home_directory = '/nonexistent'",
+    "SET secret_directory = '/nonexistent'",
+    "SET extension_directory = '/nonexistent'",
+    "SET enable_external_access = false",
+    "SET lock_configuration = true",
+)
+EMBED_STEP = 8  # texts an SQL embed function embeds between two checks of the query's deadline
 
 
 def _without_media(schema: pa.Schema) -> pa.Schema:
@@ -107,6 +120,7 @@ def _without_media(schema: pa.Schema) -> pa.Schema:
 
 
 _UDF_ERRORS: dict[int, AiosMemoryError] = {}  # per connection: the typed error a SQL function raised
+_DEADLINES: dict[int, Deadline] = {}  # per connection: the deadline of the query running on it
 
 
 def _register_embedder(
@@ -128,7 +142,13 @@ def _register_embedder(
         distinct = sorted({v for v in values if v is not None})
         out = np.zeros((len(values), dim), dtype=np.float32)
         if distinct:
-            vecs = dict(zip(distinct, fn(distinct), strict=True))
+            deadline = _DEADLINES.get(id(con))
+            vecs: dict[str, np.ndarray] = {}
+            for at in range(0, len(distinct), EMBED_STEP):  # the query's time limit holds in here too
+                if deadline is not None:
+                    deadline.check("the query")
+                step = distinct[at : at + EMBED_STEP]
+                vecs.update(zip(step, fn(step), strict=True))
             for i, v in enumerate(values):
                 if v is not None:
                     out[i] = vecs[v]
@@ -265,6 +285,7 @@ def run(
             f"store.sql() is read-only: {kind.name} statements are not allowed (SELECT or EXPLAIN only)"
         )
     deadline.check("the query")
+    _DEADLINES[id(con)] = deadline
     try:
         with interrupt_at(con, deadline) as fired:
             try:
@@ -288,6 +309,7 @@ def run(
         raise QueryError(f"{kind}{exc}") from exc
     finally:
         _UDF_ERRORS.pop(id(con), None)
+        _DEADLINES.pop(id(con), None)
 
 
 def _stream(con: duckdb.DuckDBPyConnection, sql: str, params: Params, size: int) -> pa.RecordBatchReader:

@@ -141,8 +141,14 @@ def run_search(
             explain["index_damaged"] = problem
     if exact is False and refusal is not None:
         raise QueryError(f"no usable ANN index for this search of {target} memories: {refusal}")
+    got = None
     if index is not None and refusal is None and exact is not True:
         got = ann_search(store._storage, index, fragments, column, dim, vector, k, selections)
+        if exact is None and selections is not None and len(got.row) < min(k, explain["selected"]):
+            # the graph's candidates were mostly rows the filter (a namespace, a scope) leaves out: what
+            # other namespaces hold must not shorten this result, so rank the selected rows exactly
+            refusal, got = "the index's candidates held fewer than k selected rows", None
+    if got is not None:
         frag_idx, rows, scores = got.frag, got.row, got.score
         explain.update(path="ann" if selections is None else "ann-selected", scored=got.scored)
         explain["index"] = index.kind

@@ -264,6 +264,8 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         ``timeout`` (seconds; default none) stops a search that runs longer with ``QueryTimeoutError``:
         the ``where`` predicate is interrupted inside DuckDB, the ranking between blocks of rows.
         """
+        if where is not None:  # a predicate is SQL: a scope without the SQL right has `filter` only
+            self._scope.check_sql()
         where, params = with_metadata_filter(where, params, filter)
         deadline = Deadline.start(timeout, hint="pass a larger timeout= to search()")  # one, across retries
         args = (query, k, modality, namespace, where, params, half_life, order, min_score, exact, deadline)
@@ -287,6 +289,8 @@ class MemoryStore(WritesMixin, CrossModalMixin):
                 ("timeout", None),
             ]
         }
+        if kw["where"] is not None:
+            self._scope.check_sql()
         kw["where"], kw["params"] = with_metadata_filter(
             kw["where"], kw["params"], kwargs.pop("filter", None)
         )

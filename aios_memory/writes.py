@@ -372,11 +372,16 @@ class WritesMixin(HistoryMixin):
         return self._storage.cleanup(older_than)
 
     def _has_ids(self, frag: Fragment, ids: set[str]) -> bool:
-        """Whether a fragment holds any of ``ids``, reading only its id column (not the media)."""
+        """Whether a fragment holds any of ``ids`` in this handle's scope, reading only its id and
+        namespace columns (not the media): a fragment with none of them is left as it is."""
         import pyarrow.compute as pc
 
-        col = self._read_fragment(frag, columns=["id"]).column("id")
-        return bool(pc.any(pc.is_in(col, pa.array(sorted(ids), pa.string()))).as_py())
+        t = self._read_fragment(frag, columns=["id", "namespace"])
+        hit = pc.is_in(t.column("id"), pa.array(sorted(ids), pa.string()))
+        if self._scope.namespaces is not None:  # another scope's memories are not there for this handle
+            mine = pa.array(sorted(self._scope.namespaces), pa.string())
+            hit = pc.and_(hit, pc.is_in(t.column("namespace"), mine))
+        return bool(pc.any(hit).as_py())
 
     def _read_fragment(self, frag: Fragment, columns: list[str] | None = None) -> pa.Table:
         return read_fragment(self._storage, frag, columns)

@@ -218,3 +218,27 @@ def test_the_daemon_serves_the_page_with_the_same_tokens_and_models(served):
     assert found.status_code == 200 and "4711" not in found.text
     signed_in = httpx2.get(page, params={"token": token}, timeout=10)
     assert signed_in.status_code == 303 and "httponly" in signed_in.headers["set-cookie"].lower()
+
+
+def test_a_session_belongs_to_its_token_and_uploads_reach_the_tool(served):
+    """Review findings: another token's requests on a session are answered as if it did not exist; a body
+    above the SDK's 4 MiB default (a base64 upload under the tools' 64 MiB) reaches the tool."""
+    import base64
+
+    url, a, other = served["url"], served["tokens"]["a"]["token"], served["tokens"]["reader"]["token"]
+    opened = _post(url, f"Bearer {a}")
+    sid = opened.headers["mcp-session-id"]
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    as_other = dict(HEADERS, authorization=f"Bearer {other}", **{"mcp-session-id": sid})
+    assert httpx2.post(url, json=listing, headers=as_other, timeout=10).status_code == 404
+    assert httpx2.delete(url, headers=as_other, timeout=10).status_code == 404
+    as_owner = dict(HEADERS, authorization=f"Bearer {a}", **{"mcp-session-id": sid})
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert httpx2.post(url, json=note, headers=as_owner, timeout=10).status_code == 202  # still A's
+
+    async def upload() -> Any:
+        async with client(url, a) as s:
+            return await s.call_tool("remember", {"data": base64.b64encode(os.urandom(6 << 20)).decode()})
+
+    result = asyncio.run(upload())  # 8 MiB of JSON: the transport takes it, the tool judges the bytes
+    assert result.is_error and "UnsupportedMediaError: content is neither" in result.content[0].text

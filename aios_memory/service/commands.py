@@ -146,7 +146,8 @@ def serve(
         options.append(f"--dedupe={dedupe!r}")
     if allow_media_sql:
         options.append("--allow-media-sql")
-    raise SystemExit(run_proxy(store, token=token, daemon_options=options))
+    wanted = {"allow_read": [os.path.realpath(d) for d in allow_read], "allow_media_sql": allow_media_sql}
+    raise SystemExit(run_proxy(store, token=token, daemon_options=options, wanted=wanted))
 
 
 def _standalone(

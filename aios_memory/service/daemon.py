@@ -40,6 +40,7 @@ from aios_memory.service import runtime
 HELLO_TIMEOUT = 10.0  # seconds a new connection has to send its hello line
 MAX_LINE = 96 * 1024 * 1024  # longest MCP message accepted (a base64 image or clip fits)
 WATCH_EVERY = 1.0  # seconds between idle checks
+STOP_GRACE = 5.0  # seconds running requests get after SIGTERM before the process exits anyway
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,11 @@ def _malloc_trim() -> None:
 
 
 class _Lines:
-    """The connection's incoming lines, as the SDK's stdio transport reads them (``async for``)."""
+    """The connection's incoming lines, as the SDK's stdio transport reads them (``async for``). A
+    session opened with a token ends at the first message after the token is revoked."""
 
-    def __init__(self, stream: BufferedByteReceiveStream, daemon: Daemon) -> None:
-        self.stream, self.daemon = stream, daemon
+    def __init__(self, stream: BufferedByteReceiveStream, daemon: Daemon, token: str | None) -> None:
+        self.stream, self.daemon, self.token = stream, daemon, token
 
     def __aiter__(self) -> _Lines:
         return self
@@ -91,6 +93,9 @@ class _Lines:
             self.daemon.log("a client sent a message over the size limit; closing its connection")
             raise StopAsyncIteration from None
         self.daemon.touch()
+        if self.token is not None and self.daemon.tokens.verify(self.token) is None:
+            self.daemon.log("a client's token was revoked: closing its session")
+            raise StopAsyncIteration
         return line.decode("utf-8", "replace")
 
 
@@ -144,6 +149,15 @@ class Daemon:
                 allow_read=list(self.config.allow_read),
             )
         return self._servers[key]
+
+    def options(self) -> dict[str, Any]:
+        """What the operator chose, for a proxy to compare with what its host asked for."""
+        return {
+            "allow_read": [str(d) for d in self.config.allow_read],
+            "allow_media_sql": self.config.allow_media_sql,
+            "sql_timeout": self.config.sql_timeout,
+            "dedupe": self.config.dedupe,
+        }
 
     def scope_for(self, token: str | None) -> Scope:
         """The scope of a client presenting ``token`` (None: the socket's own); ``PermissionError`` if
@@ -231,7 +245,7 @@ class Daemon:
 
                 async def http_then_stop() -> None:
                     await serve_http(self, self.config.http_port)  # returns on SIGTERM/SIGINT (uvicorn's)
-                    tg.cancel_scope.cancel()
+                    self._stop(tg.cancel_scope)
 
                 tg.start_soon(http_then_stop)
             else:
@@ -242,8 +256,25 @@ class Daemon:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 self.log(f"signal {signal.Signals(signum).name}: stopping")
-                scope.cancel()
+                self._stop(scope)
                 return
+
+    def _stop(self, scope: anyio.CancelScope) -> None:
+        """Stop serving; a request still running in a worker thread (a long query, an embedding) gets
+        ``STOP_GRACE`` seconds, then the process exits anyway: a commit is atomic, so nothing committed
+        is lost, and what was not committed was never acknowledged."""
+        import threading
+
+        def hard_exit() -> None:
+            self.log(f"requests still running after {STOP_GRACE:g} s: exiting without them")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+            os._exit(0)
+
+        timer = threading.Timer(STOP_GRACE, hard_exit)
+        timer.daemon = True
+        timer.start()
+        scope.cancel()
 
     async def _watch(self, scope: anyio.CancelScope) -> None:
         """Unload idle models; exit when idle (auto-started daemons)."""
@@ -284,10 +315,17 @@ class Daemon:
         if not _same_user(conn):
             return
         buffered = BufferedByteReceiveStream(conn)
+        hello: Any = None
         with anyio.move_on_after(HELLO_TIMEOUT):
             try:
                 hello = json.loads(await buffered.receive_until(b"\n", 64 * 1024))
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound, ValueError):
+            except (
+                anyio.EndOfStream,
+                anyio.IncompleteRead,
+                anyio.DelimiterNotFound,
+                ValueError,
+                RecursionError,
+            ):
                 hello = None
         if not isinstance(hello, dict) or hello.get("aios_memory") != "hello":
             await _reply(conn, {"ok": False, "error": "expected a hello line first"})
@@ -300,11 +338,19 @@ class Daemon:
         from aios_memory import __version__
 
         await _reply(
-            conn, {"ok": True, "pid": os.getpid(), "version": __version__, "scope": scope.describe()}
+            conn,
+            {
+                "ok": True,
+                "pid": os.getpid(),
+                "version": __version__,
+                "scope": scope.describe(),
+                "options": self.options(),
+            },
         )
         server = self.server_for(scope)
         low = server._lowlevel_server
-        async with stdio_server(stdin=_Lines(buffered, self), stdout=_Writer(conn)) as (read, write):  # type: ignore[arg-type]
+        lines = _Lines(buffered, self, hello.get("token"))
+        async with stdio_server(stdin=lines, stdout=_Writer(conn)) as (read, write):  # type: ignore[arg-type]
             await low.run(read, write, low.create_initialization_options())
 
 

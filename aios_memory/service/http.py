@@ -52,9 +52,18 @@ class BearerAuth:
         self.daemon.touch()
         reset = CURRENT.set(self.daemon.store.scoped(self.daemon.base_scope.narrow(info.scope)))
         try:
-            await self.app(scope, receive, send)
+            await self.app({**scope, "user": _user(info)}, receive, send)
         finally:
             CURRENT.reset(reset)
+
+
+def _user(info: Any) -> Any:
+    """The SDK's authenticated user for a token: an MCP session is bound to the token that opened it
+    (another token's requests on it are answered as if it did not exist)."""
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+    from mcp.server.auth.provider import AccessToken
+
+    return AuthenticatedUser(AccessToken(token=info.id, client_id=f"aios-memory-token-{info.id}", scopes=[]))
 
 
 async def _unauthorized(send: Any, why: str) -> None:
@@ -85,6 +94,10 @@ async def serve_http(daemon: Daemon, port: int) -> None:
         sql_timeout=daemon.config.sql_timeout,
         allow_read=list(daemon.config.allow_read),
     )
-    app = BearerAuth(server.streamable_http_app(host=HOST), daemon)
+    from aios_memory.mcp_server import MAX_UPLOAD_BYTES
+
+    # a request carries at most one upload, base64 (4/3 of its bytes) plus the JSON-RPC around it
+    limit = MAX_UPLOAD_BYTES * 4 // 3 + 1024 * 1024
+    app = BearerAuth(server.streamable_http_app(host=HOST, max_request_body_size=limit), daemon)
     config = uvicorn.Config(app, host=HOST, port=port, log_level="warning", lifespan="on")
     await uvicorn.Server(config).serve()

@@ -29,6 +29,8 @@ from typing import Any, BinaryIO
 from aios_memory.service import runtime
 
 START_TIMEOUT = 60.0  # seconds to wait for a daemon this proxy started to listen
+HELLO_TIMEOUT = 30.0  # seconds a daemon has to answer the hello (a stuck one must not hang the host)
+MAX_MESSAGE = 96 * 1024 * 1024  # the daemon's limit on one message: larger ones are refused here
 GONE = -32001  # JSON-RPC error code of a request the daemon dropped by going away
 
 
@@ -109,9 +111,15 @@ class Link:
         hello = {"aios_memory": "hello", "client": "serve-proxy", "pid": os.getpid()}
         if self.token:
             hello["token"] = self.token
+        s.settimeout(HELLO_TIMEOUT)
         s.sendall((json.dumps(hello) + "\n").encode())
         rfile = s.makefile("rb")
-        line = rfile.readline()
+        try:
+            line = rfile.readline()
+        except TimeoutError:
+            rfile.close()
+            raise ProxyError(f"the memory daemon did not answer within {HELLO_TIMEOUT:g} s") from None
+        s.settimeout(None)
         if not line:
             rfile.close()
             raise ConnectionResetError("the daemon closed the connection")
@@ -199,6 +207,13 @@ class Proxy:
         if not line.strip():
             return
         method, id_ = _ids(_parse(line))
+        if len(line) > MAX_MESSAGE:  # the daemon would drop the connection: say why instead
+            if method is not None and id_ is not None:
+                self.fail(
+                    id_,
+                    f"the message is {len(line)} bytes; the most the memory daemon takes is {MAX_MESSAGE}",
+                )
+            return
         if method == "initialize":
             self.init = [line]
         elif method == "notifications/initialized" and len(self.init) == 1:
@@ -248,10 +263,13 @@ def run_proxy(
     *,
     token: str | None = None,
     daemon_options: list[str] | None = None,
+    wanted: dict[str, Any] | None = None,
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
 ) -> int:
-    """Relay until the host closes stdin; returns the exit status."""
+    """Relay until the host closes stdin; returns the exit status. ``wanted``: the options this host
+    asked for (``allow_read``, ``allow_media_sql``); a running daemon started with others is used as it
+    is, and the proxy says so on stderr."""
     link = Link(Path(store), token, list(daemon_options or []))
     proxy = Proxy(link, stdin or sys.stdin.buffer, stdout or sys.stdout.buffer)
     first = None
@@ -270,6 +288,7 @@ def run_proxy(
     except ProxyError as exc:
         print(f"aios-memory serve: {exc}", file=sys.stderr)
         return 1
+    _warn_options(link.hello.get("options") or {}, wanted or {})
     reader = threading.Thread(target=proxy.from_daemon, name="aios-memory-proxy-reader", daemon=True)
     reader.start()
     if first:
@@ -277,6 +296,19 @@ def run_proxy(
     proxy.to_daemon()
     reader.join(timeout=30)
     return 0
+
+
+def _warn_options(running: dict[str, Any], wanted: dict[str, Any]) -> None:
+    missing = sorted(set(wanted.get("allow_read") or []) - set(running.get("allow_read") or []))
+    notes = [f"--allow-read {d}" for d in missing]
+    if bool(wanted.get("allow_media_sql")) != bool(running.get("allow_media_sql")):
+        notes.append(f"--allow-media-sql is {'on' if running.get('allow_media_sql') else 'off'} there")
+    if notes:
+        print(
+            "aios-memory serve: the store's daemon was started with other options, and they hold for every "
+            f"client ({'; '.join(notes)}); stop it (aios-memory daemon --stop) to start it with these",
+            file=sys.stderr,
+        )
 
 
 def _init_cache(store: Path) -> Path:

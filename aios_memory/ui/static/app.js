@@ -116,7 +116,7 @@ async function loadStats() {
   const caller = stats.caller || {};
   const where = caller.namespaces ? caller.namespaces.join(", ") : "all namespaces";
   const rights = caller.write === false ? "read-only" : "read and write";
-  $("store-path").textContent = `${caller.name} · ${where} · ${rights} · version ${stats.version}`;
+  $("store-path").textContent = `${caller.name} · ${where} · ${rights}` + (stats.version === undefined ? "" : ` · version ${stats.version}`);
   const counts = $("counts");
   counts.replaceChildren();
   for (const modality of ["text", "image", "audio"]) {
