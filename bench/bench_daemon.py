@@ -91,7 +91,9 @@ class Bench:
         )
 
     def args(self, kind: str) -> list[str]:
-        base = ["-m", "aios_memory", "serve", "--store", str(self.store)]
+        # no query time limit: 16 standalone servers loading their models at once on 2 cores take
+        # longer than the default 10 s over their first recall, and time out
+        base = ["-m", "aios_memory", "serve", "--store", str(self.store), "--sql-timeout", "0"]
         if kind == "standalone":
             return [*base, "--standalone"]
         return [*base, "--unload-after", "0", "--idle-exit", "300"]
