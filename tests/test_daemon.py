@@ -239,3 +239,29 @@ def test_daemon_answers_are_byte_identical_to_a_standalone_server_and_the_store(
     ]
     table = seed.sql(calls[3][1]["query"], ["bike"])
     assert json.loads(via_daemon[3])["rows"] == _jsonable(table.to_pylist())
+
+
+def test_a_long_lived_daemon_cleans_up_old_versions(rt, tmp_path):
+    """Without cleanup a daemon that takes one commit per remember keeps every version for ever (a
+    20,000-remember soak left 22,500); it removes those past the retention period on a timer."""
+    store = tmp_path / "store"
+    cli = [sys.executable, "-m", "aios_memory", "--store", str(store)]
+    rt["stores"].append(store)
+    daemon = subprocess.Popen([*cli, "daemon", "--cleanup-every", "1", "--retention", "0"], env=rt["env"])
+    try:
+
+        async def main() -> None:
+            async with session(rt, store) as s:
+                for j in range(12):
+                    await call(s, "remember", content=f"note {j}", namespace="n")
+
+        asyncio.run(main())
+        deadline = time.monotonic() + 30
+        versions = lambda: len(list((store / "_versions").glob("*.manifest.json")))  # noqa: E731
+        while versions() > 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert versions() <= 2
+        assert MemoryStore(store).stats()["tables"]["text"]["memories"] == 12
+    finally:
+        daemon.terminate()
+        daemon.wait(60)

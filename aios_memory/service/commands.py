@@ -212,6 +212,22 @@ def _standalone(
     help="Also serve the web page on 127.0.0.1:PORT (0: any free port) over the daemon's models; "
     "sign in with a token from `aios-memory token create` at /?token=...",
 )
+@click.option(
+    "--cleanup-every",
+    type=click.FloatRange(0.0),
+    default=600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Remove versions older than the store's retention (1 h) this often (0: never).",
+)
+@click.option(
+    "--retention",
+    type=click.FloatRange(0.0),
+    default=3600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a superseded version stays readable before cleanup may remove it.",
+)
 @click.option("--stop", is_flag=True, help="Stop the store's running daemon (SIGTERM) and exit.")
 @click.pass_context
 def daemon(
@@ -226,6 +242,8 @@ def daemon(
     unload_after: float = UNLOAD_AFTER,
     idle_exit: float = 0.0,
     ui_port: int | None = None,
+    cleanup_every: float = 600.0,
+    retention: float = 3600.0,
     stop: bool = False,
 ) -> None:
     """Hold the store and its models once and serve many MCP clients: over a Unix socket (mode 0600,
@@ -248,6 +266,8 @@ def daemon(
         unload_after=unload_after or None,
         idle_exit=idle_exit or None,
         ui_port=ui_port,
+        cleanup_every=cleanup_every or None,
+        retention=retention,
     )
     raise SystemExit(Daemon(config).run())
 

@@ -55,6 +55,8 @@ class DaemonConfig:
     idle_exit: float | None = None
     socket: Path | None = None  # default: runtime.socket_path(store)
     ui_port: int | None = None  # also serve the web page (service tokens only) on 127.0.0.1:ui_port
+    cleanup_every: float | None = 600.0  # seconds between cleanups of versions past the store's retention
+    retention: float = 3600.0  # seconds a superseded version stays readable (MemoryStore(retention=))
 
 
 class AlreadyRunning(RuntimeError):
@@ -120,7 +122,7 @@ class Daemon:
 
         self.config = config
         self.socket_path = config.socket or runtime.socket_path(config.store)
-        self.store = MemoryStore(config.store)
+        self.store = MemoryStore(config.store, retention=config.retention)
         self.tokens = TokenStore(self.store.path)
         self.base_scope = FULL.with_media(config.allow_media_sql)
         self.clients = 0
@@ -280,8 +282,13 @@ class Daemon:
         """Unload idle models; exit when idle (auto-started daemons)."""
         from aios_memory.plugins import get_providers
 
+        last_cleanup = time.monotonic()
         while True:
             await anyio.sleep(WATCH_EVERY)
+            every = self.config.cleanup_every
+            if every is not None and time.monotonic() - last_cleanup >= every:
+                last_cleanup = time.monotonic()
+                await self._cleanup()
             idle = time.monotonic() - self.last_activity
             after = self.config.unload_after
             if after is not None and idle >= after:
@@ -295,6 +302,18 @@ class Daemon:
                 self.log(f"no clients for {idle:.0f} s: exiting")
                 scope.cancel()
                 return
+
+    async def _cleanup(self) -> None:
+        """A long-lived writer's versions and superseded files go after the store's retention period
+        (readers pinned to them have had that long); the heap the work freed goes back to the OS."""
+        try:
+            done = await anyio.to_thread.run_sync(self.store.cleanup)
+        except Exception as exc:  # the next round tries again; serving goes on
+            self.log(f"cleanup failed: {type(exc).__name__}: {exc}")
+            return
+        _malloc_trim()
+        if done.get("versions_removed") or done.get("files_removed"):
+            self.log(f"cleanup: {json.dumps(done, default=str)}")
 
     async def _handle(self, conn: Any) -> None:
         self.clients += 1
