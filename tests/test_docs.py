@@ -49,6 +49,21 @@ def docs_home(model_home, tmp_path_factory):
     return root
 
 
+def _stop_daemons(runtime: Path) -> None:
+    """SIGTERM every daemon still holding a lock in ``runtime`` (a lock no one holds: nothing to stop)."""
+    import fcntl
+    import json
+    import signal
+
+    for lock in runtime.glob("*.lock"):
+        with lock.open("r") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                continue  # its daemon is gone
+            except BlockingIOError:
+                os.kill(int(json.loads(f.read())["pid"]), signal.SIGTERM)
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_python_blocks_run(doc, docs_home, tmp_path):
     blocks = BLOCK.findall(doc.read_text())
@@ -57,10 +72,14 @@ def test_python_blocks_run(doc, docs_home, tmp_path):
     for png in (docs_home / "photos").glob("*.png"):
         shutil.copy(png, tmp_path / png.name)
     script = "\n".join(f"print('--- block {i}', flush=True)\n{code}" for i, code in enumerate(blocks))
-    env = {**os.environ, "AIOS_MEMORY_HOME": str(docs_home / "home")}
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    runtime = tmp_path / "rt"  # the daemons `serve` starts: private to this test, stopped after it
+    env = {**os.environ, "AIOS_MEMORY_HOME": str(docs_home / "home"), "AIOS_MEMORY_RUNTIME_DIR": str(runtime)}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+    finally:
+        _stop_daemons(runtime)
     assert proc.returncode == 0, f"{doc.name}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     printed = [line for line in proc.stdout.splitlines() if not line.startswith("--- block")]
     assert printed  # the examples print what they show
