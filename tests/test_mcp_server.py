@@ -102,8 +102,7 @@ def schema_problems(node: Any, where: str, inputs: bool) -> list[str]:
     if not isinstance(node, dict):
         return []
     out = [] if node else [f"{where}: empty schema {{}}"]
-    typed = any(key in node for key in ("type", "anyOf", "oneOf", "$ref", "enum", "const"))
-    if node and not typed:  # a subschema without a type
+    if node and not any(key in node for key in ("type", "anyOf", "oneOf", "$ref", "enum", "const")):
         out.append(f"{where}: no type")
     if node.get("type") == "array" and not node.get("items"):
         out.append(f"{where}: array without typed items")
@@ -112,10 +111,8 @@ def schema_problems(node: Any, where: str, inputs: bool) -> list[str]:
         nullable = len(branches) == 2 and {"type": "null"} in branches  # results only: T or null
         if ("type" not in prop and "$ref" not in prop and (inputs or not nullable)) or (inputs and branches):
             out.append(f"{where}/properties/{name}: no single type")
-        if isinstance(prop.get("type"), list):  # ["string", "null"]: Inspector --strict warns
-            out.append(f"{where}/properties/{name}: a type array")
-        if "description" not in prop:
-            out.append(f"{where}/properties/{name}: no description")
+        out += [f"{where}/properties/{name}: a type array"] * isinstance(prop.get("type"), list)
+        out += [f"{where}/properties/{name}: no description"] * ("description" not in prop)
     for key, value in node.items():  # every subschema: of properties and $defs, in lists, or alone
         named = value.items() if key in ("properties", "$defs") else None
         children = named or (enumerate(value) if isinstance(value, list) else [("", value)])
