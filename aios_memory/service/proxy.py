@@ -181,6 +181,8 @@ class Proxy:
                         self.pending.pop(id_, None)
                         if id_ is not None and id_ in self.swallow:
                             self.swallow.discard(id_)
+                            if self.init and _ids(_parse(self.init[0]))[1] == id_:
+                                remember_init(self.link.store, self.init[0], line)  # kept up to date
                             continue
                     if self.init and id_ is not None and _ids(_parse(self.init[0]))[1] == id_:
                         remember_init(self.link.store, self.init[0], line)
@@ -315,11 +317,24 @@ def _init_cache(store: Path) -> Path:
     return runtime.runtime_dir() / f"{runtime.store_key(store)}.init.json"
 
 
+def _cache_key(protocol: str) -> str:
+    """An answer holds for one protocol version of one installation (an upgrade asks the daemon again)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from aios_memory import __version__
+
+    try:
+        sdk = version("mcp")
+    except PackageNotFoundError:
+        sdk = "?"
+    return f"{protocol} aios-memory {__version__} mcp {sdk}"
+
+
 def remember_init(store: Path, request: bytes, response: bytes) -> None:
     """Keep the daemon's answer to an ``initialize`` (per protocol version), for a cold start's host."""
     req, resp = _parse(request), _parse(response)
     try:
-        version = req["params"]["protocolVersion"]
+        version = _cache_key(req["params"]["protocolVersion"])
         result = resp["result"]
     except (KeyError, TypeError):
         return
@@ -341,7 +356,7 @@ def known_init(store: Path, request: bytes) -> bytes | None:
     if method != "initialize" or id_ is None:
         return None
     try:
-        result = json.loads(_init_cache(store).read_text())[req["params"]["protocolVersion"]]
+        result = json.loads(_init_cache(store).read_text())[_cache_key(req["params"]["protocolVersion"])]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return json.dumps({"jsonrpc": "2.0", "id": id_, "result": result}).encode() + b"\n"
