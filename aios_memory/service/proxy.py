@@ -78,6 +78,7 @@ class Link:
                 stderr=log,
                 start_new_session=True,  # not killed with the host's process group
                 close_fds=True,
+                cwd=runtime.runtime_dir(),  # not the host's directory: a daemon outlives it, paths are absolute
             )
         finally:
             log.close()
