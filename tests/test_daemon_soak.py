@@ -35,7 +35,8 @@ Bounds (measured: docs/benchmarks.md "One daemon for many agents"):
   20,000 memories): at most FILE_SLACK_MIB. Measured at the CI size: anonymous +20 MiB, file-backed
   +1 MiB. With one client, 2,000 recalls of a 200-memory store moved RSS 439.8 -> 438.2 MiB (no
   per-call growth); 2,000 remembers +35 MiB, most of it in the first 1,000. At 5,000 rounds per client
-  RSS rose 490 -> 600 MiB, steadily with the writes (see docs/benchmarks.md): past this bound.
+  (20,000 memories written): anonymous 290 -> 354 MiB (+63.5, inside this bound by a hair), file-backed
+  231 -> 258 MiB (the sidecars of the new memories); see docs/benchmarks.md.
 """
 
 from __future__ import annotations
