@@ -28,6 +28,18 @@ def _store_path(ctx: click.Context, store_path: Path | None) -> Path:
     return Path(store_path or root.get("store") or default_store_path())
 
 
+def _seconds(flag: str, default: float, help: str, show_default: bool = True) -> Any:  # noqa: A002
+    """An option that takes a number of seconds (0 or more)."""
+    return click.option(
+        flag,
+        type=click.FloatRange(0.0),
+        default=default,
+        show_default=show_default,
+        metavar="SECONDS",
+        help=help,
+    )
+
+
 _store_option = click.option(
     "--store",
     "store_path",
@@ -85,21 +97,13 @@ _media_sql_option = click.option(
 @_timeout_option
 @_allow_read_option
 @_media_sql_option
-@click.option(
-    "--idle-exit",
-    type=click.FloatRange(0.0),
-    default=IDLE_EXIT,
-    show_default=True,
-    metavar="SECONDS",
-    help="A daemon this command starts exits after this long without clients (0: never).",
+@_seconds(
+    "--idle-exit", IDLE_EXIT, "A daemon this command starts exits after this long without clients (0: never)."
 )
-@click.option(
+@_seconds(
     "--unload-after",
-    type=click.FloatRange(0.0),
-    default=UNLOAD_AFTER,
-    show_default=True,
-    metavar="SECONDS",
-    help="A daemon this command starts unloads a model not used for this long (0: never).",
+    UNLOAD_AFTER,
+    "A daemon this command starts unloads a model not used for this long (0: never).",
 )
 @click.pass_context
 def serve(
@@ -190,20 +194,12 @@ def _standalone(
 @_timeout_option
 @_allow_read_option
 @_media_sql_option
-@click.option(
-    "--unload-after",
-    type=click.FloatRange(0.0),
-    default=UNLOAD_AFTER,
-    show_default=True,
-    metavar="SECONDS",
-    help="Unload a model not used for this long (0: never).",
-)
-@click.option(
+@_seconds("--unload-after", UNLOAD_AFTER, "Unload a model not used for this long (0: never).")
+@_seconds(
     "--idle-exit",
-    type=click.FloatRange(0.0),
-    default=0.0,
-    metavar="SECONDS",
-    help=f"Exit after this long without clients (0: never; serve starts daemons with {IDLE_EXIT:g}).",
+    0.0,
+    f"Exit after this long without clients (0: never; serve starts daemons with {IDLE_EXIT:g}).",
+    show_default=False,
 )
 @click.option(
     "--ui-port",
@@ -212,22 +208,10 @@ def _standalone(
     help="Also serve the web page on 127.0.0.1:PORT (0: any free port) over the daemon's models; "
     "sign in with a token from `aios-memory token create` at /?token=...",
 )
-@click.option(
-    "--cleanup-every",
-    type=click.FloatRange(0.0),
-    default=600.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Remove versions older than the store's retention (1 h) this often (0: never).",
+@_seconds(
+    "--cleanup-every", 600.0, "Remove versions older than the store's retention (1 h) this often (0: never)."
 )
-@click.option(
-    "--retention",
-    type=click.FloatRange(0.0),
-    default=3600.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long a superseded version stays readable before cleanup may remove it.",
-)
+@_seconds("--retention", 3600.0, "How long a superseded version stays readable before cleanup may remove it.")
 @click.option("--stop", is_flag=True, help="Stop the store's running daemon (SIGTERM) and exit.")
 @click.pass_context
 def daemon(
