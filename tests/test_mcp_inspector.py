@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 TOOLS = {"remember", "recall", "forget", "sql", "classify_image", "history"}
+ENV = ("AIOS_MEMORY_HOME", "AIOS_MEMORY_RUNTIME_DIR")
 
 
 @pytest.mark.parametrize("mode", [["--standalone"], []], ids=["standalone", "daemon"])
@@ -28,7 +29,17 @@ def test_inspector_strict_reports_no_schema_problem(model_home: Path, tmp_path: 
     server = [sys.executable, "-m", "aios_memory", "serve", "--store", store, *mode]
     try:
         run = subprocess.run(
-            [inspector, "--cli", "--method", "tools/list", "--strict", "--", *server],
+            # the Inspector gives the server only the environment named with -e
+            [
+                inspector,
+                "--cli",
+                *(f"-e{k}={env[k]}" for k in ENV),
+                "--method",
+                "tools/list",
+                "--strict",
+                "--",
+                *server,
+            ],
             env=env,
             capture_output=True,
             text=True,
