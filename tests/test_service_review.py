@@ -94,12 +94,24 @@ def _line(sock: socket.socket) -> dict:
     return json.loads(buf)
 
 
-def test_revoked_token_is_refused_on_an_open_socket_session(model_home, tmp_path):
+def _one_memory_store(model_home: Path, tmp_path: Path) -> tuple[Path, Path, dict, list[str]]:
+    """A store holding one memory of namespace A, a private runtime dir, the env and the CLI for both."""
     store_dir = tmp_path / "store"
     MemoryStore(store_dir).add("alpha", namespace="A")
     rt = Path(tempfile.mkdtemp(prefix="aiosrv-"))
     env = {**os.environ, "AIOS_MEMORY_RUNTIME_DIR": str(rt), "AIOS_MEMORY_HOME": str(model_home)}
-    cli = [sys.executable, "-m", "aios_memory", "--store", str(store_dir)]
+    return store_dir, rt, env, [sys.executable, "-m", "aios_memory", "--store", str(store_dir)]
+
+
+def _wait_for_socket(rt: Path, daemon: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while not list(rt.glob("*.sock")):
+        assert time.monotonic() < deadline and daemon.poll() is None
+        time.sleep(0.05)
+
+
+def test_revoked_token_is_refused_on_an_open_socket_session(model_home, tmp_path):
+    store_dir, rt, env, cli = _one_memory_store(model_home, tmp_path)
     made = json.loads(
         subprocess.run(
             [*cli, "token", "create", "--name", "t", "-n", "A"], env=env, capture_output=True, check=True
@@ -107,10 +119,7 @@ def test_revoked_token_is_refused_on_an_open_socket_session(model_home, tmp_path
     )
     daemon = subprocess.Popen([*cli, "daemon"], env=env, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not list(rt.glob("*.sock")):
-            assert time.monotonic() < deadline and daemon.poll() is None
-            time.sleep(0.05)
+        _wait_for_socket(rt, daemon)
         sock = socket.socket(socket.AF_UNIX)
         sock.settimeout(60)
         sock.connect(str(next(rt.glob("*.sock"))))
@@ -170,17 +179,10 @@ def test_sql_settings_name_no_server_directory_and_stats_say_nothing_of_others(s
 
 # --- REVIEW 6, 11: a malformed hello is answered; SIGTERM during a query still stops the daemon --------
 def test_malformed_hello_is_answered_and_sigterm_stops_a_busy_daemon(model_home, tmp_path):
-    store_dir = tmp_path / "store"
-    MemoryStore(store_dir).add("alpha", namespace="A")
-    rt = Path(tempfile.mkdtemp(prefix="aiosrv-"))
-    env = {**os.environ, "AIOS_MEMORY_RUNTIME_DIR": str(rt), "AIOS_MEMORY_HOME": str(model_home)}
-    cli = [sys.executable, "-m", "aios_memory", "--store", str(store_dir)]
+    store_dir, rt, env, cli = _one_memory_store(model_home, tmp_path)
     daemon = subprocess.Popen([*cli, "daemon", "--sql-timeout", "0"], env=env, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not list(rt.glob("*.sock")):
-            assert time.monotonic() < deadline and daemon.poll() is None
-            time.sleep(0.05)
+        _wait_for_socket(rt, daemon)
         path = str(next(rt.glob("*.sock")))
         for bad in [b"[" * 60_000 + b"\n", b"not json\n", b'{"aios_memory": "nope"}\n', b"\xff\xfe\n"]:
             with socket.socket(socket.AF_UNIX) as s:
