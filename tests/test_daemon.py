@@ -265,3 +265,17 @@ def test_a_long_lived_daemon_cleans_up_old_versions(rt, tmp_path):
     finally:
         daemon.terminate()
         daemon.wait(60)
+
+
+def test_the_daemon_keeps_a_bounded_number_of_built_servers(rt, tmp_path):
+    """Over weeks tokens come and go: one MCP server per scope in use, the least recent let go."""
+    from aios_memory.scope import Scope
+    from aios_memory.service.daemon import MAX_SERVERS, Daemon, DaemonConfig
+
+    daemon = Daemon(DaemonConfig(store=tmp_path / "store", socket=rt["dir"] / "unused.sock"))
+    first = daemon.server_for(Scope.of(["a0"], label="t0"))
+    assert daemon.server_for(Scope.of(["a0"], label="t0")) is first  # built once per scope
+    for i in range(1, 3 * MAX_SERVERS):
+        daemon.server_for(Scope.of([f"a{i}"], label=f"t{i}"))
+    assert len(daemon._servers) == MAX_SERVERS
+    assert daemon.server_for(Scope.of(["a0"], label="t0")) is not first  # let go, built again on demand

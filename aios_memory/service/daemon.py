@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from aios_memory.service import runtime
 HELLO_TIMEOUT = 10.0  # seconds a new connection has to send its hello line
 MAX_LINE = 96 * 1024 * 1024  # longest MCP message accepted (a base64 image or clip fits)
 WATCH_EVERY = 1.0  # seconds between idle checks
+MAX_SERVERS = 64  # MCP servers kept built, one per scope in use (a connection keeps its own alive)
 STOP_GRACE = 5.0  # seconds running requests get after SIGTERM before the process exits anyway
 
 
@@ -128,7 +130,7 @@ class Daemon:
         self.clients = 0
         self.served = 0  # connections accepted so far
         self.last_activity = time.monotonic()
-        self._servers: dict[tuple[Scope, str], Any] = {}
+        self._servers: OrderedDict[tuple[Scope, str], Any] = OrderedDict()  # by scope, least recent first
         self._lock_fd: int | None = None
 
     # --- bookkeeping --------------------------------------------------------------------------------
@@ -141,7 +143,9 @@ class Daemon:
     def server_for(self, scope: Scope) -> Any:
         """The MCP server of a scope (built once per scope; every one shares the store and its models)."""
         key = (scope, scope.label)
-        if key not in self._servers:
+        if key in self._servers:
+            self._servers.move_to_end(key)
+        else:
             from aios_memory.mcp_server import build_server
 
             self._servers[key] = build_server(
@@ -150,6 +154,8 @@ class Daemon:
                 sql_timeout=self.config.sql_timeout,
                 allow_read=list(self.config.allow_read),
             )
+            while len(self._servers) > MAX_SERVERS:  # tokens come and go over weeks: keep the recent ones
+                self._servers.popitem(last=False)
         return self._servers[key]
 
     def options(self) -> dict[str, Any]:
