@@ -53,6 +53,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         path: str | Path | None = None,
         *,
         providers: Mapping[str, str] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
         create: bool = True,
         lock_timeout: float = 60.0,
         dedupe: float | bool | None = None,
@@ -61,7 +62,13 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         self.path = Path(path) if path is not None else default_store_path()
         if isinstance(retention, bool) or not isinstance(retention, (int, float)) or not retention >= 0:
             raise InvalidInputError(f"retention must be a number of seconds >= 0, got {retention!r}")
-        self._storage = Storage(self.path, create=create, lock_timeout=lock_timeout, retention=retention)
+        self._storage = Storage(
+            self.path,
+            storage_options=storage_options,
+            create=create,
+            lock_timeout=lock_timeout,
+            retention=retention,
+        )
         self._seen_version = -1  # the newest version this object has read (its cache entries follow it)
         self._read_version = threading.local()
         for modality in providers or {}:
@@ -102,6 +109,22 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         if version is not None:
             self._storage.read_manifest(version)
         self._pinned = version
+
+    def files(self, modality: str | None = None, *, version: int | None = None) -> list[str]:
+        """The committed Parquet fragments of ``version`` (default: the pinned or newest one), as URIs
+        other engines open (absolute paths locally, ``s3://`` on object storage): exactly the rows that
+        version holds, no superseded fragment, no sidecar. ``modality=None``: every table's."""
+        self._scope.check_admin("list the store's files")  # fragments hold every namespace's rows
+        if modality is not None and modality not in MODALITIES:
+            raise InvalidInputError(f"unknown modality {modality!r}; one of {', '.join(MODALITIES)}")
+        m = self._storage.read_manifest(self._pinned if version is None else version)
+        uri = self._storage.backend.uri
+        return [
+            uri(f.path)
+            for mod, state in sorted(m.tables.items())
+            if modality in (None, mod)
+            for f in state.fragments
+        ]
 
     def _manifest(self) -> Manifest:
         m = self._storage.read_manifest(self._pinned)

@@ -24,9 +24,10 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from filelock import FileLock, Timeout
@@ -52,6 +53,7 @@ class Storage:
         self,
         root: str | Path,
         *,
+        storage_options: Mapping[str, Any] | None = None,
         create: bool = True,
         lock_timeout: float = 60.0,
         retention: float = DEFAULT_RETENTION,

@@ -53,6 +53,10 @@ class LocalBackend:
     def path(self, rel: str) -> Path:
         return self.root / rel
 
+    def uri(self, rel: str) -> str:
+        """The location other engines open ``rel`` by (an absolute path here; ``s3://...`` remotely)."""
+        return str(self.root / rel)
+
     def exists(self, rel: str) -> bool:
         return self.path(rel).exists()
 
