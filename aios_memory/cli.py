@@ -47,6 +47,8 @@ _LAZY_COMMANDS = {
     "token": "aios_memory.service.commands",
     "ui": "aios_memory.ui.server",
     "models": "aios_memory.model_commands",
+    "files": "aios_memory.export_commands",
+    "export": "aios_memory.export_commands",
 }
 
 
