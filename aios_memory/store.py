@@ -34,6 +34,7 @@ from aios_memory.query import Deadline, Params, connect, run, vector_columns, vi
 from aios_memory.schema import TEXT_COLUMN
 from aios_memory.scope import FULL, Scope
 from aios_memory.storage import DEFAULT_RETENTION, Manifest, Storage
+from aios_memory.storage.objectstore import is_remote
 from aios_memory.vectors import (
     CACHE,
     ids_of,
@@ -59,7 +60,10 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         dedupe: float | bool | None = None,
         retention: float = DEFAULT_RETENTION,
     ) -> None:
-        self.path = Path(path) if path is not None else default_store_path()
+        # a local directory, or an object-storage location kept as the URI it is ("s3://bucket/prefix")
+        self.path: Path | str = (
+            default_store_path() if path is None else path if is_remote(path) else Path(path)
+        )
         if isinstance(retention, bool) or not isinstance(retention, (int, float)) or not retention >= 0:
             raise InvalidInputError(f"retention must be a number of seconds >= 0, got {retention!r}")
         self._storage = Storage(
@@ -136,7 +140,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
 
     def _let_go(self, newest: Manifest) -> None:
         """Release cached handles and maps of files ``newest`` no longer names (superseded, deleted)."""
-        live = {str(self._storage.backend.path(p)) for p in newest.fragment_paths()}
+        live = {self._storage.uri(p) for p in newest.fragment_paths()}
         CACHE.retain(str(self._storage.root), live)
 
     def _reading(self, read: Callable[[], Any]) -> Any:

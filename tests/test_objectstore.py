@@ -1,0 +1,287 @@
+"""The store on object storage: a real S3 server (SeaweedFS, moto) on loopback, real writer processes.
+
+Writers in different processes get different local lock directories, as if each ran on its own host:
+only the create-only put of the next manifest (``If-None-Match: *``) keeps them from overwriting each
+other's commits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from trigram_provider import NAME
+
+from aios_memory import MemoryStore
+from aios_memory.errors import InvalidInputError, StoreError
+from aios_memory.storage import Manifest, Storage, manifest_name
+from aios_memory.storage.objectstore import _CHECKED
+
+TESTS = Path(__file__).resolve().parent
+WRITERS = int(os.environ.get("AIOS_MEMORY_S3_WRITERS", "4"))
+COMMITS = int(os.environ.get("AIOS_MEMORY_S3_COMMITS", "12"))
+
+
+@pytest.fixture(autouse=True)
+def _trigram():
+    import trigram_provider
+
+    trigram_provider.register()
+
+
+def _store(uri: str, opts: dict, tmp: Path, **kw) -> MemoryStore:
+    opts = {**opts, "lock_dir": str(tmp / f"lock-{os.urandom(4).hex()}")}
+    return MemoryStore(uri, storage_options=opts, providers={"text": NAME}, **kw)
+
+
+def _versions(st: MemoryStore) -> list[int]:
+    return st._storage.versions()
+
+
+WRITER = textwrap.dedent(
+    f"""
+    import json, sys
+    sys.path.insert(0, {str(TESTS)!r})
+    import trigram_provider
+    trigram_provider.register()
+    from aios_memory import MemoryStore
+    uri, opts, w, n = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    store = MemoryStore(uri, storage_options=opts, providers={{"text": {NAME!r}}}, lock_timeout=120)
+    for i in range(n):
+        ids = store.add_many([f"writer {{w}} memory {{i}} a", f"writer {{w}} memory {{i}} b"])
+        print(json.dumps({{"ids": ids, "conflicts": store._storage.conflicts}}), flush=True)
+    """
+)
+
+
+def _writer(uri: str, opts: dict, w: int, n: int, tmp: Path) -> subprocess.Popen:
+    opts = {**opts, "lock_dir": str(tmp / f"host-{w}")}  # its own lock: as if on its own host
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, uri, json.dumps(opts), str(w), str(n)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _returned(out: str) -> tuple[list[str], int]:
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return [i for line in lines for i in line["ids"]], max((x["conflicts"] for x in lines), default=0)
+
+
+def test_the_store_works_on_s3_exactly_as_it_does_locally(s3_store_uri, tmp_path):
+    uri, opts = s3_store_uri
+    remote, local = _store(uri, opts, tmp_path), MemoryStore(tmp_path / "local", providers={"text": NAME})
+    texts = [f"memory number {i} about {w}" for i, w in enumerate(["cats", "dogs", "rain", "stocks"] * 3)]
+    for st in (remote, local):
+        first = st.add_many(texts[:6])
+        st.add_many(texts[6:], metadata={"batch": 2})
+        st.update(first[0], metadata={"edited": True})
+        st.delete(first[1])
+        st.compact()
+    assert remote.version == local.version == 5
+    for q in ("cats", "rain memory", "stocks 7"):
+        got = sorted((round(m.score, 6), m.content) for m in remote.search(q, k=20))  # ids break ties
+        assert got == sorted((round(m.score, 6), m.content) for m in local.search(q, k=20))
+        assert len(got) == 11
+    sql = "SELECT content, metadata FROM text_memories WHERE content LIKE ? ORDER BY content"
+    assert remote.sql(sql, ["%dogs%"]).to_pylist() == local.sql(sql, ["%dogs%"]).to_pylist()
+    assert [h["operation"] for h in remote.history(remote.search("memory number 0", k=1)[0].id)] == [
+        "add",
+        "update",
+    ]
+    assert remote.verify()["ok"] and remote.verify()["orphans"] == []
+    files = remote.files("text")
+    assert len(files) == 1 and files[0].startswith(uri + "/data/text/") and files[0].endswith(".parquet")
+    assert remote.cleanup(older_than=0)["versions_removed"] == 4
+    assert _versions(remote) == [5] and remote.verify()["ok"]
+    assert remote.sql("SELECT count(*) AS n FROM text_memories").to_pylist() == [{"n": 11}]
+    reopened = MemoryStore(uri, storage_options=opts, create=False)
+    assert reopened.version == 5 and reopened.get(remote.search("rain", k=1)[0].id).content
+
+
+def test_concurrent_writer_processes_lose_nothing(s3_store_uri, tmp_path):
+    """N writer processes (own lock each) × M commits: every returned id present once, versions 1..N·M
+    contiguous, and the create-only put was actually contended (some commits retried)."""
+    uri, opts = s3_store_uri
+    procs = [_writer(uri, opts, w, COMMITS, tmp_path) for w in range(WRITERS)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    ids, conflicts = [], 0
+    for out, _err in outs:
+        got, c = _returned(out)
+        ids += got
+        conflicts += c
+    st = _store(uri, opts, tmp_path)
+    assert len(ids) == WRITERS * COMMITS * 2 == len(set(ids))
+    stored = st.sql("SELECT id FROM text_memories").column("id").to_pylist()
+    assert sorted(stored) == sorted(ids)
+    versions = _versions(st)
+    assert versions == list(range(1, st.version + 1))  # contiguous: no fork, no gap
+    ops = [st._storage.read_manifest(v).operation for v in versions]
+    assert ops.count("add 2") == WRITERS * COMMITS  # the rest: automatic compactions of small fragments
+    assert all(op == "add 2" or op.startswith("compact") for op in ops), ops
+    assert st.verify()["ok"]
+    assert conflicts > 0, "the writers never raced: the test proved nothing"
+
+
+def test_writers_killed_mid_commit_leave_a_consistent_store(s3_store_uri, tmp_path):
+    uri, opts = s3_store_uri
+    procs = [_writer(uri, opts, w, 400, tmp_path) for w in range(3)]
+    time.sleep(4.0)
+    for p in procs[:2]:
+        os.kill(p.pid, signal.SIGKILL)
+    time.sleep(1.0)
+    if procs[2].poll() is None:
+        os.kill(procs[2].pid, signal.SIGKILL)
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    returned = [i for out in outs for i in _returned(out)[0]]
+    assert returned, "no writer committed before the kill"
+    st = _store(uri, opts, tmp_path)
+    stored = st.sql("SELECT id FROM text_memories").column("id").to_pylist()
+    assert set(returned) <= set(stored) and len(stored) == len(set(stored))  # kept, never doubled
+    assert len(stored) % 2 == 0  # each commit held two rows: none half-committed
+    assert _versions(st) == list(range(1, st.version + 1))
+    report = st.verify()
+    assert report["ok"], report["problems"]
+    ops = [st._storage.read_manifest(v).operation for v in _versions(st)]
+    assert ops.count("add 2") == len(stored) // 2  # one version per returned-or-not commit that landed
+    before = st.version
+    st.add("after the crash")  # the store takes writes again
+    assert st.version == before + 1
+
+
+def test_a_pinned_reader_is_unaffected_by_later_commits(s3_store_uri, tmp_path):
+    uri, opts = s3_store_uri
+    writer = _store(uri, opts, tmp_path)
+    writer.add_many(["alpha", "beta"])
+    reader = _store(uri, opts, tmp_path)
+    reader.checkout(1)
+    before = (reader.sql("SELECT id FROM text_memories ORDER BY id").to_pylist(), reader.search("alpha", k=5))
+    writer.add_many(["gamma", "delta"])
+    writer.delete(writer.search("alpha", k=1)[0].id)
+    writer.compact()
+    after = (reader.sql("SELECT id FROM text_memories ORDER BY id").to_pylist(), reader.search("alpha", k=5))
+    assert [m.id for m in after[1]] == [m.id for m in before[1]] and after[0] == before[0]
+    assert writer.version == 4
+
+
+def test_cleanup_never_deletes_what_a_version_names(s3_store_uri, tmp_path):
+    """Cleanup racing two writer processes on other "hosts": with a grace period longer than a commit,
+    every returned memory stays readable and verify finds every file each retained version names."""
+    uri, opts = s3_store_uri
+    procs = [_writer(uri, opts, w, 10, tmp_path) for w in range(2)]
+    cleaner = _store(uri, opts, tmp_path, retention=2.0)
+    removed = 0
+    while any(p.poll() is None for p in procs):
+        removed += cleaner.cleanup()["versions_removed"]
+        time.sleep(0.2)
+    ids = [i for p in procs for i in _returned(p.communicate()[0])[0]]
+    time.sleep(2.5)
+    removed += cleaner.cleanup()["versions_removed"]
+    assert removed > 0
+    stored = cleaner.sql("SELECT id FROM text_memories").column("id").to_pylist()
+    assert sorted(stored) == sorted(ids) and len(ids) == 40
+    assert cleaner.verify()["ok"] and cleaner.verify()["orphans"] == []
+
+
+def test_a_server_that_ignores_create_only_puts_is_refused(no_condition_s3, tmp_path):
+    bucket = no_condition_s3.make_bucket()
+    opts = no_condition_s3.storage_options()
+    _CHECKED.clear()
+    with pytest.raises(StoreError, match="ignores create-only puts"):
+        _store(f"s3://{bucket}/s", opts, tmp_path)
+    single = _store(f"s3://{bucket}/s", {**opts, "single_writer": True}, tmp_path)
+    single.add("one writer only")
+    assert single.version == 1
+
+
+def test_bad_locations_and_options_are_refused(tmp_path, s3_store_uri):
+    uri, opts = s3_store_uri
+    with pytest.raises(InvalidInputError, match="unknown storage_options"):
+        MemoryStore(uri, storage_options={**opts, "endpiont": "x"})
+    with pytest.raises(InvalidInputError, match="object storage"):
+        MemoryStore(tmp_path / "local", storage_options=opts)
+    with pytest.raises(StoreError, match="no store at"):
+        MemoryStore(uri + "-absent", storage_options=opts, create=False)
+
+
+# --- the commit protocol against moto (fast, in one process) -------------------------------------------
+def _storage(moto_s3, bucket: str, tmp: Path, **kw) -> Storage:
+    opts = {**moto_s3.storage_options(), "lock_dir": str(tmp / os.urandom(4).hex())}
+    return Storage(f"s3://{bucket}/p", storage_options=opts, **kw)
+
+
+def test_a_lost_race_rebases_on_the_winner(moto_s3, tmp_path):
+    """Two writers with separate locks: B commits while A is building; A's create of the same version
+    fails, A re-reads, runs its build again on B's version and commits the next one."""
+    bucket = moto_s3.make_bucket()
+    a, b = _storage(moto_s3, bucket, tmp_path), _storage(moto_s3, bucket, tmp_path)
+    seen: list[int] = []
+
+    def build_a(m: Manifest) -> Manifest:
+        seen.append(m.version)
+        if len(seen) == 1:
+            b.commit("b", lambda mb: mb)  # the other host wins the race for version 1
+        return m
+
+    assert a.commit("a", build_a).version == 2
+    assert seen == [0, 1] and a.conflicts == 1 and b.conflicts == 0
+    assert [a.read_manifest(v).operation for v in (1, 2)] == ["b", "a"]
+
+
+def test_a_commit_that_landed_is_not_retried(moto_s3, tmp_path):
+    """A create-only put whose answer was lost is retried by the client and meets its own object: the
+    same bytes count as committed, other bytes as a lost race."""
+    bucket = moto_s3.make_bucket()
+    st = _storage(moto_s3, bucket, tmp_path)
+    key = manifest_name(7)
+    assert st.backend.create_exclusive(key, b"mine")
+    assert st.backend.create_exclusive(key, b"mine")  # our own put, seen again
+    assert not st.backend.create_exclusive(key, b"theirs")
+    assert st.backend.read_bytes(key) == b"mine"
+
+
+def test_a_stalled_writer_cannot_land_in_a_gap_cleanup_left(moto_s3, tmp_path):
+    """A writer stalls after reading version 1; meanwhile others commit 2 and 3 and cleanup removes 1
+    and 2. Its create of version 2 would succeed (the name is free again) but fork history: it is taken
+    back and the commit retried on version 3."""
+    bucket = moto_s3.make_bucket()
+    a, b = _storage(moto_s3, bucket, tmp_path), _storage(moto_s3, bucket, tmp_path)
+    b.commit("one", lambda m: m)
+    go, stalled = threading.Event(), threading.Event()
+    result: list[Manifest] = []
+
+    def build(m: Manifest) -> Manifest:
+        if not stalled.is_set():
+            stalled.set()
+            go.wait(30)
+        return m
+
+    t = threading.Thread(target=lambda: result.append(a.commit("stalled", build)))
+    t.start()
+    stalled.wait(30)
+    b.commit("two", lambda m: m)
+    b.commit("three", lambda m: m)
+    assert b.cleanup(older_than=0)["versions_removed"] == 2
+    go.set()
+    t.join(30)
+    assert result and result[0].version == 4
+    assert b.versions() == [3, 4] and b.read_manifest(4).operation == "stalled"
+    assert a.conflicts == 1
+
+
+def test_moto_honours_the_condition_and_the_self_test_passes(moto_s3, tmp_path):
+    _CHECKED.clear()
+    st = _storage(moto_s3, moto_s3.make_bucket(), tmp_path)
+    assert any(v for (ep, _b), v in _CHECKED.items() if ep == moto_s3.endpoint)
+    assert not [k for k in st.backend.list("_versions") if re.match(r"\.probe-", k)]  # probe removed
