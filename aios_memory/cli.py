@@ -13,10 +13,32 @@ import click
 from aios_memory.errors import AiosMemoryError
 
 
-def _store(ctx: click.Context) -> Any:
+def _store(ctx: click.Context, **kw: Any) -> Any:
     from aios_memory.store import MemoryStore
 
-    return MemoryStore(ctx.obj["store"])
+    return MemoryStore(ctx.obj["store"], storage_options=ctx.obj.get("storage_options"), **kw)
+
+
+class _Location(click.ParamType):
+    """A store directory, or an object-storage URI (``s3://bucket/prefix``) kept as it is."""
+
+    name = "location"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Path | str:
+        if isinstance(value, str) and value.startswith("s3://"):
+            return value
+        return click.Path(file_okay=False, path_type=Path).convert(value, param, ctx)
+
+
+def _storage_options(values: tuple[str, ...]) -> dict[str, Any] | None:
+    """``--storage-option KEY=VALUE`` pairs (values parsed as JSON when they parse: true, 5)."""
+    out: dict[str, Any] = {}
+    for pair in values:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--storage-option")
+        out[key] = _param(value)
+    return out or None
 
 
 def _param(value: str) -> Any:
@@ -73,18 +95,26 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 @click.option(
     "--store",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=_Location(),
     envvar="AIOS_MEMORY_STORE",
     default=None,
-    help="Store directory (default: $AIOS_MEMORY_HOME/store).",
+    help="Store directory or s3://bucket/prefix (default: $AIOS_MEMORY_HOME/store).",
+)
+@click.option(
+    "--storage-option",
+    "storage_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Object-storage option (endpoint, region, lock_dir, single_writer, ...; credentials are best "
+    "left to AWS_* variables). Repeatable.",
 )
 @click.version_option(package_name="aios-memory")
 @click.pass_context
-def cli(ctx: click.Context, store: Path | None) -> None:
+def cli(ctx: click.Context, store: Path | str | None, storage_option: tuple[str, ...]) -> None:
     """aios-memory: multimodal memory for agents."""
     from aios_memory.home import default_store_path
 
-    ctx.obj = {"store": store or default_store_path()}
+    ctx.obj = {"store": store or default_store_path(), "storage_options": _storage_options(storage_option)}
 
 
 @cli.command()

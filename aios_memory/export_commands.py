@@ -17,7 +17,8 @@ MODALITY = click.Choice(["text", "image", "audio"])
 def _open(ctx: click.Context) -> Any:
     from aios_memory.store import MemoryStore
 
-    return MemoryStore(ctx.obj["store"], create=False)  # listing or exporting never creates a store
+    # listing or exporting never creates a store
+    return MemoryStore(ctx.obj["store"], storage_options=ctx.obj.get("storage_options"), create=False)
 
 
 @click.command("files")

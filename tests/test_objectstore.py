@@ -285,3 +285,20 @@ def test_moto_honours_the_condition_and_the_self_test_passes(moto_s3, tmp_path):
     st = _storage(moto_s3, moto_s3.make_bucket(), tmp_path)
     assert any(v for (ep, _b), v in _CHECKED.items() if ep == moto_s3.endpoint)
     assert not [k for k in st.backend.list("_versions") if re.match(r"\.probe-", k)]  # probe removed
+
+
+def test_the_cli_works_on_an_s3_store(seaweed_s3, model_home, tmp_path):
+    from conftest import run_cli
+
+    bucket = seaweed_s3.make_bucket()
+    uri = f"s3://{bucket}/cli"
+    env = {**seaweed_s3.env(), "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    base = ["--store", uri, "--storage-option", f"lock_dir={tmp_path}"]
+    added = run_cli(*base, "add", "a memory kept in a bucket", env=env).stdout.split()
+    assert len(added) == 1
+    rows = run_cli(*base, "sql", "SELECT id, content FROM text_memories", "--json", env=env).stdout
+    assert added[0] in rows and "kept in a bucket" in rows
+    files = run_cli(*base, "files", env=env).stdout.split()
+    assert len(files) == 1 and files[0].startswith(f"{uri}/data/text/")
+    bad = run_cli(*base, "--storage-option", "nonsense", "add", "x", env=env, check=False)
+    assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr
