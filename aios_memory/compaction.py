@@ -8,7 +8,6 @@ triggered it (:func:`maintain`), and a damaged fragment is merged around, not th
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from aios_memory.errors import StoreCorruptError
 from aios_memory.schema import HISTORY_DIR
@@ -108,7 +107,7 @@ def compact_all(storage: Storage, modality: str | None = None) -> dict[str, int]
 
 def read_fragment(storage: Storage, frag: Fragment, columns: list[str] | None = None) -> pa.Table:
     try:
-        return pq.read_table(storage.abspath(frag), columns=columns)
+        return storage.read_table(frag.path, columns)
     except (FileNotFoundError, pa.ArrowException, OSError) as exc:
         raise StoreCorruptError(
             f"fragment {frag.path} of {storage.root} is missing or unreadable ({exc})"

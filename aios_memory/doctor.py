@@ -83,7 +83,8 @@ def _check_fragment(store: MemoryStore, state: TableState, frag: Fragment) -> li
     if any(p.startswith(frag.path) for p in problems):
         return problems
     try:
-        meta = pq.read_metadata(store._storage.abspath(frag))
+        with store._storage.backend.open_input(frag.path) as f:
+            meta = pq.read_metadata(f)
         if meta.num_rows != frag.rows:
             problems.append(f"{frag.path}: {meta.num_rows} rows, manifest says {frag.rows}")
         field_type = meta.schema.to_arrow_schema().field("embedding").type
@@ -117,7 +118,7 @@ def _check_sidecar_sizes(store: MemoryStore, state: TableState, frag: Fragment) 
 
 
 def _check_index(store: MemoryStore, state: TableState) -> list[str]:
-    from aios_memory.ann import index_health
+    from aios_memory.storage.ann import index_health
 
     assert state.index is not None
     problem = index_health(store._storage, state.index)
@@ -139,7 +140,7 @@ def create_index(
     an orphan before the manifest names it: a manifest never names a missing or wrong index file. A
     previous index that is damaged is not extended but rebuilt.
     """
-    from aios_memory.ann import build_index
+    from aios_memory.storage.ann import build_index
 
     if kind != "hnsw":
         raise InvalidInputError(f"unknown index kind {kind!r}; only 'hnsw' is available")

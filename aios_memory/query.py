@@ -62,7 +62,6 @@ def connect(
     """
     import duckdb
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
 
     if isinstance(namespaces, str):
         namespaces = [namespaces]
@@ -71,12 +70,11 @@ def connect(
         for modality in MODALITIES:
             state = manifest.tables.get(modality)
             if state is not None and state.fragments:
-                paths = [storage.abspath(f) for f in state.fragments]
+                rels = [f.path for f in state.fragments]
                 try:
-                    source: Any = ds.dataset(paths, format="parquet")
+                    source: Any = storage.backend.dataset(rels)
                     if not media:  # a dataset read with a schema that lacks the column never reads it
-                        schema = source.schema
-                        source = ds.dataset(paths, format="parquet", schema=_without_media(schema))
+                        source = storage.backend.dataset(rels, schema=_without_media(source.schema))
                 except (FileNotFoundError, pa.ArrowException, OSError) as exc:
                     raise StoreCorruptError(
                         f"store {storage.root} version {manifest.version}: a fragment of {modality} memories "

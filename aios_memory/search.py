@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aios_memory.ann import ann_refusal, ann_search, index_problem
 from aios_memory.errors import InvalidInputError, QueryError
 from aios_memory.memory import Memory, check_namespace, memory_from_row
 from aios_memory.modality import prepare
 from aios_memory.query import Deadline, Params, check_params, run, vector_columns, view_name
 from aios_memory.schema import TEXT_COLUMN
 from aios_memory.storage import Fragment, Manifest, Storage
+from aios_memory.storage.ann import ann_refusal, ann_search, index_problem
 from aios_memory.vectors import (
     decay_weights,
     exact_scores,

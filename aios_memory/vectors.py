@@ -1,16 +1,7 @@
-"""Vector sidecars and exact top-k over them: search at memory-bandwidth speed.
+"""Exact top-k over the vector sidecars: search at memory-bandwidth speed.
 
-Every fragment ``<stem>.parquet`` is written with immutable sidecars beside it (see
-:meth:`aios_memory.storage.Storage.write_fragment`):
-
-- ``<stem>.<column>.f32`` for each fixed-size float32 vector column (``embedding``, audio's
-  ``transcript_embedding``): the ``(rows, dim)`` matrix as raw little-endian float32, followed by the
-  ``rows`` L2 norms. A null vector is a row of NaN (its norm NaN too) and never ranks.
-- ``<stem>.created_at.i64``: ``created_at`` as little-endian int64 microseconds since the epoch (UTC).
-
-The Parquet fragment stays the source of truth; a sidecar is the same numbers in the layout a matrix
-product wants. Searches memory-map them on first use (nothing is read when a store is opened), score
-blocks of rows with one BLAS matrix-vector product each, keep each block's best few with
+Searches memory-map each fragment's sidecar (see :mod:`aios_memory.storage.sidecars`) on first use,
+score blocks of rows with one BLAS matrix-vector product each, keep each block's best few with
 ``argpartition`` and merge. Fragments from before sidecars existed fall back to their Parquet column.
 
 Ranking is exact: candidates are chosen in float32 with a margin (:data:`MARGIN`) that covers float32
@@ -20,204 +11,41 @@ rounding, then rescored in float64 and ordered by (score descending, id), as the
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from aios_memory.errors import StoreCorruptError
 from aios_memory.storage import Fragment, Storage
-from aios_memory.storage.cache import CACHE, DAMAGED, map_file, trusted
+from aios_memory.storage.cache import CACHE, DAMAGED
+from aios_memory.storage.sidecars import (
+    TIME_SUFFIX,
+    fragment_times,
+    fragment_vectors,
+    namespace_rows,
+    read_rows,
+    schema_of,
+    sidecar_buffers,
+    vector_suffix,
+)
 
-TIME_SUFFIX = "created_at.i64"
 BLOCK_ROWS = 16_384  # rows scored per BLAS call: 32 MiB of 512-d vectors, streamed once
 MARGIN = 1e-4  # float32 candidate margin: far above the rounding of a 4096-d unit-vector dot product
 _US = 1_000_000
 
-
-def vector_suffix(column: str) -> str:
-    return f"{column}.f32"
-
-
-# --- writing ---------------------------------------------------------------------------------------
-def sidecar_buffers(table: pa.Table) -> Iterator[tuple[str, list[Any]]]:
-    """The sidecars of ``table``: ``(suffix, buffers)`` for each fixed-size float32 vector column and
-    for ``created_at``. Tables without such columns (the change log) get none."""
-    n = table.num_rows
-    for f in table.schema:
-        t = f.type
-        if pa.types.is_fixed_size_list(t) and t.value_type == pa.float32():
-            dim = t.list_size
-            arr = table.column(f.name).combine_chunks()
-            flat = arr.values.slice(arr.offset * dim, n * dim)
-            mat = np.array(flat.to_numpy(zero_copy_only=False), dtype="<f4").reshape(n, dim)
-            if arr.null_count:
-                mat[np.asarray(arr.is_null())] = np.nan
-            norms = np.sqrt(np.einsum("ij,ij->i", mat, mat, dtype=np.float64)).astype("<f4")
-            yield vector_suffix(f.name), [np.ascontiguousarray(mat), norms]
-        elif f.name == "created_at" and pa.types.is_timestamp(t):
-            # numpy, not Arrow casts: those would import pyarrow.compute (~30 ms) on a cold process's
-            # first add. NaT (null) becomes 0, the epoch.
-            stamps = np.asarray(table.column(f.name).to_numpy(), dtype="datetime64[us]")
-            us = stamps.astype("<i8")
-            us[np.isnat(stamps)] = 0
-            yield TIME_SUFFIX, [us]
-
-
-def _corrupt(storage: Storage, frag: Fragment, what: str) -> StoreCorruptError:
-    return StoreCorruptError(
-        f"store {storage.root}: {what} of fragment {frag.path} is missing or unreadable; run `aios-memory doctor`"
-    )
-
-
-def fragment_vectors(
-    storage: Storage, frag: Fragment, column: str, dim: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(matrix (rows, dim) float32, norms (rows,) float32)`` of ``column``: a memory map of the sidecar,
-    checked against its manifest checksum when first mapped; or, for fragments from before sidecars and
-    for a sidecar that fails its check, the Parquet column (the source of truth) decoded once."""
-    suffix = vector_suffix(column)
-    if frag.rows == 0:
-        return np.zeros((0, dim), np.float32), np.zeros(0, np.float32)
-    path = storage.abspath(frag)
-
-    def decode() -> tuple[np.ndarray, np.ndarray]:
-        try:
-            col = pq.read_table(path, columns=[column]).column(column)
-        except (FileNotFoundError, pa.ArrowException, OSError, KeyError) as exc:
-            raise _corrupt(storage, frag, "the Parquet file") from exc
-        out = np.full((frag.rows, dim), np.nan, dtype=np.float32)
-        if pa.types.is_fixed_size_list(col.type) and col.type.list_size == dim:
-            arr = col.combine_chunks()
-            flat = arr.values.slice(arr.offset * dim, frag.rows * dim)
-            out[:] = np.asarray(flat.to_numpy(zero_copy_only=False), np.float32).reshape(frag.rows, dim)
-            if arr.null_count:
-                out[np.asarray(arr.is_null())] = np.nan
-        norms = np.sqrt(np.einsum("ij,ij->i", out, out, dtype=np.float64)).astype(np.float32)
-        return out, norms
-
-    def decoded() -> tuple[np.ndarray, np.ndarray]:
-        return CACHE.get((path, f"col:{column}"), decode, frag.rows * (dim + 1) * 4)
-
-    if suffix not in frag.sidecars:
-        return decoded()
-    side = str(storage.backend.path(frag.sidecar_path(suffix)))
-    size = frag.rows * (dim + 1) * 4
-
-    def make() -> tuple[np.ndarray, np.ndarray] | None:
-        raw = map_file(side)  # an OSError (a missing file, no descriptor left) is not cached: see below
-        if not trusted(side, raw, size, frag.checksum(suffix)):
-            return None
-        floats = raw.view("<f4")
-        return floats[: frag.rows * dim].reshape(frag.rows, dim), floats[frag.rows * dim :]
-
-    try:
-        got = CACHE.get((side, "vec"), make, size)
-    except OSError:  # not a verdict on the file (it may be a passing shortage): the source of truth
-        return decoded()
-    return got if got is not None else decoded()
-
-
-def fragment_times(storage: Storage, frag: Fragment) -> np.ndarray:
-    """``created_at`` of every row as int64 microseconds since the epoch (the sidecar, checked like the
-    vectors', else the Parquet column)."""
-    if frag.rows == 0:
-        return np.zeros(0, np.int64)
-    path = storage.abspath(frag)
-
-    def decode() -> np.ndarray:
-        try:
-            col = pq.read_table(path, columns=["created_at"]).column("created_at")
-        except (FileNotFoundError, pa.ArrowException, OSError, KeyError) as exc:
-            raise _corrupt(storage, frag, "the Parquet file") from exc
-        return np.asarray(col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(), np.int64)
-
-    if TIME_SUFFIX in frag.sidecars:
-        side = str(storage.backend.path(frag.sidecar_path(TIME_SUFFIX)))
-
-        def make() -> np.ndarray | None:
-            raw = map_file(side)
-            if not trusted(side, raw, frag.rows * 8, frag.checksum(TIME_SUFFIX)):
-                return None
-            return raw.view("<i8")
-
-        try:
-            got = CACHE.get((side, "time"), make, frag.rows * 8)
-        except OSError:
-            got = None
-        if got is not None:
-            return got
-    return CACHE.get((path, "col:created_at"), decode, frag.rows * 8)
-
-
-def namespace_rows(storage: Storage, frag: Fragment, namespace: str) -> np.ndarray:
-    """Row positions of ``frag`` that belong to ``namespace`` (its namespace column, cached encoded)."""
-    path = storage.abspath(frag)
-
-    def decode() -> tuple[dict[str, int], np.ndarray]:
-        try:
-            col = pq.read_table(path, columns=["namespace"]).column("namespace").combine_chunks()
-        except (FileNotFoundError, pa.ArrowException, OSError, KeyError) as exc:
-            raise _corrupt(storage, frag, "the Parquet file") from exc
-        enc = col.dictionary_encode()
-        codes = {v: i for i, v in enumerate(enc.dictionary.to_pylist())}
-        return codes, np.asarray(enc.indices.to_numpy(zero_copy_only=False), np.int32)
-
-    codes, indices = CACHE.get((path, "ns"), decode, frag.rows * 4)
-    code = codes.get(namespace)
-    if code is None:
-        return np.zeros(0, np.int64)
-    return np.flatnonzero(indices == code)
-
-
-def read_rows(storage: Storage, frag: Fragment, rows: np.ndarray, columns: list[str] | None) -> pa.Table:
-    """``rows`` of a fragment (in the given order), decoding only the row groups that hold them. The file
-    stays open per process with its footer parsed (it is immutable), so a read opens nothing: a search's
-    top-k touches a handful of fragments, and each open cost about a third of the read. Reads are
-    ``pread`` calls (thread-safe), not a map: a file truncated under the process is a clean error."""
-    path = storage.abspath(frag)
-
-    def footer() -> tuple[Any, Any, np.ndarray]:
-        try:
-            f = pa.OSFile(path)
-            meta = pq.read_metadata(f)
-        except (FileNotFoundError, pa.ArrowException, OSError) as exc:
-            raise _corrupt(storage, frag, "the Parquet file") from exc
-        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        return f, meta, np.cumsum([0, *sizes])
-
-    source, meta, starts = CACHE.get((path, "rows"), footer)  # read with pread: a descriptor, no map
-    rows = np.asarray(rows, np.int64)
-    groups = np.searchsorted(starts, rows, side="right") - 1
-    wanted = sorted(set(groups.tolist()))
-    try:
-        part = pq.ParquetFile(source, metadata=meta).read_row_groups(
-            wanted, columns=columns, use_threads=False
-        )
-    except (pa.ArrowException, OSError) as exc:
-        raise _corrupt(storage, frag, "the Parquet file") from exc
-    offset, base = 0, {}
-    for g in wanted:
-        base[g] = offset
-        offset += int(starts[g + 1] - starts[g])
-    local = [base[int(g)] + int(r - starts[g]) for g, r in zip(groups, rows, strict=True)]
-    return part.take(pa.array(local, pa.int64()))
-
-
-def schema_of(storage: Storage, frag: Fragment) -> pa.Schema:
-    path = storage.abspath(frag)
-
-    def make() -> pa.Schema:
-        try:
-            return pq.read_schema(path)
-        except (FileNotFoundError, pa.ArrowException, OSError) as exc:
-            raise _corrupt(storage, frag, "the Parquet file") from exc
-
-    return CACHE.get((path, "schema"), make)
+__all__ = [
+    "CACHE",
+    "TIME_SUFFIX",
+    "fragment_times",
+    "fragment_vectors",
+    "namespace_rows",
+    "read_rows",
+    "schema_of",
+    "sidecar_buffers",
+    "vector_suffix",
+]
 
 
 # --- exact ranking --------------------------------------------------------------------------------
@@ -296,7 +124,7 @@ def rank(
     for i, (mat, norms) in zip(used, got, strict=True):
         frag, sel = fragments[i], selections[i] if selections is not None else None
         out.fragments += 1
-        side = str(storage.backend.path(frag.sidecar_path(vector_suffix(column))))
+        side = storage.uri(frag.sidecar_path(vector_suffix(column)))
         out.parquet_fallback += vector_suffix(column) not in frag.sidecars or side in DAMAGED
         n = frag.rows if sel is None else sel.size
         for a in range(0, n, BLOCK_ROWS):

@@ -281,7 +281,7 @@ def measure(n: int, root: Path, ann: bool = True) -> list[dict[str, Any]]:
         "includes DuckDB evaluating the predicate over every row",
     )
     if ann:
-        from aios_memory.ann import CANDIDATES, DEFAULTS, ann_search
+        from aios_memory.storage.ann import CANDIDATES, DEFAULTS, ann_search
 
         t = time.perf_counter()
         info = store.create_index("text")

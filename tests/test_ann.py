@@ -148,7 +148,7 @@ def test_filtered_ann_returns_only_selected_rows_with_exact_scores(indexed):
 def test_the_indexs_search_depth_is_the_one_searches_use(indexed):
     """``expansion_search`` is a speed-for-recall knob in both directions, floored only at twice the
     candidates a search must return."""
-    from aios_memory.ann import CANDIDATES, _open
+    from aios_memory.storage.ann import CANDIDATES, _open
 
     store = indexed
     for asked, used in ((64, 2 * CANDIDATES), (300, 300), (2048, 2048)):

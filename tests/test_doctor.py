@@ -158,7 +158,7 @@ def test_create_index_racing_cleanup_never_commits_a_missing_index(vstore):
 def test_the_index_file_is_written_under_the_writers_lock(vstore, monkeypatch):
     """What makes the race above impossible: cleanup deletes only under the writers' lock, after taking in
     the versions committed meanwhile, and the index file exists only from inside its own commit."""
-    import aios_memory.ann as ann
+    import aios_memory.storage.ann as ann
 
     _indexed(vstore, 500)
     real, held = ann.PendingIndex.write, []
@@ -273,7 +273,7 @@ def test_a_passing_failure_to_map_is_not_remembered_as_damage(vstore, monkeypatc
     """Review finding: an EMFILE while mapping marked the sidecar damaged for the rest of the process."""
     import errno
 
-    import aios_memory.vectors as vectors
+    import aios_memory.storage.local as vectors
 
     write_rows(vstore, _random(5, 1))
     store = _fresh(vstore)

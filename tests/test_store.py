@@ -360,6 +360,13 @@ def test_a_cold_add_loads_only_what_it_needs(model_home, tmp_path):
     script = textwrap.dedent(
         f"""
         import json, sys
+        # pyarrow imports pandas (and with it pyarrow.compute) on its first conversion whenever pandas
+        # is installed (Ray Data and the export tests install it); aios-memory needs no pandas
+        class NoPandas:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "pandas":
+                    raise ModuleNotFoundError(name)
+        sys.meta_path.insert(0, NoPandas())
         import aios_memory
         from aios_memory.plugins import get_provider
         get_provider("minilm-l6-v2").embed_batch(["a sentence"])

@@ -3,13 +3,18 @@
 - :mod:`~aios_memory.storage.manifest`: what a version names (fragments, sidecars, index, change log),
   with sizes and checksums, every path checked to lie inside the store;
 - :mod:`~aios_memory.storage.commit`: the commit protocol, the version hint, retention and cleanup;
-- :mod:`~aios_memory.storage.local`: the local filesystem backend, the one place that calls the OS.
+- :mod:`~aios_memory.storage.local`: the local filesystem backend, the one place that calls the OS;
+- :mod:`~aios_memory.storage.objectstore`: the object-storage backend (``s3://bucket/prefix``);
+- :mod:`~aios_memory.storage.sidecars`: the vector and timestamp sidecars written with each fragment;
+- :mod:`~aios_memory.storage.ann`: the optional ANN index, derived data checked before it is trusted;
+- :mod:`~aios_memory.storage.cache`: the bounded per-process cache of open files and their checks.
 """
 
 from aios_memory.storage.commit import DEFAULT_RETENTION, LOCK, Storage
 from aios_memory.storage.local import ROW_GROUP_ROWS, LocalBackend
 from aios_memory.storage.manifest import (
     DATA,
+    DERIVED,
     STORE_FORMAT,
     VERSIONS,
     Fragment,
@@ -23,6 +28,7 @@ from aios_memory.storage.manifest import (
 
 __all__ = [
     "DATA",
+    "DERIVED",
     "DEFAULT_RETENTION",
     "LOCK",
     "ROW_GROUP_ROWS",

@@ -19,7 +19,6 @@ next ``create_index``. ``usearch`` is imported only here, only when an index is 
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from aios_memory.errors import InvalidInputError, StoreCorruptError, StoreError
-from aios_memory.storage import DATA, Fragment, IndexFile, Storage
+from aios_memory.storage import DATA, DERIVED, Fragment, IndexFile, Storage
 from aios_memory.storage.cache import CACHE, DAMAGED
 from aios_memory.vectors import exact_scores, fragment_vectors, rank
 
@@ -103,7 +102,7 @@ def index_health(storage: Storage, index: IndexFile) -> str | None:
     except OSError as exc:
         return f"the index file is unreadable ({exc.strerror or exc})"
     try:
-        graph = _usearch().restore(str(storage.backend.path(index.path)), view=True)
+        graph = _restore(storage, index.path, view=True)
     except (OSError, RuntimeError, ValueError) as exc:
         return f"the index file is unreadable ({exc})"
     if graph is None or (index.entries >= 0 and len(graph) != index.entries):
@@ -113,9 +112,15 @@ def index_health(storage: Storage, index: IndexFile) -> str | None:
     return None
 
 
+def _restore(storage: Storage, rel: str, view: bool) -> Any:
+    """The graph in ``rel``: memory-mapped (``view``) from a local file, loaded from an object's copy."""
+    with storage.backend.local_copy(rel) as path:
+        return _usearch().restore(path, view=view and storage.backend.is_local)
+
+
 def index_problem(storage: Storage, index: IndexFile) -> str | None:
     """:func:`index_health`, checked once per process per file (index files are immutable)."""
-    path = str(storage.backend.path(index.path))
+    path = storage.uri(index.path)
     problem = CACHE.get((path, "hnsw-check"), lambda: index_health(storage, index))
     if problem is not None:
         DAMAGED[path] = problem
@@ -124,14 +129,14 @@ def index_problem(storage: Storage, index: IndexFile) -> str | None:
 
 def _open(storage: Storage, index: IndexFile) -> Any:
     """The graph of a checked index file (a memory map), or a ``StoreCorruptError`` saying what is wrong."""
-    path = str(storage.backend.path(index.path))
+    path = storage.uri(index.path)
     problem = index_problem(storage, index)
     if problem is not None:
         raise StoreCorruptError(f"ANN index {index.path}: {problem}")
 
     def load() -> Any:
         try:
-            graph = _usearch().restore(path, view=True)
+            graph = _restore(storage, index.path, view=True)
         except (OSError, RuntimeError, ValueError) as exc:
             raise StoreCorruptError(f"ANN index {index.path} is unreadable ({exc})") from exc
         if graph is None:
@@ -231,7 +236,7 @@ def build_index(
         dead = sum(rows for path, _f, rows in previous.covers if path not in live_paths)
         if dead <= REBUILD_DEAD_RATIO * max(previous.rows, 1):
             try:
-                graph = Index.restore(str(storage.backend.path(previous.path)), view=False)
+                graph = _restore(storage, previous.path, view=False)
             except (OSError, RuntimeError, ValueError):
                 graph = None
             if graph is None or (previous.entries >= 0 and len(graph) != previous.entries):
@@ -278,14 +283,9 @@ class PendingIndex:
     params: dict[str, Any]
 
     def write(self, storage: Storage, modality: str) -> IndexFile:
-        rel = f"{DATA}/{modality}/{uuid.uuid4().hex}.hnsw.usearch"
-        path = storage.backend.path(rel)
+        rel = f"{DATA}/{modality}/{DERIVED}/{uuid.uuid4().hex}.hnsw.usearch"
         try:
-            self.graph.save(str(path))
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-                size = os.fstat(fh.fileno()).st_size
-            digest = storage.backend.sha256(rel)
+            size, digest = storage.backend.write_file(rel, lambda path: self.graph.save(path))
         except (OSError, RuntimeError) as exc:  # a full disk: usearch says "Failed to serialize"
             storage.backend.delete(rel)  # no partial index file left behind
             raise StoreError(f"could not write the index file ({exc}); nothing was committed") from exc

@@ -20,7 +20,7 @@ retention period ago and files no retained version names, in small steps, each u
 from __future__ import annotations
 
 import json
-import os
+import random
 import re
 import time
 import uuid
@@ -30,11 +30,21 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
-from aios_memory.errors import CommitConflictError, StoreCorruptError, StoreError, VersionNotFoundError
-from aios_memory.storage.local import LocalBackend
-from aios_memory.storage.manifest import DATA, VERSIONS, Fragment, Manifest, manifest_name
+from aios_memory.errors import (
+    CommitConflictError,
+    InvalidInputError,
+    StoreCorruptError,
+    StoreError,
+    VersionNotFoundError,
+)
+from aios_memory.storage.local import ROW_GROUP_ROWS, LocalBackend
+from aios_memory.storage.manifest import DATA, DERIVED, VERSIONS, Fragment, Manifest, manifest_name
+from aios_memory.storage.objectstore import S3Backend, is_remote
+
+Backend = LocalBackend | S3Backend
 
 LOCK = ".lock"
 HINT = f"{VERSIONS}/_latest"
@@ -58,7 +68,28 @@ class Storage:
         lock_timeout: float = 60.0,
         retention: float = DEFAULT_RETENTION,
     ) -> None:
-        self.root = Path(root).absolute()
+        self.backend: Backend
+        if is_remote(root):
+            self.backend = S3Backend(str(root), storage_options)
+            self.root: Any = self.backend.root
+            if not create and not self.backend.list(VERSIONS):
+                raise StoreError(f"no store at {self.root}")
+            self.backend.check_conditional_put()
+        else:
+            if storage_options:
+                raise InvalidInputError(
+                    f"storage_options are for object storage (s3://...); {root} is a local path"
+                )
+            self.root = Path(root).absolute()
+            self.backend = LocalBackend(self.root)
+            self._make_local(create)
+        self.lock_timeout = lock_timeout
+        self.retention = float(retention)
+        self.manifest_reads = 0  # how many manifests this object has read (searches read one per call)
+        self.conflicts = 0  # commits this object retried because another writer created that version
+        self._lock = FileLock(self.backend.lock_path())
+
+    def _make_local(self, create: bool) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} exists and is not a directory")
         if not self.root.exists():
@@ -66,15 +97,10 @@ class Storage:
                 raise StoreError(f"no store at {self.root}")
             self.root.mkdir(parents=True)
             LocalBackend(self.root.parent).fsync_dir(".")
-        self.backend = LocalBackend(self.root)
         if not (self.root / VERSIONS).is_dir() or not (self.root / DATA).is_dir():
             (self.root / VERSIONS).mkdir(exist_ok=True)
             (self.root / DATA).mkdir(exist_ok=True)
             self.backend.fsync_dir(".")
-        self.lock_timeout = lock_timeout
-        self.retention = float(retention)
-        self.manifest_reads = 0  # how many manifests this object has read (searches read one per call)
-        self._lock = FileLock(str(self.root / LOCK))
 
     # --- reading ---------------------------------------------------------------------------------------
     def versions(self) -> list[int]:
@@ -114,7 +140,7 @@ class Storage:
             raw = self.backend.read_bytes(rel)
         except FileNotFoundError:
             raise self.version_gone(version) from None
-        m = Manifest.from_bytes(raw, str(self.backend.path(rel)))
+        m = Manifest.from_bytes(raw, self.backend.uri(rel))
         if m.version != version:
             raise StoreCorruptError(f"manifest {rel} says it is version {m.version}")
         return m
@@ -128,8 +154,14 @@ class Storage:
             f"retention period (the newest is {latest}; open that, or keep versions longer)"
         )
 
-    def abspath(self, fragment: Fragment) -> str:
-        return str(self.backend.path(fragment.path))
+    def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        """Parquet file ``rel`` (or those ``columns`` of it), read through the backend."""
+        with self.backend.open_input(rel) as f:
+            return pq.read_table(f, columns=columns)
+
+    def uri(self, rel: str) -> str:
+        """Where ``rel`` lives (an absolute path, or ``s3://...``): the key of its cache entries."""
+        return self.backend.uri(rel)
 
     # --- writing ---------------------------------------------------------------------------------------
     @contextmanager
@@ -146,17 +178,18 @@ class Storage:
     def write_fragment(self, modality: str, table: pa.Table) -> Fragment:
         """Write ``table`` as a new fragment plus its sidecars (raw vectors, created_at), all fsynced and
         hashed. A failure (a full disk) removes what this call wrote."""
-        from aios_memory.vectors import sidecar_buffers
+        from aios_memory.storage.sidecars import sidecar_buffers
 
-        stem = f"{DATA}/{modality}/{uuid.uuid4().hex}"
+        name = uuid.uuid4().hex
+        stem, derived = f"{DATA}/{modality}/{name}", f"{DATA}/{modality}/{DERIVED}/{name}"
         written: list[str] = []
         try:
-            nbytes, digest = self.backend.write_parquet(f"{stem}.parquet", table)
+            nbytes, digest = self.backend.write_parquet(f"{stem}.parquet", table, ROW_GROUP_ROWS)
             written.append(f"{stem}.parquet")
             suffixes, sums, side = [], [("parquet", digest)], 0
             for suffix, chunks in sidecar_buffers(table):
-                size, digest = self.backend.write_new(f"{stem}.{suffix}", chunks)
-                written.append(f"{stem}.{suffix}")
+                size, digest = self.backend.write_new(f"{derived}.{suffix}", chunks)
+                written.append(f"{derived}.{suffix}")
                 side += size
                 suffixes.append(suffix)
                 sums.append((suffix, digest))
@@ -164,32 +197,42 @@ class Storage:
             for rel in written:
                 self.backend.delete(rel)
             raise
-        return Fragment(f"{stem}.parquet", table.num_rows, nbytes, tuple(suffixes), side, tuple(sums))
+        return Fragment(
+            f"{stem}.parquet", table.num_rows, nbytes, tuple(suffixes), side, tuple(sums), derived=True
+        )
 
     def commit(self, operation: str, build: Callable[[Manifest], Manifest | None]) -> Manifest:
         """Commit the manifest ``build`` derives from the newest one (``None``: nothing to commit).
 
-        Runs under the writers' lock; the exclusive create is the commit point and would also settle a
-        race between writers that do not share the lock (object storage), by rebasing and retrying. If
-        this raises, nothing was committed; once it returns, nothing after the commit point raised.
+        The create-only put of manifest ``v+1`` is the commit point. Writers that share this host's
+        lock take turns; writers that do not (other hosts on object storage) race, and the loser
+        re-reads the newest version and runs ``build`` again on it: an append simply lands on top, a
+        rewrite (delete, update, compaction) re-reads what it changes from that version, so nothing
+        it validated can have changed under it. Retries back off with full jitter until the lock
+        time-out has passed. If this raises, nothing was committed; once it returns, nothing after
+        the commit point raised.
         """
+        deadline = time.monotonic() + self.lock_timeout
         with self.writer_lock():
-            for _attempt in range(8):
+            attempt = 0
+            while True:
                 try:
                     base = self.read_manifest()
                     new = build(base.copy())
                     if new is None:
                         return base
-                    touched = {f.parent.name for f in map(Path, new.fragment_paths() - base.fragment_paths())}
-                    for modality in touched:
-                        self.backend.fsync_dir(f"{DATA}/{modality}")
+                    fresh = new.fragment_paths() - base.fragment_paths()
+                    for folder in sorted({str(Path(p).parent) for p in fresh}):
+                        self.backend.fsync_dir(folder)
                     new.version = base.version + 1
                     new.created_at = time.time()
                     new.operation = operation
-                    created = self.backend.create_exclusive(manifest_name(new.version), new.to_bytes())
-                except (
-                    OSError
-                ) as exc:  # a full disk, a read-only or vanished directory: before the commit point
+                    name = manifest_name(new.version)
+                    created = self.backend.create_exclusive(name, new.to_bytes())
+                    if created and not self._follows(base.version):
+                        self.backend.delete(name)  # it landed in a gap cleanup left: not the newest
+                        created = False
+                except OSError as exc:  # a full disk, a read-only or vanished directory, a failed request
                     raise StoreError(
                         f"could not write to store {self.root} ({exc.strerror or exc}); nothing was committed"
                     ) from exc
@@ -199,7 +242,21 @@ class Storage:
                     except OSError:
                         pass  # advisory: readers probe past a stale hint
                     return new
-            raise CommitConflictError(f"could not commit to {self.root}: other writers kept winning")
+                self.conflicts += 1
+                attempt += 1
+                if time.monotonic() >= deadline:
+                    raise CommitConflictError(
+                        f"could not commit to {self.root}: other writers kept winning for "
+                        f"{self.lock_timeout:.0f}s ({attempt} tries); nothing was committed"
+                    )
+                time.sleep(random.uniform(0.0, min(1.0, 0.005 * 2**attempt)))
+
+    def _follows(self, base: int) -> bool:
+        """Whether version ``base`` (which the new version follows) is still there: a writer stalled for
+        longer than the retention period could otherwise "create" a version cleanup had removed."""
+        if base == 0:
+            return not self.backend.exists(manifest_name(2))
+        return self.backend.exists(manifest_name(base))
 
     # --- maintenance records -----------------------------------------------------------------------------
     def maintenance(self) -> dict[str, dict[str, object]]:
@@ -236,10 +293,7 @@ class Storage:
 
     def containment_problems(self) -> list[str]:
         """Symlinked directories in the store: a store makes none, and cleanup will not work through one."""
-        return [
-            f"{rel} is a symlink (to {os.path.realpath(self.backend.path(rel))}); the store's own files never are"
-            for rel in [*self.backend.symlinked_dirs(DATA), *self.backend.symlinked_dirs(VERSIONS)]
-        ]
+        return self.backend.containment_problems([DATA, VERSIONS])
 
     def _referenced(self, versions: list[int]) -> set[str]:
         out: set[str] = set()
@@ -281,7 +335,7 @@ class Storage:
                 break
             doomed.append(v)
         for name in self.backend.list(VERSIONS):  # crashed writers' temp manifests, stale hint temps
-            if name.startswith(".tmp-") and self.backend.path(f"{VERSIONS}/{name}").is_file():
+            if name.startswith(".tmp-") and self.backend.is_file(f"{VERSIONS}/{name}"):
                 try:  # a live writer's temp file exists for milliseconds: never one younger than a minute
                     if now - self.backend.mtime(f"{VERSIONS}/{name}") > max(older_than, TMP_GRACE):
                         self.backend.delete(f"{VERSIONS}/{name}")
@@ -312,8 +366,8 @@ class Storage:
                         self.backend.delete(rel)
                         gone.append(rel)
                 held = max(held, time.perf_counter() - t0)
-            CACHE.forget(str(self.backend.path(rel)) for rel in gone)  # no handle keeps them allocated
-            stems.update(str(Path(rel).parent / Path(rel).name.split(".")[0]) for rel in gone)
+            CACHE.forget(self.backend.uri(rel) for rel in gone)  # no handle keeps them allocated
+            stems.update(Path(rel).name.split(".")[0] for rel in gone)  # a uuid: fragment + sidecars
         return {
             "versions_removed": removed_versions,
             "files_removed": len(stems),

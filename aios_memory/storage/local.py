@@ -8,16 +8,20 @@ the store: :meth:`LocalBackend.contained` is checked before anything is deleted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from aios_memory.storage.cache import map_file
 
 ROW_GROUP_ROWS = 1024
 
@@ -47,8 +51,44 @@ class _HashingFile:
 class LocalBackend:
     """The storage seam: every file operation the store makes, on a local filesystem."""
 
+    is_local = True
+
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._fs: Any = None
+
+    def lock_path(self) -> str:
+        return str(self.root / ".lock")
+
+    @property
+    def fs(self) -> Any:
+        if self._fs is None:
+            import pyarrow.fs as pafs
+
+            self._fs = pafs.LocalFileSystem()
+        return self._fs
+
+    def fs_path(self, rel: str) -> str:
+        return str(self.root / rel)
+
+    def open_input(self, rel: str) -> Any:
+        """The file for pyarrow to read with ``pread`` (no map: a file truncated under us is an error)."""
+        return pa.OSFile(str(self.root / rel))
+
+    def dataset(self, rels: list[str], schema: pa.Schema | None = None) -> Any:
+        import pyarrow.dataset as ds
+
+        return ds.dataset([str(self.root / r) for r in rels], format="parquet", schema=schema)
+
+    def map(self, rel: str) -> np.ndarray:
+        return map_file(str(self.root / rel))
+
+    @contextlib.contextmanager
+    def local_copy(self, rel: str) -> Iterator[str]:
+        yield str(self.root / rel)
+
+    def is_file(self, rel: str) -> bool:
+        return (self.root / rel).is_file()
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -80,6 +120,9 @@ class LocalBackend:
         """Create ``rel`` (never an existing file), let ``write(file)`` fill it, fsync; a failure (a full
         disk) removes the partial file. Returns (size, sha256)."""
         p = self.path(rel)
+        if not p.parent.is_dir():  # a table's first fragment: make its directory entry durable too
+            p.parent.mkdir(parents=True, exist_ok=True)
+            self.fsync_dir(str(Path(rel).parent.parent))
         try:
             with open(p, "xb") as raw:
                 f = _HashingFile(raw)
@@ -101,16 +144,25 @@ class LocalBackend:
 
         return self._write(rel, write)
 
-    def write_parquet(self, rel: str, table: pa.Table) -> tuple[int, str]:
+    def write_parquet(self, rel: str, table: pa.Table, row_group_size: int = ROW_GROUP_ROWS) -> tuple[int, str]:
         """Write a new immutable Parquet file and fsync it; returns (size, sha256)."""
-        p = self.path(rel)
-        if not p.parent.is_dir():  # a modality's first fragment: make its directory entry durable too
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self.fsync_dir(str(Path(rel).parent.parent))
         # small row groups: a search reads back its k result rows without decoding whole fragments
         return self._write(
-            rel, lambda f: pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+            rel, lambda f: pq.write_table(table, f, compression="zstd", row_group_size=row_group_size)
         )
+
+    def write_file(self, rel: str, save: Callable[[str], None]) -> tuple[int, str]:
+        """Let ``save(path)`` write ``rel`` (a library that writes by path), then fsync and hash it."""
+        p = self.path(rel)
+        try:
+            save(str(p))
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+                size = os.fstat(fh.fileno()).st_size
+            return size, self.sha256(rel)
+        except BaseException:
+            p.unlink(missing_ok=True)
+            raise
 
     def size(self, rel: str) -> int:
         return self.path(rel).stat().st_size
@@ -177,6 +229,14 @@ class LocalBackend:
             return not stat.S_ISDIR(os.lstat(self.path(rel)).st_mode)
         except FileNotFoundError:
             return True
+
+    def containment_problems(self, rels: list[str]) -> list[str]:
+        """Symlinked directories at or under ``rels``: a store makes none, and cleanup will not work through one."""
+        return [
+            f"{d} is a symlink (to {os.path.realpath(self.path(d))}); the store's own files never are"
+            for rel in rels
+            for d in self.symlinked_dirs(rel)
+        ]
 
     def symlinked_dirs(self, rel: str) -> list[str]:
         """Directories at or under ``rel`` that are symlinks (a store never makes any)."""

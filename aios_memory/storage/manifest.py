@@ -19,9 +19,12 @@ from aios_memory.errors import StoreCorruptError
 STORE_FORMAT = 1
 VERSIONS = "_versions"
 DATA = "data"
+DERIVED = "_derived"  # data/<table>/_derived/: sidecars and index files, out of a Parquet reader's way
 _NAME = r"[a-z_][a-z0-9_]{0,63}"
-# data/<table>/<uuid hex>.<suffix>: the only file names a manifest may hold
-DATA_PATH_RE = re.compile(rf"^{DATA}/{_NAME}/[0-9a-f]{{32}}\.[a-z0-9_]{{1,64}}(\.[a-z0-9_]{{1,64}})*$")
+# data/<table>/[_derived/]<uuid hex>.<suffix>: the only file names a manifest may hold
+DATA_PATH_RE = re.compile(
+    rf"^{DATA}/{_NAME}/({DERIVED}/)?[0-9a-f]{{32}}\.[a-z0-9_]{{1,64}}(\.[a-z0-9_]{{1,64}})*$"
+)
 SUFFIX_RE = re.compile(r"^[a-z0-9_]{1,64}(\.[a-z0-9_]{1,64})*$")
 
 
@@ -50,13 +53,19 @@ class Fragment:
     sidecar_nbytes: int = 0
     # sha256 of each file, by suffix ("parquet" for the fragment itself); empty in older manifests
     checksums: tuple[tuple[str, str], ...] = ()
+    # True: sidecars live in ``data/<table>/_derived/`` (stores written before keep them beside)
+    derived: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sidecars", tuple(self.sidecars))  # JSON gives a list
         object.__setattr__(self, "checksums", tuple((str(s), str(h)) for s, h in self.checksums))
 
     def sidecar_path(self, suffix: str) -> str:
-        return f"{self.path.removesuffix('.parquet')}.{suffix}"
+        stem = self.path.removesuffix(".parquet")
+        if self.derived:
+            folder, name = stem.rsplit("/", 1)
+            return f"{folder}/{DERIVED}/{name}.{suffix}"
+        return f"{stem}.{suffix}"
 
     def files(self) -> list[str]:
         return [self.path, *(self.sidecar_path(s) for s in self.sidecars)]
@@ -66,7 +75,7 @@ class Fragment:
 
     def check_paths(self, where: str) -> None:
         check_path(self.path, where)
-        if not self.path.endswith(".parquet"):
+        if not self.path.endswith(".parquet") or f"/{DERIVED}/" in self.path:
             raise StoreCorruptError(f"{where} names fragment {self.path!r}, which is not a Parquet file")
         for s in self.sidecars:
             if not isinstance(s, str) or not SUFFIX_RE.match(s):
@@ -75,7 +84,7 @@ class Fragment:
 
 @dataclass(frozen=True)
 class IndexFile:
-    """A derived ANN index over one vector column of a table (see :mod:`aios_memory.ann`)."""
+    """A derived ANN index over one vector column of a table (see :mod:`aios_memory.storage.ann`)."""
 
     path: str
     kind: str
@@ -163,7 +172,9 @@ class Manifest:
             ) from exc
         for f in [*(f for t in tables.values() for f in t.fragments), *history]:
             f.check_paths(f"manifest {where}")
-            if not all(isinstance(x, int) and x >= 0 for x in (f.rows, f.nbytes, f.sidecar_nbytes)):
+            if not isinstance(f.derived, bool) or not all(
+                isinstance(x, int) and x >= 0 for x in (f.rows, f.nbytes, f.sidecar_nbytes)
+            ):
                 raise StoreCorruptError(f"manifest {where} gives fragment {f.path} non-integer sizes")
         for t in tables.values():
             if t.index is not None:
