@@ -1,0 +1,85 @@
+"""Committing fragments that other processes wrote: one version for a whole job, or nothing. Imports no Ray.
+
+Workers write fragments with ``Storage.write_fragment`` (immutable, uniquely named, invisible until a
+manifest names them) and hand back their :class:`~aios_memory.storage.Fragment` records; the driver
+commits them all in one ``Storage.commit``. The table entry is created or checked as every writer does
+(:func:`aios_memory.rows.table_state`): a table built with another provider refuses the job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aios_memory.errors import StoreError
+from aios_memory.storage import Fragment, Manifest, Storage
+
+
+@dataclass(frozen=True)
+class Part:
+    """One table's share of a job: the fragments workers wrote, and the providers that embedded them."""
+
+    modality: str
+    provider: str
+    text_provider: str | None = None
+    fragments: tuple[Fragment, ...] = field(default_factory=tuple)
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.fragments)
+
+
+def commit_parts(
+    location: str | os.PathLike[str],
+    parts: Sequence[Part],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    operation: str | None = None,
+) -> Manifest:
+    """Commit every part's fragments in one new version (returned; with no rows at all, the newest
+    version is returned and nothing is committed). Raises, having committed nothing, when a table holds
+    another provider's rows (``ProviderMismatchError``) or a fragment's file is gone (``StoreError``:
+    ``cleanup`` removed an orphan older than the retention period, or a worker wrote elsewhere)."""
+    from aios_memory.compaction import maintain
+    from aios_memory.plugins import get_provider
+    from aios_memory.rows import table_state
+
+    storage = Storage(location, storage_options=storage_options, create=False)
+    providers = {p.provider: get_provider(p.provider) for p in parts}
+    texts = {p.text_provider: get_provider(p.text_provider) for p in parts if p.text_provider is not None}
+    checked: set[str] = set()
+    rows = sum(p.rows for p in parts)
+    operation = operation or f"ingest {rows}"
+
+    def build(m: Manifest) -> Manifest | None:
+        changed = False
+        for part in parts:
+            if not part.fragments:
+                continue
+            text = texts[part.text_provider] if part.text_provider is not None else None
+            state = table_state(m, part.modality, providers[part.provider], text)
+            # under the writers' lock, which cleanup takes to delete: what exists now stays until committed
+            missing = [
+                rel
+                for f in part.fragments
+                for rel in f.files()
+                if rel not in checked and not storage.backend.exists(rel)
+            ]
+            if missing:
+                raise StoreError(
+                    f"{len(missing)} file(s) the job wrote are not in store {storage.root} (first: {missing[0]}): "
+                    "cleanup removed them (the job ran longer than the store's retention period) or a worker "
+                    "wrote to another store; nothing was committed"
+                )
+            checked.update(rel for f in part.fragments for rel in f.files())
+            state.fragments.extend(part.fragments)
+            changed = True
+        return m if changed else None
+
+    with storage.writer_lock():  # a lock time-out raises here, before anything is committed
+        committed = storage.commit(operation, build)
+        if any(p.fragments for p in parts):  # the merge of small fragments every writer runs after a commit
+            maintain(storage, committed, sorted({p.modality for p in parts if p.fragments}))
+    return committed
