@@ -87,6 +87,8 @@ class Storage:
         self.retention = float(retention)
         self.manifest_reads = 0  # how many manifests this object has read (searches read one per call)
         self.conflicts = 0  # commits this object retried because another writer created that version
+        self._known = 0  # the newest version this object has seen: probing for newer ones starts there
+        self._manifests: dict[int, bytes] = {}  # object storage: the last few manifests read
         self._lock = FileLock(self.backend.lock_path())
 
     def _make_local(self, create: bool) -> None:
@@ -116,33 +118,49 @@ class Storage:
         return version == 0 or self.backend.exists(manifest_name(version))
 
     def latest_version(self) -> int:
-        """The newest version: the hint, then a probe of the next names until one is missing."""
-        try:
-            v = int(self.backend.read_bytes(HINT))
-        except (OSError, ValueError):
+        """The newest version: from the newest this object has seen (if still there; else the hint), a
+        probe of the next names until one is missing: two existence checks per call when nothing changed."""
+        v = self._known
+        if v > 0 and not self.has_version(v):  # cleanup removed it since: the chain may have a gap there
             v = 0
-        if v <= 0 or not self.has_version(v):  # no hint yet, or a damaged or stale one: list once
-            listed = self.versions()
-            v = listed[-1] if listed else 0
+        if v <= 0:
+            try:
+                v = int(self.backend.read_bytes(HINT))
+            except (OSError, ValueError):
+                v = 0
+            if v <= 0 or not self.has_version(v):  # no hint yet, or a damaged or stale one: list once
+                listed = self.versions()
+                v = listed[-1] if listed else 0
         while self.backend.exists(manifest_name(v + 1)):
             v += 1
+        self._known = v
         return v
 
     def read_manifest(self, version: int | None = None) -> Manifest:
         """The manifest of ``version`` (default: the newest). Version 0 is the empty store."""
         self.manifest_reads += 1
+        newest = version is None
         if version is None:
             version = self.latest_version()
         if version == 0:
             return Manifest()
         rel = manifest_name(version)
-        try:
-            raw = self.backend.read_bytes(rel)
-        except FileNotFoundError:
-            raise self.version_gone(version) from None
+        raw = self._manifests.get(version)
+        if raw is None:
+            try:
+                raw = self.backend.read_bytes(rel)
+            except FileNotFoundError:
+                if newest and self._known:  # the store was replaced under this object: start afresh
+                    self._known = 0
+                    return self.read_manifest()
+                raise self.version_gone(version) from None
         m = Manifest.from_bytes(raw, self.backend.uri(rel))
         if m.version != version:
             raise StoreCorruptError(f"manifest {rel} says it is version {m.version}")
+        if not self.backend.is_local:  # a manifest is immutable: on object storage, one GET per version
+            self._manifests[version] = raw
+            while len(self._manifests) > 8:
+                self._manifests.pop(next(iter(self._manifests)))
         return m
 
     def version_gone(self, version: int) -> VersionNotFoundError:
