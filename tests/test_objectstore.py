@@ -302,3 +302,38 @@ def test_the_cli_works_on_an_s3_store(seaweed_s3, model_home, tmp_path):
     assert len(files) == 1 and files[0].startswith(f"{uri}/data/text/")
     bad = run_cli(*base, "--storage-option", "nonsense", "add", "x", env=env, check=False)
     assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr
+
+
+def test_rewrites_racing_on_other_hosts_revalidate_what_they_read(s3_store_uri, tmp_path):
+    """Updates of one memory on "host" A race appends and then a delete on "host" B (separate locks):
+    every retried rewrite re-reads the memory from the version it lands on, so the memory is never
+    doubled, never resurrected, and no append is lost."""
+    from aios_memory.errors import MemoryNotFoundError
+
+    uri, opts = s3_store_uri
+    a, b = _store(uri, opts, tmp_path), _store(uri, opts, tmp_path)
+    target = a.add("the memory both hosts touch")
+    appended, updates, errors = [], [], []
+
+    def updater() -> None:
+        for i in range(15):
+            try:
+                a.update(target, metadata={"round": i})
+                updates.append(i)
+            except MemoryNotFoundError:
+                return
+            except Exception as exc:  # anything else is a failure
+                errors.append(exc)
+
+    t = threading.Thread(target=updater)
+    t.start()
+    for i in range(15):
+        appended += b.add_many([f"append {i}"])
+    b.delete(target, missing_ok=True)
+    t.join(120)
+    assert not errors and a._storage.conflicts + b._storage.conflicts > 0
+    ids = b.sql("SELECT id FROM text_memories").column("id").to_pylist()
+    assert target not in ids and sorted(ids) == sorted(appended)
+    assert _versions(b) == list(range(1, b.version + 1)) and b.verify()["ok"]
+    ops = [b._storage.read_manifest(v).operation for v in _versions(b)]
+    assert ops.count("update 1") == len(updates) and ops.count("delete 1") == 1
