@@ -64,8 +64,23 @@ def _stop_daemons(runtime: Path) -> None:
                 os.kill(int(json.loads(f.read())["pid"]), signal.SIGTERM)
 
 
+def _s3_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """For the pages whose examples use object storage: a real S3 server on loopback (AWS_* variables)
+    holding an empty bucket ``memories``, as a reader would set one up."""
+    server = request.getfixturevalue("seaweed_s3")
+    try:
+        server.make_bucket("memories")
+    except Exception as exc:  # made by an earlier run of this page in the session
+        if "BucketAlready" not in type(exc).__name__ + str(exc):
+            raise
+    return server.env()
+
+
+S3_PAGES = {"scale-out.md"}
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
-def test_python_blocks_run(doc, docs_home, tmp_path):
+def test_python_blocks_run(doc, docs_home, tmp_path, request):
     blocks = BLOCK.findall(doc.read_text())
     if not blocks:
         pytest.skip(f"{doc.name} has no python blocks")
@@ -74,6 +89,8 @@ def test_python_blocks_run(doc, docs_home, tmp_path):
     script = "\n".join(f"print('--- block {i}', flush=True)\n{code}" for i, code in enumerate(blocks))
     runtime = tmp_path / "rt"  # the daemons `serve` starts: private to this test, stopped after it
     env = {**os.environ, "AIOS_MEMORY_HOME": str(docs_home / "home"), "AIOS_MEMORY_RUNTIME_DIR": str(runtime)}
+    if doc.name in S3_PAGES:
+        env |= _s3_env(request)
     try:
         proc = subprocess.run(
             [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
