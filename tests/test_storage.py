@@ -166,3 +166,52 @@ def test_cleanup_holds_the_lock_briefly_and_reports_it(tmp_path):
     assert report["versions_removed"] == 30 and report["files_removed"] == 30
     assert 0 < report["lock_held_max_s"] < 5
     assert s.versions() == [31]
+
+
+def test_derived_files_stay_out_of_a_plain_parquet_reader(tmp_path):
+    """Sidecars (and index files) live in data/<table>/_derived/, which pyarrow's dataset discovery skips
+    (names starting with "_"): a plain ``pyarrow.dataset(data/<table>)`` reads the fragments only."""
+    import pyarrow.dataset as ds
+    from trigram_provider import NAME, register
+
+    from aios_memory import MemoryStore
+
+    register()
+    store = MemoryStore(tmp_path / "s", providers={"text": NAME})
+    store.add_many(["one", "two", "three"])
+    derived = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "s/data/text/_derived").iterdir())
+    assert derived == ["created_at.i64", "embedding.f32"]
+    assert ds.dataset(tmp_path / "s/data/text", format="parquet").to_table().num_rows == 3
+
+
+def test_fragments_with_sidecars_beside_them_still_read_from_the_sidecars(tmp_path):
+    """Stores written before _derived/ keep their sidecars beside the fragment (``derived`` false)."""
+    import dataclasses
+
+    from trigram_provider import NAME, register
+
+    from aios_memory import MemoryStore
+
+    register()
+    store = MemoryStore(tmp_path / "s", providers={"text": NAME})
+    store.add_many(["alpha", "beta", "gamma"])
+    storage = store._storage
+
+    def old_layout(m: Manifest) -> Manifest:
+        state = m.tables["text"]
+        moved = []
+        for f in state.fragments:
+            old = dataclasses.replace(f, derived=False)
+            for s in f.sidecars:
+                os.replace(storage.backend.path(f.sidecar_path(s)), storage.backend.path(old.sidecar_path(s)))
+            moved.append(old)
+        state.fragments = moved
+        return m
+
+    storage.commit("old layout", old_layout)
+    frag = storage.read_manifest().tables["text"].fragments[0]
+    assert not frag.derived and "/_derived/" not in frag.sidecar_path("embedding.f32")
+    fresh = MemoryStore(tmp_path / "s")
+    explain = fresh.explain_search("alpha", k=2)
+    assert explain["parquet_fallback"] == 0 and explain["results"][0].content == "alpha"
+    assert fresh.verify()["ok"]
