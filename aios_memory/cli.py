@@ -71,6 +71,7 @@ _LAZY_COMMANDS = {
     "models": "aios_memory.model_commands",
     "files": "aios_memory.export_commands",
     "export": "aios_memory.export_commands",
+    "ingest": "aios_memory.distributed.commands",
 }
 
 

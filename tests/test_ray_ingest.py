@@ -1,0 +1,278 @@
+"""Distributed ingestion on Ray Data, with real Ray processes: a head and a worker node (one CPU each, on
+loopback, no dashboard, no usage reports) shared by the module. A job of images, audio and texts commits
+one version whose rows equal `aios-memory import`'s; a worker node lost mid-job commits nothing and a
+re-run succeeds; a provider mismatch is refused with nothing committed; the core never imports Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aios_memory_converters.clip import convert_clip
+from conftest import run_cli
+from test_clip_model import TINY, make_clip_folder, real_images
+
+from aios_memory import MemoryStore
+from aios_memory.errors import ProviderMismatchError
+
+ray = pytest.importorskip("ray", reason='the Ray path needs `pip install "aios-memory[ray]"`')
+ALSA = Path("/usr/share/sounds/alsa")
+TEXTS = [f"note {i}: the {w} fox jumps over the lazy dog" for i, w in enumerate(["red", "quick", "old"])]
+ENV = {  # loopback only, no usage reports; the nodes and the CLI's children inherit these
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's switch for "this host's loopback address"
+    "RAY_DEDUP_LOGS": "1",
+}
+
+pytestmark = pytest.mark.skipif(
+    not (ALSA / "Front_Center.wav").exists(), reason="alsa-utils sounds are installed by .ci/run"
+)
+
+
+@pytest.fixture(scope="module")
+def home(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real MiniLM (the session's), a tiny seeded CLIP and the real Whisper base."""
+    from aios_memory_whisper.provider import WhisperProvider
+
+    root = tmp_path_factory.mktemp("ray_home")
+    shutil.copytree(model_home / "models" / "text", root / "models" / "text")
+    make_clip_folder(root / "hf", TINY, seed=5)
+    convert_clip(root / "hf", root / "models" / "clip")
+    WhisperProvider(root / "models" / "whisper").install()
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster(home: Path) -> Iterator[Any]:
+    """Head + one worker node as real processes; the model home set before they start (they inherit it)."""
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    saved = {k: os.environ.get(k) for k in [*ENV, "AIOS_MEMORY_HOME"]}
+    os.environ.update(ENV, AIOS_MEMORY_HOME=str(home))
+    loopback_only = ray_constants.ENABLE_RAY_CLUSTER  # read when Ray was imported: set it for this process
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    loopback = {"node_ip_address": "127.0.0.1", "num_cpus": 1}
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={**loopback, "include_dashboard": False},
+    )
+    c.add_node(**loopback)
+    ray.init(address=c.address, log_to_driver=False)
+    try:
+        yield c
+    finally:
+        procs = [
+            p.process for n in [c.head_node, *c.worker_nodes] for ps in n.all_processes.values() for p in ps
+        ]
+        ray.shutdown()
+        c.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = loopback_only
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        deadline = time.monotonic() + 30
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(p.poll() is not None for p in procs), "Ray processes outlived the cluster"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real photographs (PNG and JPEG), the ALSA clips, a few texts, and a file no importer accepts."""
+    import io
+
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("ray_files")
+    (root / "images").mkdir()
+    for n, (name, data) in enumerate(sorted(real_images().items())):
+        img = Image.open(io.BytesIO(data)).convert("RGB").resize((96 + 8 * n, 96))
+        img.save(root / "images" / f"{n:02d}_{name}.{'jpg' if n % 2 else 'png'}")
+    shutil.copytree(
+        ALSA, root / "audio", ignore=lambda d, names: [x for x in names if not x.endswith(".wav")]
+    )
+    (root / "texts").mkdir()
+    for i, text in enumerate(TEXTS):
+        (root / "texts" / f"{i}.txt").write_text(text)
+    (root / "texts" / "noise.bin").write_bytes(bytes(range(128, 256)) * 4)  # neither media nor UTF-8
+    return root
+
+
+def _rows(store: MemoryStore, modality: str) -> dict[str, dict[str, Any]]:
+    return {r["source"]: r for r in store.sql(f"SELECT * FROM {modality}_memories").to_pylist()}
+
+
+def _same_rows(ours: MemoryStore, theirs: MemoryStore) -> dict[str, int]:
+    """Every row equal (ids and timestamps aside): content, media, metadata, transcript, windows; vectors
+    bit-equal float32 or (another thread count's rounding) cosine >= 0.99999. Returns rows per table."""
+    counts = {}
+    for mod in ("text", "image", "audio"):
+        a, b = _rows(ours, mod), _rows(theirs, mod)
+        assert a.keys() == b.keys(), mod
+        for source, row in a.items():
+            other = b[source]
+            for k, v in row.items():
+                if k in ("id", "created_at", "updated_at"):
+                    continue
+                if k.endswith("embedding") and v is not None and other[k] is not None:
+                    u, w = np.asarray(v, np.float32), np.asarray(other[k], np.float32)
+                    assert np.array_equal(u, w) or float(u @ w) >= 0.99999, (source, k)
+                else:
+                    assert v == other[k], (source, k)
+        counts[mod] = len(a)
+    return counts
+
+
+def test_importing_the_package_and_opening_a_store_imports_no_ray(tmp_path):
+    script = (
+        "import sys, aios_memory, aios_memory.distributed, aios_memory.distributed.commands\n"
+        "from aios_memory import MemoryStore\n"
+        f"MemoryStore({str(tmp_path / 's')!r}).stats()\n"
+        "from aios_memory.cli import cli\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_job_is_one_version_equal_to_the_import(cluster, home, folder, tmp_path):
+    from aios_memory.distributed import ingest_ray
+
+    store = MemoryStore(tmp_path / "ray")
+    store.add("already here")
+    report = ingest_ray(store.path, [folder], actors=2, batch_size=4, progress=False)
+    assert (report["base_version"], report["version"], store.version) == (1, 2, 2)  # ONE new version
+    assert [e["source"].rsplit("/", 1)[-1] for e in report["errors"]] == ["noise.bin"]
+    assert "UTF-8" in report["errors"][0]["error"] or "not an image" in report["errors"][0]["error"]
+    assert report["added"] == report["files"] - 1 == len(list(folder.rglob("*.*"))) - 1
+    assert store.verify()["ok"] and not store.verify()["orphans"]
+
+    run_cli("--store", str(tmp_path / "import"), "import", str(folder), env={"AIOS_MEMORY_HOME": str(home)})
+    imported = MemoryStore(tmp_path / "import")
+    store.delete([m.id for m in store.search("already here", k=1)])  # the import's store has no such row
+    counts = _same_rows(store, imported)
+    assert counts == {"text": len(TEXTS), "image": len(real_images()), "audio": len(list(ALSA.glob("*.wav")))}
+    assert report["modalities"]["audio"]["rows"] == counts["audio"]
+    transcripts = [r["transcript"] for r in _rows(store, "audio").values()]
+    assert any(t and "front" in t.lower() for t in transcripts)
+
+
+def test_cli_ingest_on_the_cluster_and_locally(cluster, home, folder, tmp_path):
+    texts = folder / "texts"
+    env = {"AIOS_MEMORY_HOME": str(home), "RAY_ADDRESS": cluster.address}
+    out = run_cli("--store", str(tmp_path / "ray"), "ingest", "--actors", "2", str(texts), env=env)
+    assert f"ingested {len(TEXTS)} files as {len(TEXTS)} memories" in out.stdout and "version 1" in out.stdout
+    assert "noise.bin" in out.stderr and len(out.stderr.splitlines()) < 150  # progress, not a flood
+    local = run_cli("--store", str(tmp_path / "local"), "ingest", "--engine", "local", str(texts), env=env)
+    assert f"imported {len(TEXTS)} files" in local.stdout
+    _same_rows(MemoryStore(tmp_path / "ray"), MemoryStore(tmp_path / "local"))
+
+
+def test_a_table_of_another_provider_refuses_the_job(cluster, folder, tmp_path):
+    import trigram_provider
+
+    from aios_memory.distributed import ingest_ray
+
+    trigram_provider.register()
+    store = MemoryStore(tmp_path / "s", providers={"text": trigram_provider.NAME})
+    store.add("embedded by the trigram provider")
+    with pytest.raises(ProviderMismatchError, match=trigram_provider.NAME):
+        ingest_ray(store.path, [folder / "texts"], providers={"text": "minilm-l6-v2"}, progress=False)
+    assert store.version == 1 and store.verify()["ok"] and not store.verify()["orphans"]
+
+
+def test_commit_refuses_fragments_of_another_provider_written_meanwhile(home, tmp_path, monkeypatch):
+    """The check at the commit point itself (no Ray needed): a table created with another provider after
+    the workers embedded and wrote their fragments refuses the whole job."""
+    import trigram_provider
+
+    from aios_memory.distributed import Embed, Part, commit_parts
+    from aios_memory.storage import Storage
+
+    monkeypatch.setenv("AIOS_MEMORY_HOME", str(home))
+    trigram_provider.register()
+    location = tmp_path / "s"
+    embed = Embed("text", store=None)
+    rows = embed(__import__("pyarrow").table({"data": TEXTS}))
+    fragment = Storage(location).write_fragment("text", rows.drop_columns(["_aios_index", "_aios_error"]))
+    other = MemoryStore(location, providers={"text": trigram_provider.NAME})
+    other.add("another writer got there first")
+    with pytest.raises(ProviderMismatchError, match="minilm-l6-v2"):
+        commit_parts(location, [Part("text", "minilm-l6-v2", None, (fragment,))])
+    assert other.version == 1 and other.verify()["orphans"]  # the fragment: an orphan nobody reads
+
+
+def test_a_lost_worker_node_commits_nothing_and_a_rerun_succeeds(cluster, folder, tmp_path):
+    """The embedding actors may not restart (max_restarts=0): removing the worker node fails the job."""
+    from aios_memory.distributed import Embed, MemoryDatasink, ingest_ray
+    from aios_memory.distributed.sources import list_files, plan_files
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(24):
+        (many / f"{i:02d}.txt").write_text(f"memory number {i} about a slow job")
+    store = MemoryStore(tmp_path / "s")
+    store.add("before the job")
+    started = tmp_path / "started"
+
+    class SlowEmbed(Embed):  # defined here: Ray ships it by value to the workers
+        def __call__(self, batch: Any) -> Any:
+            started.touch()
+            time.sleep(0.3)
+            return super().__call__(batch)
+
+    sink = MemoryDatasink(store.path, modality="text", rows_per_write=None)  # a write task per block
+    ds = ray.data.from_items(plan_files(list_files([many])).items["text"]).map_batches(
+        SlowEmbed,
+        fn_constructor_kwargs={
+            "modality": "text",
+            "store": str(store.path),
+            "model_home": os.environ["AIOS_MEMORY_HOME"],
+        },
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=2),
+        num_cpus=1,
+        max_restarts=0,
+    )
+    failure: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            failure.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2.0)  # some blocks embedded and written by now
+    cluster.remove_node(next(iter(cluster.worker_nodes)))
+    thread.join(timeout=180)
+    assert not thread.is_alive() and failure, "the job should have failed with its node"
+    assert sink.error is not None and sink.committed is None
+    assert store.version == 1 and len(store.sql("SELECT id FROM text_memories")) == 1
+    report = store.verify()
+    assert report["ok"], report["problems"]
+    assert store.cleanup(older_than=0)["files_removed"] == len(
+        {Path(o).name.split(".")[0] for o in report["orphans"]}
+    )
+
+    cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1)  # the module's cluster again, for what follows
+    again = ingest_ray(store.path, [many], actors=2, progress=False)
+    assert (again["version"], again["rows"], store.version) == (2, 24, 2)
+    contents = sorted(store.sql("SELECT content FROM text_memories").column("content").to_pylist())
+    assert contents == sorted(["before the job", *(f"memory number {i} about a slow job" for i in range(24))])
+    assert store.verify()["ok"] and json.dumps(store.stats())
