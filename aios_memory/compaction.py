@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from aios_memory.errors import StoreCorruptError
+from aios_memory.errors import CommitConflictError, StoreCorruptError
 from aios_memory.schema import HISTORY_DIR
 from aios_memory.storage import Fragment, Manifest, Storage, plan_compaction
 
@@ -32,6 +32,8 @@ def maintain(storage: Storage, committed: Manifest, modalities: list[str]) -> No
             continue  # nothing to merge: no manifest read, no commit
         try:
             auto_compact(storage, mod)
+        except CommitConflictError:
+            continue  # another writer (another host) committed first: the next commit plans afresh
         except Exception as exc:  # noqa: BLE001 - the write is committed: nothing may undo that
             storage.note_maintenance(task, exc)
         else:
@@ -73,7 +75,7 @@ def auto_compact(storage: Storage, modality: str) -> None:
             changed = True
         return m if changed else None
 
-    storage.commit(f"compact {modality}", build)
+    storage.commit(f"compact {modality}", build, once=True)
     if damaged:  # merged around it; recorded so that doctor keeps saying so
         raise damaged[0]
 

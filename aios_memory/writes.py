@@ -182,6 +182,7 @@ class WritesMixin(HistoryMixin):
         writers' lock, so two writers cannot both add the same memory) and map to the surviving id.
         """
         same_as: dict[tuple[str, int], str] = {}  # (modality, row) -> existing id
+        written: dict[str, Fragment] = {}  # without dedupe, a retried attempt appends the same files
 
         def build(m: Manifest) -> Manifest | None:
             same_as.clear()  # a retried attempt starts over
@@ -193,7 +194,9 @@ class WritesMixin(HistoryMixin):
                         self._nearest, m, mod, table, row_items[mod], namespace, dedupe, same_as
                     )
                 if table.num_rows:
-                    state.fragments.append(self._storage.write_fragment(mod, table))
+                    if dedupe is not None or mod not in written:
+                        written[mod] = self._storage.write_fragment(mod, table)
+                    state.fragments.append(written[mod])
                     changed = True
             return m if changed else None
 

@@ -219,7 +219,9 @@ class Storage:
             f"{stem}.parquet", table.num_rows, nbytes, tuple(suffixes), side, tuple(sums), derived=True
         )
 
-    def commit(self, operation: str, build: Callable[[Manifest], Manifest | None]) -> Manifest:
+    def commit(
+        self, operation: str, build: Callable[[Manifest], Manifest | None], *, once: bool = False
+    ) -> Manifest:
         """Commit the manifest ``build`` derives from the newest one (``None``: nothing to commit).
 
         The create-only put of manifest ``v+1`` is the commit point. Writers that share this host's
@@ -227,8 +229,9 @@ class Storage:
         re-reads the newest version and runs ``build`` again on it: an append simply lands on top, a
         rewrite (delete, update, compaction) re-reads what it changes from that version, so nothing
         it validated can have changed under it. Retries back off with full jitter until the lock
-        time-out has passed. If this raises, nothing was committed; once it returns, nothing after
-        the commit point raised.
+        time-out has passed; with ``once`` (maintenance that the next commit plans afresh anyway), a
+        lost race raises ``CommitConflictError`` at once. If this raises, nothing was committed; once
+        it returns, nothing after the commit point raised.
         """
         deadline = time.monotonic() + self.lock_timeout
         with self.writer_lock():
@@ -246,7 +249,8 @@ class Storage:
                     new.created_at = time.time()
                     new.operation = operation
                     name = manifest_name(new.version)
-                    created = self.backend.create_exclusive(name, new.to_bytes())
+                    data = new.to_bytes()
+                    created = self.backend.create_exclusive(name, data)
                     if created and not self._follows(base.version):
                         self.backend.delete(name)  # it landed in a gap cleanup left: not the newest
                         created = False
@@ -255,6 +259,9 @@ class Storage:
                         f"could not write to store {self.root} ({exc.strerror or exc}); nothing was committed"
                     ) from exc
                 if created:
+                    self._known = max(self._known, new.version)
+                    if not self.backend.is_local:  # what we just wrote: no GET to read it back
+                        self._manifests[new.version] = data
                     try:
                         self.backend.replace(HINT, str(new.version).encode())
                     except OSError:
@@ -262,7 +269,7 @@ class Storage:
                     return new
                 self.conflicts += 1
                 attempt += 1
-                if time.monotonic() >= deadline:
+                if once or time.monotonic() >= deadline:
                     raise CommitConflictError(
                         f"could not commit to {self.root}: other writers kept winning for "
                         f"{self.lock_timeout:.0f}s ({attempt} tries); nothing was committed"

@@ -134,6 +134,8 @@ class S3Backend:
                 client_options={"allow_http": bool(o["allow_http"])},
             )
         self._fs: Any = None
+        self._lock = threading.Lock()
+        self._datasets: dict[tuple[Any, ...], Any] = {}  # the last few datasets queried, footers read
         self._mtimes: dict[str, float] = {}  # last_modified of keys seen in the latest listing
 
     # --- identity -----------------------------------------------------------------------------------
@@ -269,11 +271,24 @@ class S3Backend:
             raise
 
     def dataset(self, rels: list[str], schema: pa.Schema | None = None) -> Any:
+        """An Arrow dataset over these fragments, kept with their footers read (the files never change),
+        so a second query over the same version fetches no footer again."""
         import pyarrow.dataset as ds
 
-        return ds.dataset(
-            [self.fs_path(r) for r in rels], format="parquet", filesystem=self.fs, schema=schema
-        )
+        key = (tuple(rels), None if schema is None else schema.to_string())
+        with self._lock:
+            got = self._datasets.get(key)
+        if got is None:
+            got = ds.dataset(
+                [self.fs_path(r) for r in rels], format="parquet", filesystem=self.fs, schema=schema
+            )
+            for fragment in got.get_fragments():
+                fragment.ensure_complete_metadata()
+            with self._lock:
+                self._datasets[key] = got
+                while len(self._datasets) > 16:
+                    self._datasets.pop(next(iter(self._datasets)))
+        return got
 
     def map(self, rel: str) -> np.ndarray:
         """The whole object in memory (an object store has nothing to map); immutable, so cached."""
