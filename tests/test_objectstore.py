@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from s3_servers import SeaweedS3
 from trigram_provider import NAME
 
 from aios_memory import MemoryStore
@@ -336,3 +337,39 @@ def test_rewrites_racing_on_other_hosts_revalidate_what_they_read(s3_store_uri, 
     assert _versions(b) == list(range(1, b.version + 1)) and b.verify()["ok"]
     ops = [b._storage.read_manifest(v).operation for v in _versions(b)]
     assert ops.count("update 1") == len(updates) and ops.count("delete 1") == 1
+
+
+class _SeaweedWithReader(SeaweedS3):
+    """SeaweedFS with two identities: the usual keys (may write) and a reader (Read and List only)."""
+
+    reader = ("reader-key", "reader-secret-0123")
+
+    def _command(self) -> list[str]:
+        cmd = super()._command()
+        ids = [
+            ((self.access_key, self.secret_key), ["Admin", "Read", "List", "Write"]),
+            (self.reader, ["Read", "List"]),
+        ]
+        conf = [{"name": f"u{i}", "credentials": [{"accessKey": k, "secretKey": s}], "actions": a}
+                for i, ((k, s), a) in enumerate(ids)]  # fmt: skip
+        path = Path(str(self.dir)) / "s3.json"
+        path.write_text(json.dumps({"identities": conf}))
+        return [*cmd, f"-s3.config={path}"]
+
+
+def test_credentials_that_may_only_read_open_the_store_and_are_refused_writes(tmp_path):
+    """The open-time probe is a write: credentials without write permission still open the store
+    (reads work) and a write is a StoreError with nothing committed."""
+    with _SeaweedWithReader() as server:
+        bucket = server.make_bucket()
+        opts = server.storage_options()
+        _store(f"s3://{bucket}/s", opts, tmp_path).add_many(["one", "two"])
+        _CHECKED.clear()  # as in a fresh process: the reader's open probes again
+        ro = {**opts, "access_key_id": server.reader[0], "secret_access_key": server.reader[1]}
+        reader = _store(f"s3://{bucket}/s", ro, tmp_path, create=False)
+        assert reader._storage.backend.read_only
+        assert reader.sql("SELECT count(*) AS n FROM text_memories").to_pylist() == [{"n": 2}]
+        assert [m.content for m in reader.search("one", k=1)] == ["one"]
+        with pytest.raises(StoreError, match="may read but not write"):
+            reader.add("three")
+        assert reader.version == 1 and _versions(reader) == [1]

@@ -134,6 +134,7 @@ class S3Backend:
                 client_options={"allow_http": bool(o["allow_http"])},
             )
         self._fs: Any = None
+        self.read_only = False  # the open-time probe was denied: these credentials only read
         self._lock = threading.Lock()
         self._datasets: dict[tuple[Any, ...], Any] = {}  # the last few datasets queried, footers read
         self._mtimes: dict[str, float] = {}  # last_modified of keys seen in the latest listing
@@ -183,11 +184,22 @@ class S3Backend:
         with _CHECK_LOCK:
             if key not in _CHECKED:
                 import obstore
-                from obstore.exceptions import AlreadyExistsError, PreconditionError
+                from obstore.exceptions import (
+                    AlreadyExistsError,
+                    BaseError,
+                    PermissionDeniedError,
+                    PreconditionError,
+                )
 
                 probe = f"_versions/.probe-{uuid.uuid4().hex}"
-                with _io():
+                try:
                     obstore.put(self._store, probe, b"1", mode="create")
+                except PermissionDeniedError:
+                    self.read_only = True  # credentials that may only read: nothing to check
+                    return
+                except BaseError as exc:
+                    raise _os_error(exc) from exc
+                with _io():
                     try:
                         obstore.put(self._store, probe, b"2", mode="create")
                         honoured = False
@@ -310,9 +322,16 @@ class S3Backend:
             os.unlink(tmp)
 
     # --- writing ----------------------------------------------------------------------------------------
+    def _writable(self) -> None:
+        if self.read_only:
+            raise PermissionError(
+                f"the credentials for {self.root} may read but not write (the store is read-only to them)"
+            )
+
     def _put_new(self, rel: str, data: Any) -> tuple[int, str]:
         import obstore
 
+        self._writable()
         view = memoryview(data).cast("B")
         with _io():
             obstore.put(self._store, rel, view, mode="create", use_multipart=False)
@@ -345,6 +364,7 @@ class S3Backend:
         import obstore
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
+        self._writable()
         try:
             with _io():
                 try:
