@@ -64,9 +64,7 @@ def _options(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     opts = dict(raw or {})
     unknown = sorted(set(opts) - OPTIONS)
     if unknown:
-        raise InvalidInputError(
-            f"unknown storage_options {unknown}; known: {', '.join(sorted(OPTIONS))}"
-        )
+        raise InvalidInputError(f"unknown storage_options {unknown}; known: {', '.join(sorted(OPTIONS))}")
     for key, names in _ENV.items():
         if opts.get(key) is None:
             opts[key] = next((os.environ[n] for n in names if os.environ.get(n)), None)
@@ -365,14 +363,11 @@ class S3Backend:
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
         self._writable()
-        try:
-            with _io():
-                try:
-                    obstore.put(self._store, rel, data, mode="create", use_multipart=False)
-                except (AlreadyExistsError, PreconditionError):
-                    return self.read_bytes(rel) == data
-        except OSError:
-            raise
+        with _io():
+            try:
+                obstore.put(self._store, rel, data, mode="create", use_multipart=False)
+            except (AlreadyExistsError, PreconditionError):
+                return self.read_bytes(rel) == data
         return True
 
     def replace(self, rel: str, data: bytes) -> None:
