@@ -2,7 +2,8 @@
 
 - :mod:`~aios_memory.storage.manifest`: what a version names (fragments, sidecars, index, change log),
   with sizes and checksums, every path checked to lie inside the store;
-- :mod:`~aios_memory.storage.commit`: the commit protocol, the version hint, retention and cleanup;
+- :mod:`~aios_memory.storage.commit`: the commit protocol and the version hint;
+- :mod:`~aios_memory.storage.retention`: cleanup of superseded versions and unreferenced files;
 - :mod:`~aios_memory.storage.local`: the local filesystem backend, the one place that calls the OS;
 - :mod:`~aios_memory.storage.objectstore`: the object-storage backend (``s3://bucket/prefix``);
 - :mod:`~aios_memory.storage.sidecars`: the vector and timestamp sidecars written with each fragment;

@@ -25,6 +25,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,6 @@ LOCK = ".lock"
 HINT = f"{VERSIONS}/_latest"
 MAINTENANCE = "_maintenance.json"
 DEFAULT_RETENTION = 3600.0  # seconds a superseded version stays readable (``cleanup``'s default)
-CLEANUP_BATCH = 256  # files deleted per hold of the writers' lock
-TMP_GRACE = 60.0  # seconds: temp files younger than this may belong to a commit in progress
 _MANIFEST_RE = re.compile(r"^(\d{20})\.manifest\.json$")
 _DATA_FILE_RE = re.compile(r"^[0-9a-f]{32}\.")  # fragments, their sidecars and index files: <uuid>.<what>
 
@@ -200,24 +199,34 @@ class Storage:
 
         name = uuid.uuid4().hex
         stem, derived = f"{DATA}/{modality}/{name}", f"{DATA}/{modality}/{DERIVED}/{name}"
-        written: list[str] = []
+        jobs: list[tuple[str, str, Callable[[], tuple[int, str]]]] = [
+            (
+                "parquet",
+                f"{stem}.parquet",
+                lambda: self.backend.write_parquet(f"{stem}.parquet", table, ROW_GROUP_ROWS),
+            )
+        ]
+        for suffix, chunks in sidecar_buffers(table):
+            rel = f"{derived}.{suffix}"
+            jobs.append((suffix, rel, lambda rel=rel, chunks=chunks: self.backend.write_new(rel, chunks)))
         try:
-            nbytes, digest = self.backend.write_parquet(f"{stem}.parquet", table, ROW_GROUP_ROWS)
-            written.append(f"{stem}.parquet")
-            suffixes, sums, side = [], [("parquet", digest)], 0
-            for suffix, chunks in sidecar_buffers(table):
-                size, digest = self.backend.write_new(f"{derived}.{suffix}", chunks)
-                written.append(f"{derived}.{suffix}")
-                side += size
-                suffixes.append(suffix)
-                sums.append((suffix, digest))
+            if self.backend.is_local:
+                done = [job() for _s, _r, job in jobs]
+            else:  # one round trip for the three puts, not three
+                with ThreadPoolExecutor(len(jobs)) as pool:
+                    futures = [pool.submit(job) for _s, _r, job in jobs]
+                    done = [f.result() for f in futures]
         except BaseException:
-            for rel in written:
-                self.backend.delete(rel)
+            for _s, rel, _j in jobs:  # what was written of them (a missing one is no error)
+                try:
+                    self.backend.delete(rel)
+                except OSError:
+                    pass  # an orphan: invisible to readers, cleanup's after the retention period
             raise
-        return Fragment(
-            f"{stem}.parquet", table.num_rows, nbytes, tuple(suffixes), side, tuple(sums), derived=True
-        )
+        sums = tuple((suffix, digest) for (suffix, _r, _j), (_n, digest) in zip(jobs, done, strict=True))
+        nbytes, suffixes = done[0][0], tuple(s for s, _r, _j in jobs[1:])
+        side = sum(n for n, _d in done[1:])
+        return Fragment(f"{stem}.parquet", table.num_rows, nbytes, suffixes, side, sums, derived=True)
 
     def commit(
         self, operation: str, build: Callable[[Manifest], Manifest | None], *, once: bool = False
@@ -330,71 +339,8 @@ class Storage:
         return out
 
     def cleanup(self, older_than: float | None = None, keep_versions: int = 1) -> dict[str, int | float]:
-        """Delete manifests superseded more than ``older_than`` seconds ago (default: the retention
-        period; the newest ``keep_versions`` always stay), then the data files no remaining manifest
-        names that are themselves that old. ``files_removed`` counts a fragment and its sidecars as one.
+        """Delete superseded versions and unreferenced files older than the retention period (see
+        :func:`aios_memory.storage.retention.cleanup`)."""
+        from aios_memory.storage.retention import cleanup
 
-        Works in small steps: the listing and the reading of manifests run without the writers' lock;
-        each batch of deletions holds it briefly, after taking in the versions committed meanwhile.
-        """
-        from aios_memory.storage.cache import CACHE
-
-        older_than = self.retention if older_than is None else float(older_than)
-        problems = self.containment_problems()
-        if problems:
-            raise StoreError(f"cleanup refused: {problems[0]}")
-        now, held, stems = time.time(), 0.0, set()
-        removed_versions = 0
-        versions = self.versions()
-        keep = set(versions[-max(1, keep_versions) :])
-        doomed = []
-        for v, successor in zip(versions, versions[1:], strict=False):
-            # age counts from when v stopped being the newest: a reader may have opened it until then.
-            # Only a run of the oldest versions goes, never one between two kept ones: the retained
-            # versions stay contiguous, so probing forward from any of them finds the newest.
-            try:
-                superseded = self.backend.mtime(manifest_name(successor))
-            except FileNotFoundError:
-                break
-            if v in keep or now - superseded <= older_than:
-                break
-            doomed.append(v)
-        for name in self.backend.list(VERSIONS):  # crashed writers' temp manifests, stale hint temps
-            if name.startswith(".tmp-") and self.backend.is_file(f"{VERSIONS}/{name}"):
-                try:  # a live writer's temp file exists for milliseconds: never one younger than a minute
-                    if now - self.backend.mtime(f"{VERSIONS}/{name}") > max(older_than, TMP_GRACE):
-                        self.backend.delete(f"{VERSIONS}/{name}")
-                except FileNotFoundError:
-                    pass
-        for v in doomed:  # old manifests: no writer reads them, so no lock is needed
-            self.backend.delete(manifest_name(v))
-            removed_versions += 1
-        retained = [v for v in versions if v not in set(doomed)]
-        referenced = self._referenced(retained)
-        seen = max(retained, default=0)
-        candidates = []
-        for rel in self.unreferenced_files(referenced):
-            try:
-                if now - self.backend.mtime(rel) > older_than:
-                    candidates.append(rel)
-            except FileNotFoundError:
-                pass
-        for start in range(0, len(candidates), CLEANUP_BATCH):
-            with self.writer_lock():
-                t0 = time.perf_counter()
-                latest = self.latest_version()  # versions committed since we read: their files stay
-                referenced |= self._referenced(list(range(seen + 1, latest + 1)))
-                seen = max(seen, latest)
-                gone = []
-                for rel in candidates[start : start + CLEANUP_BATCH]:
-                    if rel not in referenced and self.backend.contained(rel):
-                        self.backend.delete(rel)
-                        gone.append(rel)
-                held = max(held, time.perf_counter() - t0)
-            CACHE.forget(self.backend.uri(rel) for rel in gone)  # no handle keeps them allocated
-            stems.update(Path(rel).name.split(".")[0] for rel in gone)  # a uuid: fragment + sidecars
-        return {
-            "versions_removed": removed_versions,
-            "files_removed": len(stems),
-            "lock_held_max_s": round(held, 6),
-        }
+        return cleanup(self, self.retention if older_than is None else float(older_than), keep_versions)
