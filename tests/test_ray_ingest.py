@@ -5,7 +5,6 @@ re-run succeeds; a provider mismatch is refused with nothing committed; the core
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -212,38 +211,32 @@ def test_commit_refuses_fragments_of_another_provider_written_meanwhile(home, tm
     assert other.version == 1 and other.verify()["orphans"]  # the fragment: an orphan nobody reads
 
 
-def test_a_lost_worker_node_commits_nothing_and_a_rerun_succeeds(cluster, folder, tmp_path):
-    """The embedding actors may not restart (max_restarts=0): removing the worker node fails the job."""
-    from aios_memory.distributed import Embed, MemoryDatasink, ingest_ray
+def _held_job(store: MemoryStore, folder: Path, hold: Path, **options: Any) -> tuple[Any, Any, list[Any]]:
+    """A text job in a thread, whose two actors (one per node) each embed two files, then hold their next
+    call while ``hold`` exists: (thread, sink, [the exception the job raised])."""
+    from aios_memory.distributed import Embed, MemoryDatasink
     from aios_memory.distributed.sources import list_files, plan_files
 
-    many = tmp_path / "many"
-    many.mkdir()
-    for i in range(24):
-        (many / f"{i:02d}.txt").write_text(f"memory number {i} about a slow job")
-    store = MemoryStore(tmp_path / "s")
-    store.add("before the job")
-    started = tmp_path / "started"
+    class HeldEmbed(Embed):  # defined here: Ray ships it by value to the workers
+        calls = 0
 
-    class SlowEmbed(Embed):  # defined here: Ray ships it by value to the workers
         def __call__(self, batch: Any) -> Any:
-            started.touch()
-            time.sleep(0.3)
+            self.calls += 1
+            while self.calls > 2 and hold.exists():
+                time.sleep(0.05)
             return super().__call__(batch)
 
-    sink = MemoryDatasink(store.path, modality="text", rows_per_write=None)  # a write task per block
-    ds = ray.data.from_items(plan_files(list_files([many])).items["text"]).map_batches(
-        SlowEmbed,
-        fn_constructor_kwargs={
-            "modality": "text",
-            "store": str(store.path),
-            "model_home": os.environ["AIOS_MEMORY_HOME"],
-        },
+    hold.touch()
+    sink = MemoryDatasink(store.path, modality="text", bytes_per_write=options.pop("bytes_per_write", None))
+    kwargs = {"modality": "text", "store": str(store.path), "model_home": os.environ["AIOS_MEMORY_HOME"]}
+    ds = ray.data.from_items(plan_files(list_files([folder])).items["text"]).map_batches(
+        HeldEmbed,
+        fn_constructor_kwargs=kwargs,
         batch_size=1,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=2),
         num_cpus=1,
-        max_restarts=0,
+        **options,
     )
     failure: list[BaseException] = []
 
@@ -255,24 +248,74 @@ def test_a_lost_worker_node_commits_nothing_and_a_rerun_succeeds(cluster, folder
 
     thread = threading.Thread(target=job)
     thread.start()
-    deadline = time.monotonic() + 120
-    while not started.exists() and time.monotonic() < deadline:
+    return thread, sink, failure
+
+
+def _wait(condition: Any, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
-    time.sleep(2.0)  # some blocks embedded and written by now
-    cluster.remove_node(next(iter(cluster.worker_nodes)))
-    thread.join(timeout=180)
+
+
+def _texts(tmp_path: Path, n: int = 24) -> Path:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"{i:02d}.txt").write_text(f"memory number {i} about a slow job")
+    return folder
+
+
+def test_a_lost_worker_node_commits_nothing_and_a_rerun_succeeds(cluster, tmp_path):
+    """Actors that may not restart (max_restarts=0): the worker node removed while its actor embeds fails
+    the job; the fragments its write tasks already wrote are orphans no reader sees; a re-run commits once."""
+    from aios_memory.distributed import ingest_ray
+
+    many = _texts(tmp_path)
+    store = MemoryStore(tmp_path / "s")
+    store.add("before the job")
+    data, hold = store.path / "data" / "text", tmp_path / "hold"
+    thread, sink, failure = _held_job(store, many, hold, max_restarts=0)
+    try:
+        _wait(
+            lambda: len(list(data.glob("*.parquet"))) >= 2, "a fragment of the job"
+        )  # written, not committed
+        cluster.remove_node(next(iter(cluster.worker_nodes)))  # its actor is inside a call
+    finally:
+        hold.unlink()
+        thread.join(timeout=180)
     assert not thread.is_alive() and failure, "the job should have failed with its node"
-    assert sink.error is not None and sink.committed is None
-    assert store.version == 1 and len(store.sql("SELECT id FROM text_memories")) == 1
+    assert sink.error is not None and sink.committed is None and sink.result is None
+    assert store.version == 1 and store.sql("SELECT content FROM text_memories").num_rows == 1
     report = store.verify()
     assert report["ok"], report["problems"]
-    assert store.cleanup(older_than=0)["files_removed"] == len(
-        {Path(o).name.split(".")[0] for o in report["orphans"]}
-    )
+    orphans = {Path(o).name.split(".")[0] for o in report["orphans"]}
+    assert orphans and store.cleanup(older_than=0)["files_removed"] == len(orphans)
 
     cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1)  # the module's cluster again, for what follows
     again = ingest_ray(store.path, [many], actors=2, progress=False)
     assert (again["version"], again["rows"], store.version) == (2, 24, 2)
     contents = sorted(store.sql("SELECT content FROM text_memories").column("content").to_pylist())
     assert contents == sorted(["before the job", *(f"memory number {i} about a slow job" for i in range(24))])
-    assert store.verify()["ok"] and json.dumps(store.stats())
+    assert store.verify()["ok"] and not store.verify()["orphans"]
+
+
+def test_when_ray_recovers_from_a_lost_node_every_file_is_committed_once(cluster, tmp_path):
+    """Ray's default fault tolerance (actors restarted, tasks retried): the job completes, and a call that
+    ran twice is committed once (the manifest names only the fragments of the attempts Ray returned)."""
+    many = _texts(tmp_path)
+    store = MemoryStore(tmp_path / "s")
+    hold = tmp_path / "hold"
+    thread, sink, failure = _held_job(store, many, hold)
+    try:
+        _wait(lambda: len(list((store.path / "data" / "text").glob("*.parquet"))) >= 1, "a fragment")
+        cluster.remove_node(next(iter(cluster.worker_nodes)))  # its actor is inside a call
+        cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1)  # room for the restarted actor
+    finally:
+        hold.unlink()
+        thread.join(timeout=180)
+    assert not thread.is_alive() and not failure, failure
+    assert sink.committed is not None and sink.committed.version == 1  # (2: the merge of its small fragments)
+    contents = store.sql("SELECT content FROM text_memories").column("content").to_pylist()
+    assert sorted(contents) == sorted(f"memory number {i} about a slow job" for i in range(24))
+    assert store.verify()["ok"]

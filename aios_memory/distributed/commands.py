@@ -5,6 +5,7 @@ Registered lazily by ``aios_memory.cli``: listing the commands or asking for hel
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -63,6 +64,9 @@ def ingest(
 
         ctx.invoke(import_, paths=paths, namespace=namespace, commit_every=commit_every)
         return
+    # not a terminal: Ray Data logs its progress as text; once a minute instead of every 10 s (before
+    # Ray Data is imported, which reads it; a value the user set wins)
+    os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "60")
     try:
         from aios_memory.distributed.ray_data import ingest_ray
     except ImportError as exc:

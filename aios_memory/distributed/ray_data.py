@@ -36,8 +36,9 @@ from aios_memory.memory import check_namespace, now_utc
 from aios_memory.schema import META_KEY, base_schema
 from aios_memory.storage import Fragment, Manifest, Storage
 
-FRAGMENT_BYTES = 64 << 20  # a write task starts a new fragment past this (compaction leaves such sizes alone)
-ROWS_PER_WRITE = 1000  # rows Ray bundles per write task: the import's commit_every, so fragments compare
+# Arrow bytes Ray bundles per write task, and a fragment's size before a task starts another: fragments of
+# this size are never rewritten by compaction (SMALL_FRAGMENT_BYTES), smaller ones (a job's tail) may be
+FRAGMENT_BYTES = 64 << 20
 WRITE_CPUS = 0.0  # write tasks (Parquet + sidecars) must never wait for CPUs the embedding actors hold
 
 # (input index, source, "ErrorType: message") of an input that was skipped
@@ -86,7 +87,7 @@ class MemoryDatasink(Datasink[SinkWrite]):
         namespace: str = "default",
         providers: Mapping[str, str] | None = None,
         commit: bool = True,
-        rows_per_write: int | None = ROWS_PER_WRITE,
+        bytes_per_write: int | None = FRAGMENT_BYTES,
         operation: str | None = None,
     ) -> None:
         self.location = absolute(location)
@@ -99,7 +100,7 @@ class MemoryDatasink(Datasink[SinkWrite]):
         self.text_provider = text.name if text is not None else None
         self.schema = base_schema(modality, provider.dim, provider.fingerprint(), text.dim if text else None)
         self.commit = commit
-        self.rows_per_write = rows_per_write
+        self.bytes_per_write = bytes_per_write
         self.operation = operation
         self.base_version = storage.latest_version()
         self.result: SinkWrite | None = None  # on the driver, once every write task succeeded
@@ -107,8 +108,10 @@ class MemoryDatasink(Datasink[SinkWrite]):
         self.error: BaseException | None = None
 
     @property
-    def min_rows_per_write(self) -> int | None:
-        return self.rows_per_write
+    def min_bytes_per_write(self) -> int | None:
+        """Bundle this much per write task (2.60 honours it; a Ray without it, or None, writes a
+        fragment per block, which the maintenance after the commit merges)."""
+        return self.bytes_per_write
 
     def get_name(self) -> str:
         return f"MemoryStore[{self.modality}]"
@@ -213,7 +216,7 @@ def ingest_ray(
     providers: Mapping[str, str] | None = None,
     actor_cpus: float = 1.0,
     ray_remote_args: Mapping[str, Any] | None = None,
-    rows_per_write: int | None = ROWS_PER_WRITE,
+    bytes_per_write: int | None = FRAGMENT_BYTES,
 ) -> dict[str, Any]:
     """Import files and folders (recursively, as ``aios-memory import``) into the store at ``location``
     on Ray Data: one dataset per modality, ``actors`` embedding actors each (``actor_cpus`` CPUs each),
@@ -244,7 +247,7 @@ def ingest_ray(
             namespace=namespace,
             providers=providers,
             commit=False,
-            rows_per_write=rows_per_write,
+            bytes_per_write=bytes_per_write,
         )
         for mod in plan.items
     }
