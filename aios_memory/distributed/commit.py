@@ -46,7 +46,8 @@ def commit_parts(
     from aios_memory.plugins import get_provider
     from aios_memory.rows import table_state
 
-    storage = Storage(location, storage_options=storage_options, create=False)
+    # an object store has nothing to create and nothing listed before its first version
+    storage = Storage(location, storage_options=storage_options, create="://" in str(location))
     providers = {p.provider: get_provider(p.provider) for p in parts}
     texts = {p.text_provider: get_provider(p.text_provider) for p in parts if p.text_provider is not None}
     checked: set[str] = set()
