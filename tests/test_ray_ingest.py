@@ -22,7 +22,7 @@ from conftest import run_cli
 from test_clip_model import TINY, make_clip_folder, real_images
 
 from aios_memory import MemoryStore
-from aios_memory.errors import ProviderMismatchError
+from aios_memory.errors import InvalidInputError, ProviderMismatchError
 
 ray = pytest.importorskip("ray", reason='the Ray path needs `pip install "aios-memory[ray]"`')
 ALSA = Path("/usr/share/sounds/alsa")
@@ -287,6 +287,39 @@ def _texts(tmp_path: Path, n: int = 24) -> Path:
     for i in range(n):
         (folder / f"{i:02d}.txt").write_text(f"memory number {i} about a slow job")
     return folder
+
+
+def test_embed_and_sink_in_process(home, folder, tmp_path, monkeypatch):
+    """No cluster: an Embed call on paths and bytes (numpy batch), its failed inputs as rows the sink drops
+    and reports, and the sink's write + on_write_complete committing one version."""
+    import pyarrow as pa
+
+    from aios_memory.distributed import Embed, MemoryDatasink
+
+    monkeypatch.setenv("AIOS_MEMORY_HOME", str(home))
+    photo = sorted((folder / "images").iterdir())[0]
+    batch = {
+        "path": np.array([str(photo), None, None], dtype=object),
+        "data": np.array([None, photo.read_bytes(), b"GIF89a but not a picture"], dtype=object),
+        "source": np.array([None, "https://example.com/cat.png", "mem://bad"], dtype=object),
+        "index": np.array([7, 8, 9]),
+    }
+    out = Embed("image", namespace="pics")(batch)
+    assert out.column("_aios_index").to_pylist() == [7, 8, 9]
+    assert [e is None for e in out.column("_aios_error").to_pylist()] == [True, True, False]
+    assert out.column("source").to_pylist()[:2] == [photo.resolve().as_uri(), "https://example.com/cat.png"]
+    a, b = out.column("embedding").to_pylist()[:2]
+    assert a == b and out.column("media").to_pylist()[0] == photo.read_bytes()
+
+    store = MemoryStore(tmp_path / "s")
+    sink = MemoryDatasink(store.path, modality="image", namespace="pics")
+    written = sink.write([out], None)
+    assert [(i, s) for i, s, _ in written.errors] == [(9, "mem://bad")] and written.rows == 2
+    assert store.version == 0  # written, not committed
+    sink.on_write_complete([written])
+    assert sink.committed is not None and store.version == 1 and len(store.search(photo, k=5)) == 2
+    with pytest.raises(InvalidInputError, match="namespace"):
+        sink.write([out.set_column(1, "namespace", pa.array(["other"] * 3))], None)
 
 
 def test_a_lost_worker_node_commits_nothing_and_a_rerun_succeeds(cluster, tmp_path):

@@ -43,7 +43,7 @@ from aios_memory.ingest import (
 )
 from aios_memory.memory import check_namespace, metadata_json, now_utc
 from aios_memory.modality import prepare
-from aios_memory.provider import MODALITIES, EmbeddingProvider
+from aios_memory.provider import EmbeddingProvider
 from aios_memory.rows import build_rows
 from aios_memory.schema import TEXT_COLUMN, base_schema
 
@@ -72,8 +72,6 @@ def resolve_providers(
     table was built with (a chosen other one is a ``ProviderMismatchError``), else the chosen or default
     one; the text provider embeds the derived text column (audio transcripts), if the modality has one.
     ``store=None``: as for a store that has no table yet."""
-    if modality not in MODALITIES:
-        raise ProviderError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
     if store is not None:
         from aios_memory.store import MemoryStore
 

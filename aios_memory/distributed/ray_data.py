@@ -163,11 +163,16 @@ class MemoryDatasink(Datasink[SinkWrite]):
             )
         if table.num_rows:
             seen = set(pc.unique(table.column("provider")).to_pylist())
-            namespaces = set(pc.unique(table.column("namespace")).to_pylist())
-            if seen != {self.provider} or namespaces != {self.namespace}:
+            if seen != {self.provider}:
                 raise ProviderMismatchError(
-                    f"rows of provider(s) {sorted(seen)} in namespace(s) {sorted(namespaces)} reached the "
-                    f"sink of {self.provider!r} rows in {self.namespace!r}; nothing is committed"
+                    f"rows of provider(s) {sorted(seen)} reached the sink of {self.provider!r} rows "
+                    f"(the {self.modality} table's); nothing is committed"
+                )
+            namespaces = set(pc.unique(table.column("namespace")).to_pylist())
+            if namespaces != {self.namespace}:
+                raise InvalidInputError(
+                    f"rows of namespace(s) {sorted(namespaces)} reached the sink of namespace "
+                    f"{self.namespace!r}; nothing is committed"
                 )
         missing = [n for n in self.schema.names if n not in table.column_names]
         if missing:
@@ -253,7 +258,7 @@ def ingest_ray(
     }
     base = Storage(location, storage_options=storage_options, create=True).latest_version()
     figures: dict[str, dict[str, Any]] = {}
-    ours = _connect(address)
+    ours = _connect(address) if plan.items else False  # nothing to embed: no Ray
     context = ray.data.DataContext.get_current()
     shown = context.enable_progress_bars
     context.enable_progress_bars = bool(progress)
