@@ -79,7 +79,7 @@ def cluster(home: Path) -> Iterator[Any]:
         ray_constants.ENABLE_RAY_CLUSTER = loopback_only
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert all(p.poll() is not None for p in procs), "Ray processes outlived the cluster"

@@ -140,7 +140,9 @@ class Embed:
         if self.text_provider is not None:
             self.text_provider.load()
         self.schema = output_schema(modality, self.provider, self.text_provider)
-        self._model = threading.Lock()  # one forward at a time (an actor may run calls in threads)
+        # An actor running two calls in threads (``ingest_ray`` asks for that where Ray offers it) reads
+        # and preprocesses one batch while the model embeds the other, as the import's worker thread does.
+        self._model = threading.Lock()
 
     # --- one batch ---------------------------------------------------------------------------------
     def __call__(self, batch: pa.Table | Mapping[str, Any]) -> pa.Table:
@@ -170,10 +172,10 @@ class Embed:
         group, bad = self._prepare(inputs)
         errors.extend((i, s, exc) for i, s, exc in bad)
         pending = _Pending()
-        with self._model:
+        with self._model:  # the models (and the transcripts' text model) one call at a time
             _forward(group, self.modality, pending, lambda i, exc: errors.append((i, _src(inputs, i), exc)))
-        rows = pending.rows.get(self.modality, [])
-        good = self._rows(rows, pending.vectors.get(self.modality, []), metadata)
+            rows = pending.rows.get(self.modality, [])
+            good = self._rows(rows, pending.vectors.get(self.modality, []), metadata)
         good = good.append_column(INDEX, pa.array([indexes[i] for i, _, _ in rows], pa.int64()))
         good = good.append_column(ERROR, pa.nulls(len(rows), pa.string()))
         if not errors:
