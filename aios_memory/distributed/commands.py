@@ -53,9 +53,9 @@ def ingest(
     commit_every: int,
     quiet: bool,
 ) -> None:
-    """Import files and folders (recursively): images, audio and UTF-8 text files.
+    """Import files and folders on a Ray cluster, as one version (or --engine local: `import`).
 
-    With --engine ray (needs `pip install "aios-memory[ray]"`), every node must see PATHS and the store
+    Images, audio and UTF-8 text files, recursively, as `import` finds them. With --engine ray (needs `pip install "aios-memory[ray]"`), every node must see PATHS and the store
     at the same paths, and have the same plugins and model weights; the whole job is one new version,
     committed when every file has been embedded and written, or nothing at all.
     """
