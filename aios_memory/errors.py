@@ -59,6 +59,10 @@ class StoreError(AiosMemoryError):
     """The store cannot carry out an operation."""
 
 
+class ObjectStoreError(StoreError, OSError):
+    """A request to the object store failed (unreachable, denied, no such bucket); the message says which."""
+
+
 class StoreCorruptError(StoreError):
     """A manifest or fragment on disk is damaged; the message names the file."""
 

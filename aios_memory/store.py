@@ -34,7 +34,7 @@ from aios_memory.query import Deadline, Params, connect, run, vector_columns, vi
 from aios_memory.schema import TEXT_COLUMN
 from aios_memory.scope import FULL, Scope
 from aios_memory.storage import DEFAULT_RETENTION, Manifest, Storage
-from aios_memory.storage.objectstore import is_remote
+from aios_memory.storage.s3config import is_remote
 from aios_memory.vectors import (
     CACHE,
     ids_of,

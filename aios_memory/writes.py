@@ -7,6 +7,7 @@ a changed copy of) the row.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,9 @@ from aios_memory.storage import Fragment, Manifest, Storage
 
 EMBED_BATCH = 64
 DEFAULT_DEDUPE = 0.97  # cosine at or above which ``dedupe=True`` treats two memories as the same
+
+
+REUSE_SECONDS = 1.0  # a retried append reuses its fragment if written this recently
 
 
 class WritesMixin(HistoryMixin):
@@ -182,7 +186,9 @@ class WritesMixin(HistoryMixin):
         writers' lock, so two writers cannot both add the same memory) and map to the surviving id.
         """
         same_as: dict[tuple[str, int], str] = {}  # (modality, row) -> existing id
-        written: dict[str, Fragment] = {}  # without dedupe, a retried attempt appends the same files
+        # Without dedupe, a retried attempt appends the files it wrote, if they are fresh: a cleanup with
+        # a short retention on another host may take files older than that for a dead writer's orphans.
+        written: dict[str, tuple[Fragment, float]] = {}
 
         def build(m: Manifest) -> Manifest | None:
             same_as.clear()  # a retried attempt starts over
@@ -194,9 +200,10 @@ class WritesMixin(HistoryMixin):
                         self._nearest, m, mod, table, row_items[mod], namespace, dedupe, same_as
                     )
                 if table.num_rows:
-                    if dedupe is not None or mod not in written:
-                        written[mod] = self._storage.write_fragment(mod, table)
-                    state.fragments.append(written[mod])
+                    fresh = mod in written and time.monotonic() - written[mod][1] < REUSE_SECONDS
+                    if dedupe is not None or not fresh:
+                        written[mod] = (self._storage.write_fragment(mod, table), time.monotonic())
+                    state.fragments.append(written[mod][0])
                     changed = True
             return m if changed else None
 

@@ -373,3 +373,123 @@ def test_credentials_that_may_only_read_open_the_store_and_are_refused_writes(tm
         with pytest.raises(StoreError, match="may read but not write"):
             reader.add("three")
         assert reader.version == 1 and _versions(reader) == [1]
+
+
+# --- review findings (issue 16's independent review) ----------------------------------------------------
+def test_writers_stalled_past_cleanup_never_fork_the_chain(moto_s3, tmp_path):
+    """A stalls on the empty store, C on version 1; B commits 1..3 and cleanup retires 1 and 2. Their
+    names stay taken (tombstones), so A's and C's creates fail, they rebase, and the newest version
+    holds every writer's change; no version is ever "committed" off the chain."""
+    import pyarrow as pa
+
+    bucket = moto_s3.make_bucket()
+    a, b, c = (_storage(moto_s3, bucket, tmp_path) for _ in range(3))
+    table = pa.table({"x": [1]})
+
+    def appender(st: Storage, stall: threading.Event | None = None, go: threading.Event | None = None):
+        frag = st.write_fragment("_history", table)
+
+        def build(m: Manifest) -> Manifest:
+            if stall is not None and not stall.is_set():
+                stall.set()
+                go.wait(30)
+            m.history.append(frag)
+            return m
+
+        return build, frag.path
+
+    go, done = threading.Event(), []
+    stalls = [threading.Event(), threading.Event()]
+    build_a, path_a = appender(a, stalls[0], go)
+    ta = threading.Thread(target=lambda: done.append(a.commit("a", build_a)))
+    ta.start()
+    stalls[0].wait(30)
+    paths_b = []
+    build, path = appender(b)
+    b.commit("b1", build)
+    paths_b.append(path)
+    build_c, path_c = appender(c, stalls[1], go)
+    tc = threading.Thread(target=lambda: done.append(c.commit("c", build_c)))
+    tc.start()
+    stalls[1].wait(30)
+    for name in ("b2", "b3"):
+        build, path = appender(b)
+        b.commit(name, build)
+        paths_b.append(path)
+    assert b.cleanup(older_than=0)["versions_removed"] == 2
+    go.set()
+    ta.join(30)
+    tc.join(30)
+    assert len(done) == 2 and sorted(m.version for m in done) == [4, 5]
+    newest = b.read_manifest()
+    assert newest.version == 5 and b.versions() == [3, 4, 5]
+    assert {f.path for f in newest.history} == {*paths_b, path_a, path_c}
+
+
+def test_a_version_cleanup_retired_is_gone_for_every_handle(s3_store_uri, tmp_path):
+    uri, opts = s3_store_uri
+    st = _store(uri, opts, tmp_path)
+    st.add("first")
+    assert st.files(version=1)
+    st.add("second")
+    st.add("third")
+    assert st.cleanup(older_than=0)["versions_removed"] == 2
+    from aios_memory.errors import VersionNotFoundError
+
+    for call in (lambda: st.files(version=1), lambda: st.checkout(1)):
+        with pytest.raises(VersionNotFoundError, match="no longer retained"):
+            call()
+    assert st.version == 3 and _versions(st) == [3]
+
+
+def test_storage_options_and_locations_are_checked_before_any_request(no_condition_s3, tmp_path):
+    bucket = no_condition_s3.make_bucket()
+    opts = {**no_condition_s3.storage_options(), "lock_dir": str(tmp_path / "l")}
+    _CHECKED.clear()
+    with pytest.raises(StoreError, match="ignores create-only puts"):  # "false" is false
+        MemoryStore(f"s3://{bucket}/s", storage_options={**opts, "single_writer": "false"})
+    assert MemoryStore(f"s3://{bucket}/s", storage_options={**opts, "single_writer": "true"}).version == 0
+    bad = [
+        {**opts, "single_writer": "maybe"},
+        {**opts, "endpoint": no_condition_s3.endpoint.removeprefix("http://")},
+        {**opts, "endpoint": ""},
+        {**opts, "region": 5},
+        {**opts, "lock_dir": str(Path(__file__))},
+        ["endpoint"],
+    ]
+    for options in bad:
+        with pytest.raises(InvalidInputError):
+            MemoryStore(f"s3://{bucket}/s", storage_options=options)
+    for location in ("gs://b/x", "s3://Upper/x", "s3://bucket/a/../b", "s3://b"):
+        with pytest.raises(InvalidInputError):
+            MemoryStore(location, storage_options=opts)
+
+
+def test_object_store_failures_are_typed(seaweed_s3, moto_s3, tmp_path):
+    from aios_memory.errors import ObjectStoreError
+
+    with pytest.raises(ObjectStoreError, match="does not exist"):  # (SeaweedFS makes buckets on upload)
+        MemoryStore("s3://no-such-bucket-here/s", storage_options=moto_s3.storage_options())
+    opts = {**seaweed_s3.storage_options(), "lock_dir": str(tmp_path / "l")}
+    _CHECKED.clear()
+    with pytest.raises(ObjectStoreError):
+        MemoryStore(
+            f"s3://{seaweed_s3.make_bucket()}/s", storage_options={**opts, "secret_access_key": "wrong"}
+        )
+    gone = _SeaweedWithReader()
+    with gone:
+        bucket = gone.make_bucket()
+        st = _store(f"s3://{bucket}/s", gone.storage_options(), tmp_path)
+        st.add("kept")
+    for call in (lambda: st.search("kept", k=1), lambda: st.sql("SELECT 1"), lambda: st.add("lost")):
+        with pytest.raises(StoreError):  # ObjectStoreError, or StoreError("... nothing was committed")
+            call()
+
+
+def test_service_commands_refuse_an_object_store(tmp_path):
+    from conftest import run_cli
+
+    for args in (["token", "create", "--name", "x", "--all-namespaces"], ["daemon"], ["ui", "--port", "0"]):
+        out = run_cli("--store", "s3://bucket/p", *args, check=False)
+        assert out.returncode != 0 and "local store" in out.stderr, out.stderr
+    assert not (Path.cwd() / "s3:").exists()

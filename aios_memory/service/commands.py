@@ -25,7 +25,13 @@ def _store_path(ctx: click.Context, store_path: Path | None) -> Path:
     from aios_memory.home import default_store_path
 
     root = ctx.find_root().obj or {}
-    return Path(store_path or root.get("store") or default_store_path())
+    store = store_path or root.get("store") or default_store_path()
+    if isinstance(store, str) and "://" in store:  # the daemon, its tokens and sockets live beside a store
+        raise click.UsageError(
+            f"{store}: the service commands (daemon, serve, token) run on a local store directory; "
+            "object storage is reached through the Python API and the store commands"
+        )
+    return Path(store)
 
 
 def _seconds(flag: str, default: float, help: str, show_default: bool = True) -> Any:  # noqa: A002

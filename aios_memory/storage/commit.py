@@ -43,12 +43,14 @@ from aios_memory.errors import (
 )
 from aios_memory.storage.local import ROW_GROUP_ROWS, LocalBackend
 from aios_memory.storage.manifest import DATA, DERIVED, VERSIONS, Fragment, Manifest, manifest_name
-from aios_memory.storage.objectstore import S3Backend, is_remote
+from aios_memory.storage.objectstore import S3Backend
+from aios_memory.storage.s3config import is_remote
 
 Backend = LocalBackend | S3Backend
 
 LOCK = ".lock"
 HINT = f"{VERSIONS}/_latest"
+STALE_BUILD = 3600.0  # seconds: an attempt whose build took longer is built again, not committed
 MAINTENANCE = "_maintenance.json"
 DEFAULT_RETENTION = 3600.0  # seconds a superseded version stays readable (``cleanup``'s default)
 _MANIFEST_RE = re.compile(r"^(\d{20})\.manifest\.json$")
@@ -71,6 +73,7 @@ class Storage:
         if is_remote(root):
             self.backend = S3Backend(str(root), storage_options)
             self.root: Any = self.backend.root
+            self.backend.lock_path()  # a bad lock_dir is refused before any request
             if not create and not self.backend.list(VERSIONS):
                 raise StoreError(f"no store at {self.root}")
             self.backend.check_conditional_put()
@@ -87,7 +90,6 @@ class Storage:
         self.manifest_reads = 0  # how many manifests this object has read (searches read one per call)
         self.conflicts = 0  # commits this object retried because another writer created that version
         self._known = 0  # the newest version this object has seen: probing for newer ones starts there
-        self._manifests: dict[int, bytes] = {}  # object storage: the last few manifests read
         self._lock = FileLock(self.backend.lock_path())
 
     def _make_local(self, create: bool) -> None:
@@ -107,14 +109,14 @@ class Storage:
     def versions(self) -> list[int]:
         """Every retained version, listed (O(versions): for maintenance, not for reads)."""
         out = []
-        for name in self.backend.list(VERSIONS):
+        for name in self.backend.list(VERSIONS, nonempty=True):  # not the tombstones of retired ones
             m = _MANIFEST_RE.match(name)
             if m:
                 out.append(int(m.group(1)))
         return sorted(out)
 
     def has_version(self, version: int) -> bool:
-        return version == 0 or self.backend.exists(manifest_name(version))
+        return version == 0 or self.backend.retained(manifest_name(version))
 
     def latest_version(self) -> int:
         """The newest version: from the newest this object has seen (if still there; else the hint), a
@@ -144,22 +146,18 @@ class Storage:
         if version == 0:
             return Manifest()
         rel = manifest_name(version)
-        raw = self._manifests.get(version)
-        if raw is None:
-            try:
-                raw = self.backend.read_bytes(rel)
-            except FileNotFoundError:
-                if newest and self._known:  # the store was replaced under this object: start afresh
-                    self._known = 0
-                    return self.read_manifest()
-                raise self.version_gone(version) from None
+        try:
+            raw = self.backend.read_bytes(rel)
+        except FileNotFoundError:
+            raw = b""
+        if not raw:  # removed, or retired by cleanup (an empty tombstone on object storage)
+            if newest and self._known:  # the store was replaced under this object: start afresh
+                self._known = 0
+                return self.read_manifest()
+            raise self.version_gone(version)
         m = Manifest.from_bytes(raw, self.backend.uri(rel))
         if m.version != version:
             raise StoreCorruptError(f"manifest {rel} says it is version {m.version}")
-        if not self.backend.is_local:  # a manifest is immutable: on object storage, one GET per version
-            self._manifests[version] = raw
-            while len(self._manifests) > 8:
-                self._manifests.pop(next(iter(self._manifests)))
         return m
 
     def version_gone(self, version: int) -> VersionNotFoundError:
@@ -247,6 +245,7 @@ class Storage:
             attempt = 0
             while True:
                 try:
+                    started = time.monotonic()
                     base = self.read_manifest()
                     new = build(base.copy())
                     if new is None:
@@ -258,19 +257,20 @@ class Storage:
                     new.created_at = time.time()
                     new.operation = operation
                     name = manifest_name(new.version)
-                    data = new.to_bytes()
-                    created = self.backend.create_exclusive(name, data)
-                    if created and not self._follows(base.version):
-                        self.backend.delete(name)  # it landed in a gap cleanup left: not the newest
-                        created = False
+                    # a build that took longer than STALE_BUILD (cleanup's tombstones outlive it many
+                    # times over) is built again on the newest version, not committed on an old one
+                    created = time.monotonic() - started < STALE_BUILD and self.backend.create_exclusive(
+                        name, new.to_bytes()
+                    )
                 except OSError as exc:  # a full disk, a read-only or vanished directory, a failed request
                     raise StoreError(
                         f"could not write to store {self.root} ({exc.strerror or exc}); nothing was committed"
                     ) from exc
-                if created:
+                if created and self.backend.is_local and not self._follows(base.version):
+                    self.backend.delete(name)  # it landed in a gap cleanup left: not the newest
+                    created = False
+                if created:  # committed: nothing below may raise
                     self._known = max(self._known, new.version)
-                    if not self.backend.is_local:  # what we just wrote: no GET to read it back
-                        self._manifests[new.version] = data
                     try:
                         self.backend.replace(HINT, str(new.version).encode())
                     except OSError:
@@ -286,11 +286,15 @@ class Storage:
                 time.sleep(random.uniform(0.0, min(1.0, 0.005 * 2**attempt)))
 
     def _follows(self, base: int) -> bool:
-        """Whether version ``base`` (which the new version follows) is still there: a writer stalled for
-        longer than the retention period could otherwise "create" a version cleanup had removed."""
-        if base == 0:
-            return not self.backend.exists(manifest_name(2))
-        return self.backend.exists(manifest_name(base))
+        """Whether version ``base`` (which the new version follows) is still there, locally, where cleanup
+        deletes old manifests (object storage retires them as tombstones, whose names stay taken). An
+        error while checking counts as yes: the version is committed, and nothing may raise after that."""
+        try:
+            if base == 0:
+                return not self.backend.exists(manifest_name(2))
+            return self.backend.exists(manifest_name(base))
+        except OSError:
+            return True
 
     # --- maintenance records -----------------------------------------------------------------------------
     def maintenance(self) -> dict[str, dict[str, object]]:

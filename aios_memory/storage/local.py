@@ -100,7 +100,17 @@ class LocalBackend:
     def exists(self, rel: str) -> bool:
         return self.path(rel).exists()
 
-    def list(self, rel: str) -> list[str]:
+    def retained(self, rel: str) -> bool:
+        return self.path(rel).exists()
+
+    def retire(self, rel: str) -> None:
+        """Delete: local writers share a lock, so no stalled writer can recreate the name."""
+        self.delete(rel)
+
+    def tombstones(self, rel: str) -> list[tuple[str, float]]:
+        return []
+
+    def list(self, rel: str, nonempty: bool = False) -> list[str]:
         try:
             return sorted(os.listdir(self.path(rel)))
         except FileNotFoundError:
@@ -144,7 +154,9 @@ class LocalBackend:
 
         return self._write(rel, write)
 
-    def write_parquet(self, rel: str, table: pa.Table, row_group_size: int = ROW_GROUP_ROWS) -> tuple[int, str]:
+    def write_parquet(
+        self, rel: str, table: pa.Table, row_group_size: int = ROW_GROUP_ROWS
+    ) -> tuple[int, str]:
         """Write a new immutable Parquet file and fsync it; returns (size, sha256)."""
         # small row groups: a search reads back its k result rows without decoding whole fragments
         return self._write(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 import threading
 import uuid
@@ -31,66 +32,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aios_memory.errors import InvalidInputError, StoreError
+from aios_memory.errors import InvalidInputError, ObjectStoreError, StoreError
+from aios_memory.storage.s3config import SCHEMES, io_errors, os_error, parse_options
 
-OPTIONS = frozenset(
-    {
-        "endpoint",
-        "access_key_id",
-        "secret_access_key",
-        "session_token",
-        "region",
-        "allow_http",
-        "lock_dir",
-        "single_writer",
-    }
-)
-_ENV = {
-    "endpoint": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
-    "access_key_id": ("AWS_ACCESS_KEY_ID",),
-    "secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
-    "session_token": ("AWS_SESSION_TOKEN",),
-    "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
-}
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _CHECKED: dict[tuple[str, str], bool] = {}  # (endpoint, bucket) -> honours create-only puts (per process)
 _CHECK_LOCK = threading.Lock()
-
-
-def is_remote(location: str | os.PathLike[str]) -> bool:
-    return isinstance(location, str) and location.startswith("s3://")
-
-
-def _options(raw: Mapping[str, Any] | None) -> dict[str, Any]:
-    opts = dict(raw or {})
-    unknown = sorted(set(opts) - OPTIONS)
-    if unknown:
-        raise InvalidInputError(f"unknown storage_options {unknown}; known: {', '.join(sorted(OPTIONS))}")
-    for key, names in _ENV.items():
-        if opts.get(key) is None:
-            opts[key] = next((os.environ[n] for n in names if os.environ.get(n)), None)
-    opts["region"] = opts["region"] or "us-east-1"
-    if opts.get("allow_http") is None:
-        opts["allow_http"] = str(opts.get("endpoint") or "").startswith("http://")
-    return opts
-
-
-def _os_error(exc: BaseException) -> OSError:
-    """obstore's errors as the ``OSError`` family the store already handles (missing → FileNotFoundError)."""
-    from obstore.exceptions import NotFoundError
-
-    if isinstance(exc, NotFoundError):
-        return FileNotFoundError(str(exc).splitlines()[0] if str(exc) else "not found")
-    return OSError(f"object storage: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-
-
-@contextlib.contextmanager
-def _io() -> Iterator[None]:
-    from obstore.exceptions import BaseError
-
-    try:
-        yield
-    except BaseError as exc:
-        raise _os_error(exc) from exc
 
 
 class S3Backend:
@@ -106,12 +53,17 @@ class S3Backend:
                 f"{uri} is on object storage, which needs obstore: pip install 'aios-memory[s3]'"
             ) from None
 
-        parts = urlsplit(uri)
-        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        parts = urlsplit(uri.strip())
+        if parts.scheme.lower() not in SCHEMES or not parts.netloc or parts.query or parts.fragment:
             raise InvalidInputError(f"{uri!r} is not an s3://bucket/prefix location")
-        self.bucket, self.prefix = parts.netloc, parts.path.strip("/")
+        if not _BUCKET_RE.fullmatch(parts.netloc):
+            raise InvalidInputError(f"{parts.netloc!r} is not an S3 bucket name (3-63 of a-z 0-9 . -)")
+        prefix = parts.path.strip("/")
+        if any(p in (".", "..") for p in prefix.split("/")):
+            raise InvalidInputError(f"{uri!r}: a prefix may not hold '.' or '..' segments")
+        self.bucket, self.prefix = parts.netloc, prefix
         self.root = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-        self.options = _options(options)
+        self.options = parse_options(options)
         o = self.options
         config = {
             k: v
@@ -124,13 +76,15 @@ class S3Backend:
             }.items()
             if v
         }
-        with _io():
+        try:
             self._store = S3Store(
                 self.bucket,
                 prefix=self.prefix or None,
                 config=config,  # type: ignore[arg-type]
                 client_options={"allow_http": bool(o["allow_http"])},
             )
+        except Exception as exc:  # obstore's configuration errors
+            raise InvalidInputError(f"storage_options for {uri} are not usable: {exc}") from exc
         self._fs: Any = None
         self.read_only = False  # the open-time probe was denied: these credentials only read
         self._lock = threading.Lock()
@@ -145,7 +99,10 @@ class S3Backend:
         base = self.options.get("lock_dir") or os.path.join(
             tempfile.gettempdir(), f"aios-memory-locks-{os.getuid()}"
         )
-        os.makedirs(base, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(base, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInputError(f"lock_dir {base!r} is not a usable directory ({exc})") from exc
         key = hashlib.sha256(f"{self.options.get('endpoint')}|{self.root}".encode()).hexdigest()[:24]
         return os.path.join(base, f"{key}.lock")
 
@@ -195,9 +152,11 @@ class S3Backend:
                 except PermissionDeniedError:
                     self.read_only = True  # credentials that may only read: nothing to check
                     return
+                except FileNotFoundError as exc:  # obstore raises the built-in for a 404
+                    raise ObjectStoreError(f"{self.root}: the bucket {self.bucket!r} does not exist") from exc
                 except BaseError as exc:
-                    raise _os_error(exc) from exc
-                with _io():
+                    raise os_error(exc) from exc
+                with io_errors():
                     try:
                         obstore.put(self._store, probe, b"2", mode="create")
                         honoured = False
@@ -219,7 +178,7 @@ class S3Backend:
         import obstore
 
         try:
-            with _io():
+            with io_errors():
                 obstore.head(self._store, rel)
         except FileNotFoundError:
             return False
@@ -230,32 +189,56 @@ class S3Backend:
     def _head(self, rel: str) -> dict[str, Any]:
         import obstore
 
-        with _io():
+        with io_errors():
             return dict(obstore.head(self._store, rel))
 
-    def list(self, rel: str) -> list[str]:
-        """Names directly under ``rel`` (one level, like ``os.listdir``)."""
+    def list(self, rel: str, nonempty: bool = False) -> list[str]:
+        """Names directly under ``rel`` (one level, like ``os.listdir``); ``nonempty``: no tombstones."""
         import obstore
 
-        with _io():
+        with io_errors():
             got = obstore.list_with_delimiter(self._store, rel.rstrip("/") + "/")
-        names = [o["path"].rsplit("/", 1)[-1] for o in got["objects"]]
+        names = [o["path"].rsplit("/", 1)[-1] for o in got["objects"] if not nonempty or o["size"]]
         names += [p.rstrip("/").rsplit("/", 1)[-1] for p in got["common_prefixes"]]
         return sorted(names)
 
     def walk_files(self, rel: str) -> Iterator[str]:
         import obstore
 
-        with _io():
+        with io_errors():
             for batch in obstore.list(self._store, rel.rstrip("/") + "/"):
                 for o in batch:
                     self._mtimes[o["path"]] = o["last_modified"].timestamp()
                     yield o["path"]
 
+    def retained(self, rel: str) -> bool:
+        """Whether ``rel`` exists and is not a tombstone (an emptied manifest cleanup retired)."""
+        try:
+            return self.size(rel) > 0
+        except FileNotFoundError:
+            return False
+
+    def retire(self, rel: str) -> None:
+        """Empty ``rel`` instead of deleting it: a writer that stalled on an old version can then never
+        create that name again (its create-only put fails), so the version chain cannot fork."""
+        self.replace(rel, b"")
+
+    def tombstones(self, rel: str) -> list[tuple[str, float]]:
+        """``(key, last modified)`` of the retired (empty) objects under ``rel``."""
+        import obstore
+
+        with io_errors():
+            return [
+                (o["path"], o["last_modified"].timestamp())
+                for batch in obstore.list(self._store, rel.rstrip("/") + "/")
+                for o in batch
+                if not o["size"]
+            ]
+
     def read_bytes(self, rel: str) -> bytes:
         import obstore
 
-        with _io():
+        with io_errors():
             return bytes(obstore.get(self._store, rel).bytes())
 
     def size(self, rel: str) -> int:
@@ -304,7 +287,7 @@ class S3Backend:
         """The whole object in memory (an object store has nothing to map); immutable, so cached."""
         import obstore
 
-        with _io():
+        with io_errors():
             data = obstore.get(self._store, rel).bytes()
         return np.frombuffer(memoryview(data), dtype=np.uint8)
 
@@ -331,7 +314,7 @@ class S3Backend:
 
         self._writable()
         view = memoryview(data).cast("B")
-        with _io():
+        with io_errors():
             obstore.put(self._store, rel, view, mode="create", use_multipart=False)
         return view.nbytes, hashlib.sha256(view).hexdigest()
 
@@ -363,24 +346,27 @@ class S3Backend:
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
         self._writable()
-        with _io():
+        with io_errors():
             try:
                 obstore.put(self._store, rel, data, mode="create", use_multipart=False)
             except (AlreadyExistsError, PreconditionError):
-                return self.read_bytes(rel) == data
+                try:
+                    return self.read_bytes(rel) == data
+                except FileNotFoundError:
+                    return False  # taken, then removed: a lost race all the same
         return True
 
     def replace(self, rel: str, data: bytes) -> None:
         import obstore
 
-        with _io():
+        with io_errors():
             obstore.put(self._store, rel, data, use_multipart=False)
 
     def delete(self, rel: str) -> None:
         import obstore
 
         try:
-            with _io():
+            with io_errors():
                 obstore.delete(self._store, rel)
         except FileNotFoundError:
             pass

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 CLEANUP_BATCH = 256  # files deleted per hold of the writers' lock
 TMP_GRACE = 60.0  # seconds: temp files younger than this may belong to a commit in progress
+TOMBSTONE_AGE = 86_400.0  # seconds a retired manifest's name stays taken on object storage
 
 
 def cleanup(storage: Storage, older_than: float, keep_versions: int = 1) -> dict[str, int | float]:
@@ -57,8 +58,11 @@ def cleanup(storage: Storage, older_than: float, keep_versions: int = 1) -> dict
             except FileNotFoundError:
                 pass
     for v in doomed:  # old manifests: no writer reads them, so no lock is needed
-        storage.backend.delete(manifest_name(v))
+        storage.backend.retire(manifest_name(v))  # deleted locally; an empty tombstone on object storage
         removed_versions += 1
+    for rel, mtime in storage.backend.tombstones(VERSIONS):
+        if now - mtime > TOMBSTONE_AGE:  # far older than any attempt may build (STALE_BUILD)
+            storage.backend.delete(rel)
     retained = [v for v in versions if v not in set(doomed)]
     referenced = storage._referenced(retained)
     seen = max(retained, default=0)

@@ -104,7 +104,9 @@ def fragment_vectors(
     size = frag.rows * (dim + 1) * 4
 
     def make() -> tuple[np.ndarray, np.ndarray] | None:
-        raw = storage.backend.map(side_rel)  # an OSError (a missing file, no descriptor left) is not cached: see below
+        raw = storage.backend.map(
+            side_rel
+        )  # an OSError (a missing file, no descriptor left) is not cached: see below
         if not trusted(side, raw, size, frag.checksum(suffix)):
             return None
         floats = raw.view("<f4")

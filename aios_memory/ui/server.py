@@ -171,6 +171,8 @@ def ui(ctx: click.Context, store_path: Path | None, port: int, no_browser: bool,
         from aios_memory.home import default_store_path
 
         path = default_store_path()
+    if isinstance(path, str) and "://" in path:
+        raise click.UsageError(f"{path}: the page serves a local store directory, not object storage")
     if not 0 <= port <= 65535:
         raise click.BadParameter(f"{port} is not a port number", param_hint="--port")
     try:
