@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,12 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-from s3_servers import SeaweedS3
 from trigram_provider import NAME
 
 from aios_memory import MemoryStore
-from aios_memory.errors import InvalidInputError, StoreError
-from aios_memory.storage import Manifest, Storage, manifest_name
+from aios_memory.errors import StoreError
 from aios_memory.storage.objectstore import _CHECKED
 
 TESTS = Path(__file__).resolve().parent
@@ -205,88 +202,6 @@ def test_a_server_that_ignores_create_only_puts_is_refused(no_condition_s3, tmp_
     assert single.version == 1
 
 
-def test_bad_locations_and_options_are_refused(tmp_path, s3_store_uri):
-    uri, opts = s3_store_uri
-    with pytest.raises(InvalidInputError, match="unknown storage_options"):
-        MemoryStore(uri, storage_options={**opts, "endpiont": "x"})
-    with pytest.raises(InvalidInputError, match="object storage"):
-        MemoryStore(tmp_path / "local", storage_options=opts)
-    with pytest.raises(StoreError, match="no store at"):
-        MemoryStore(uri + "-absent", storage_options=opts, create=False)
-
-
-# --- the commit protocol against moto (fast, in one process) -------------------------------------------
-def _storage(moto_s3, bucket: str, tmp: Path, **kw) -> Storage:
-    opts = {**moto_s3.storage_options(), "lock_dir": str(tmp / os.urandom(4).hex())}
-    return Storage(f"s3://{bucket}/p", storage_options=opts, **kw)
-
-
-def test_a_lost_race_rebases_on_the_winner(moto_s3, tmp_path):
-    """Two writers with separate locks: B commits while A is building; A's create of the same version
-    fails, A re-reads, runs its build again on B's version and commits the next one."""
-    bucket = moto_s3.make_bucket()
-    a, b = _storage(moto_s3, bucket, tmp_path), _storage(moto_s3, bucket, tmp_path)
-    seen: list[int] = []
-
-    def build_a(m: Manifest) -> Manifest:
-        seen.append(m.version)
-        if len(seen) == 1:
-            b.commit("b", lambda mb: mb)  # the other host wins the race for version 1
-        return m
-
-    assert a.commit("a", build_a).version == 2
-    assert seen == [0, 1] and a.conflicts == 1 and b.conflicts == 0
-    assert [a.read_manifest(v).operation for v in (1, 2)] == ["b", "a"]
-
-
-def test_a_commit_that_landed_is_not_retried(moto_s3, tmp_path):
-    """A create-only put whose answer was lost is retried by the client and meets its own object: the
-    same bytes count as committed, other bytes as a lost race."""
-    bucket = moto_s3.make_bucket()
-    st = _storage(moto_s3, bucket, tmp_path)
-    key = manifest_name(7)
-    assert st.backend.create_exclusive(key, b"mine")
-    assert st.backend.create_exclusive(key, b"mine")  # our own put, seen again
-    assert not st.backend.create_exclusive(key, b"theirs")
-    assert st.backend.read_bytes(key) == b"mine"
-
-
-def test_a_stalled_writer_cannot_land_in_a_gap_cleanup_left(moto_s3, tmp_path):
-    """A writer stalls after reading version 1; meanwhile others commit 2 and 3 and cleanup removes 1
-    and 2. Its create of version 2 would succeed (the name is free again) but fork history: it is taken
-    back and the commit retried on version 3."""
-    bucket = moto_s3.make_bucket()
-    a, b = _storage(moto_s3, bucket, tmp_path), _storage(moto_s3, bucket, tmp_path)
-    b.commit("one", lambda m: m)
-    go, stalled = threading.Event(), threading.Event()
-    result: list[Manifest] = []
-
-    def build(m: Manifest) -> Manifest:
-        if not stalled.is_set():
-            stalled.set()
-            go.wait(30)
-        return m
-
-    t = threading.Thread(target=lambda: result.append(a.commit("stalled", build)))
-    t.start()
-    stalled.wait(30)
-    b.commit("two", lambda m: m)
-    b.commit("three", lambda m: m)
-    assert b.cleanup(older_than=0)["versions_removed"] == 2
-    go.set()
-    t.join(30)
-    assert result and result[0].version == 4
-    assert b.versions() == [3, 4] and b.read_manifest(4).operation == "stalled"
-    assert a.conflicts == 1
-
-
-def test_moto_honours_the_condition_and_the_self_test_passes(moto_s3, tmp_path):
-    _CHECKED.clear()
-    st = _storage(moto_s3, moto_s3.make_bucket(), tmp_path)
-    assert any(v for (ep, _b), v in _CHECKED.items() if ep == moto_s3.endpoint)
-    assert not [k for k in st.backend.list("_versions") if re.match(r"\.probe-", k)]  # probe removed
-
-
 def test_the_cli_works_on_an_s3_store(seaweed_s3, model_home, tmp_path):
     from conftest import run_cli
 
@@ -339,93 +254,6 @@ def test_rewrites_racing_on_other_hosts_revalidate_what_they_read(s3_store_uri, 
     assert ops.count("update 1") == len(updates) and ops.count("delete 1") == 1
 
 
-class _SeaweedWithReader(SeaweedS3):
-    """SeaweedFS with two identities: the usual keys (may write) and a reader (Read and List only)."""
-
-    reader = ("reader-key", "reader-secret-0123")
-
-    def _command(self) -> list[str]:
-        cmd = super()._command()
-        ids = [
-            ((self.access_key, self.secret_key), ["Admin", "Read", "List", "Write"]),
-            (self.reader, ["Read", "List"]),
-        ]
-        conf = [{"name": f"u{i}", "credentials": [{"accessKey": k, "secretKey": s}], "actions": a}
-                for i, ((k, s), a) in enumerate(ids)]  # fmt: skip
-        path = Path(str(self.dir)) / "s3.json"
-        path.write_text(json.dumps({"identities": conf}))
-        return [*cmd, f"-s3.config={path}"]
-
-
-def test_credentials_that_may_only_read_open_the_store_and_are_refused_writes(tmp_path):
-    """The open-time probe is a write: credentials without write permission still open the store
-    (reads work) and a write is a StoreError with nothing committed."""
-    with _SeaweedWithReader() as server:
-        bucket = server.make_bucket()
-        opts = server.storage_options()
-        _store(f"s3://{bucket}/s", opts, tmp_path).add_many(["one", "two"])
-        _CHECKED.clear()  # as in a fresh process: the reader's open probes again
-        ro = {**opts, "access_key_id": server.reader[0], "secret_access_key": server.reader[1]}
-        reader = _store(f"s3://{bucket}/s", ro, tmp_path, create=False)
-        assert reader._storage.backend.read_only
-        assert reader.sql("SELECT count(*) AS n FROM text_memories").to_pylist() == [{"n": 2}]
-        assert [m.content for m in reader.search("one", k=1)] == ["one"]
-        with pytest.raises(StoreError, match="may read but not write"):
-            reader.add("three")
-        assert reader.version == 1 and _versions(reader) == [1]
-
-
-# --- review findings (issue 16's independent review) ----------------------------------------------------
-def test_writers_stalled_past_cleanup_never_fork_the_chain(moto_s3, tmp_path):
-    """A stalls on the empty store, C on version 1; B commits 1..3 and cleanup retires 1 and 2. Their
-    names stay taken (tombstones), so A's and C's creates fail, they rebase, and the newest version
-    holds every writer's change; no version is ever "committed" off the chain."""
-    import pyarrow as pa
-
-    bucket = moto_s3.make_bucket()
-    a, b, c = (_storage(moto_s3, bucket, tmp_path) for _ in range(3))
-    table = pa.table({"x": [1]})
-
-    def appender(st: Storage, stall: threading.Event | None = None, go: threading.Event | None = None):
-        frag = st.write_fragment("_history", table)
-
-        def build(m: Manifest) -> Manifest:
-            if stall is not None and not stall.is_set():
-                stall.set()
-                go.wait(30)
-            m.history.append(frag)
-            return m
-
-        return build, frag.path
-
-    go, done = threading.Event(), []
-    stalls = [threading.Event(), threading.Event()]
-    build_a, path_a = appender(a, stalls[0], go)
-    ta = threading.Thread(target=lambda: done.append(a.commit("a", build_a)))
-    ta.start()
-    stalls[0].wait(30)
-    paths_b = []
-    build, path = appender(b)
-    b.commit("b1", build)
-    paths_b.append(path)
-    build_c, path_c = appender(c, stalls[1], go)
-    tc = threading.Thread(target=lambda: done.append(c.commit("c", build_c)))
-    tc.start()
-    stalls[1].wait(30)
-    for name in ("b2", "b3"):
-        build, path = appender(b)
-        b.commit(name, build)
-        paths_b.append(path)
-    assert b.cleanup(older_than=0)["versions_removed"] == 2
-    go.set()
-    ta.join(30)
-    tc.join(30)
-    assert len(done) == 2 and sorted(m.version for m in done) == [4, 5]
-    newest = b.read_manifest()
-    assert newest.version == 5 and b.versions() == [3, 4, 5]
-    assert {f.path for f in newest.history} == {*paths_b, path_a, path_c}
-
-
 def test_a_version_cleanup_retired_is_gone_for_every_handle(s3_store_uri, tmp_path):
     uri, opts = s3_store_uri
     st = _store(uri, opts, tmp_path)
@@ -440,56 +268,3 @@ def test_a_version_cleanup_retired_is_gone_for_every_handle(s3_store_uri, tmp_pa
         with pytest.raises(VersionNotFoundError, match="no longer retained"):
             call()
     assert st.version == 3 and _versions(st) == [3]
-
-
-def test_storage_options_and_locations_are_checked_before_any_request(no_condition_s3, tmp_path):
-    bucket = no_condition_s3.make_bucket()
-    opts = {**no_condition_s3.storage_options(), "lock_dir": str(tmp_path / "l")}
-    _CHECKED.clear()
-    with pytest.raises(StoreError, match="ignores create-only puts"):  # "false" is false
-        MemoryStore(f"s3://{bucket}/s", storage_options={**opts, "single_writer": "false"})
-    assert MemoryStore(f"s3://{bucket}/s", storage_options={**opts, "single_writer": "true"}).version == 0
-    bad = [
-        {**opts, "single_writer": "maybe"},
-        {**opts, "endpoint": no_condition_s3.endpoint.removeprefix("http://")},
-        {**opts, "endpoint": ""},
-        {**opts, "region": 5},
-        {**opts, "lock_dir": str(Path(__file__))},
-        ["endpoint"],
-    ]
-    for options in bad:
-        with pytest.raises(InvalidInputError):
-            MemoryStore(f"s3://{bucket}/s", storage_options=options)
-    for location in ("gs://b/x", "s3://Upper/x", "s3://bucket/a/../b", "s3://b"):
-        with pytest.raises(InvalidInputError):
-            MemoryStore(location, storage_options=opts)
-
-
-def test_object_store_failures_are_typed(seaweed_s3, moto_s3, tmp_path):
-    from aios_memory.errors import ObjectStoreError
-
-    with pytest.raises(ObjectStoreError, match="does not exist"):  # (SeaweedFS makes buckets on upload)
-        MemoryStore("s3://no-such-bucket-here/s", storage_options=moto_s3.storage_options())
-    opts = {**seaweed_s3.storage_options(), "lock_dir": str(tmp_path / "l")}
-    _CHECKED.clear()
-    with pytest.raises(ObjectStoreError):
-        MemoryStore(
-            f"s3://{seaweed_s3.make_bucket()}/s", storage_options={**opts, "secret_access_key": "wrong"}
-        )
-    gone = _SeaweedWithReader()
-    with gone:
-        bucket = gone.make_bucket()
-        st = _store(f"s3://{bucket}/s", gone.storage_options(), tmp_path)
-        st.add("kept")
-    for call in (lambda: st.search("kept", k=1), lambda: st.sql("SELECT 1"), lambda: st.add("lost")):
-        with pytest.raises(StoreError):  # ObjectStoreError, or StoreError("... nothing was committed")
-            call()
-
-
-def test_service_commands_refuse_an_object_store(tmp_path):
-    from conftest import run_cli
-
-    for args in (["token", "create", "--name", "x", "--all-namespaces"], ["daemon"], ["ui", "--port", "0"]):
-        out = run_cli("--store", "s3://bucket/p", *args, check=False)
-        assert out.returncode != 0 and "local store" in out.stderr, out.stderr
-    assert not (Path.cwd() / "s3:").exists()
