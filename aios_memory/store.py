@@ -61,9 +61,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         retention: float = DEFAULT_RETENTION,
     ) -> None:
         # a local directory, or an object-storage location kept as the URI it is ("s3://bucket/prefix")
-        self.path: Path | str = (
-            default_store_path() if path is None else path if is_remote(path) else Path(path)
-        )
+        self.path: Path | str = path if is_remote(path) else Path(path or default_store_path())  # type: ignore[arg-type]
         if isinstance(retention, bool) or not isinstance(retention, (int, float)) or not retention >= 0:
             raise InvalidInputError(f"retention must be a number of seconds >= 0, got {retention!r}")
         self._storage = Storage(
@@ -122,13 +120,8 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         if modality is not None and modality not in MODALITIES:
             raise InvalidInputError(f"unknown modality {modality!r}; one of {', '.join(MODALITIES)}")
         m = self._storage.read_manifest(self._pinned if version is None else version)
-        uri = self._storage.backend.uri
-        return [
-            uri(f.path)
-            for mod, state in sorted(m.tables.items())
-            if modality in (None, mod)
-            for f in state.fragments
-        ]
+        tables = sorted((mod, t) for mod, t in m.tables.items() if modality in (None, mod))
+        return [self._storage.uri(f.path) for _mod, t in tables for f in t.fragments]
 
     def _manifest(self) -> Manifest:
         m = self._storage.read_manifest(self._pinned)
