@@ -54,6 +54,10 @@ def built(model_home: Path, tmp_path_factory: pytest.TempPathFactory):
         yield store
     finally:
         os.environ["AIOS_MEMORY_HOME"] = before
+        from aios_memory.plugins import get_providers
+
+        for provider in get_providers().values():  # loaded from this module's home: not the session's
+            provider.unload()
 
 
 def _rows(store: MemoryStore, modality: str, version: int | None = None) -> dict[str, dict]:
