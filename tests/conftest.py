@@ -188,3 +188,14 @@ def s3_bucket(seaweed_s3: SeaweedS3) -> str:
 def s3_store_uri(seaweed_s3: SeaweedS3, s3_bucket: str) -> tuple[str, dict[str, Any]]:
     """``("s3://<fresh bucket>/store", storage_options)``: the options are ``obstore`` ``S3Store`` keywords."""
     return f"s3://{s3_bucket}/store", seaweed_s3.storage_options()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _providers_unloaded_after_each_module() -> Iterator[None]:
+    """Providers are process-wide: one a module loaded from a model home of its own (a seeded CLIP)
+    would otherwise stay loaded for the next module, whose session home may not have that model."""
+    yield
+    from aios_memory.plugins import get_providers
+
+    for provider in get_providers().values():
+        provider.unload()
