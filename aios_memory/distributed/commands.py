@@ -10,9 +10,22 @@ from pathlib import Path
 
 import click
 
+from aios_memory.cli import _storage_options
+
+
+class _Source(click.ParamType):
+    """A file or folder that exists, or an ``s3://bucket/prefix`` URI kept as it is."""
+
+    name = "source"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        if isinstance(value, str) and value.startswith(("s3://", "s3a://")):
+            return value
+        return click.Path(exists=True, path_type=Path).convert(value, param, ctx)
+
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=_Source())
 @click.option(
     "--engine",
     type=click.Choice(["ray", "local"]),
@@ -39,11 +52,18 @@ import click
 @click.option(
     "--commit-every", default=1000, show_default=True, help="--engine local: files per atomic commit."
 )
+@click.option(
+    "--source-option",
+    "source_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="--storage-option for s3:// PATHS (default: the store's --storage-option values). Repeatable.",
+)
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
 def ingest(
     ctx: click.Context,
-    paths: tuple[Path, ...],
+    paths: tuple[Path | str, ...],
     engine: str,
     address: str | None,
     actors: int,
@@ -51,15 +71,21 @@ def ingest(
     batch_size: int,
     namespace: str,
     commit_every: int,
+    source_option: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Import files and folders on a Ray cluster, as one version (or --engine local: `import`).
 
-    Images, audio and UTF-8 text files, recursively, as `import` finds them. With --engine ray (needs `pip install "aios-memory[ray]"`), every node must see PATHS and the store
-    at the same paths, and have the same plugins and model weights; the whole job is one new version,
-    committed when every file has been embedded and written, or nothing at all.
+    Images, audio and UTF-8 text files, recursively, as `import` finds them. With --engine ray (needs
+    `pip install "aios-memory[ray]"`), a PATH may also be s3://bucket/prefix: the objects under it, which
+    each actor reads itself (reached with --source-option, else --storage-option, else AWS_* variables).
+    Every node must see local PATHS and the store at the same paths, and have the same plugins and model
+    weights; the whole job is one new version, committed when every file has been embedded and written,
+    or nothing at all.
     """
     if engine == "local":
+        if any(isinstance(p, str) for p in paths):
+            raise click.UsageError("s3:// PATHS need --engine ray")
         from aios_memory.cli import import_
 
         ctx.invoke(import_, paths=paths, namespace=namespace, commit_every=commit_every)
@@ -77,6 +103,7 @@ def ingest(
         ctx.obj["store"],
         paths,
         storage_options=ctx.obj.get("storage_options"),
+        source_options=_storage_options(source_option),
         address=address,
         actors=actors,
         actor_cpus=actor_cpus,

@@ -7,7 +7,8 @@ rows of the store's table for that modality, through the same steps as ``aios-me
 ``embed_preprocessed``, then :func:`aios_memory.rows.build_rows`), so the rows equal what the import
 writes for the same files, ids and timestamps aside.
 
-Input columns (Arrow or numpy batches): ``path`` (a file, read where the actor runs) or ``data`` (the
+Input columns (Arrow or numpy batches): ``path`` (a file, read where the actor runs, or an object's
+``s3://`` URI, which the actor reads with ``source_options``; the URI is its ``source``) or ``data`` (the
 bytes or text itself) with an optional ``source`` URI; optional ``metadata`` (a JSON object, as text)
 and ``index`` (the input's position, echoed in error reports).
 
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from aios_memory.distributed.sources import Objects, S3Object
 from aios_memory.errors import ProviderError
 from aios_memory.ingest import (
     _forward,
@@ -115,6 +117,7 @@ class Embed:
     providers=providers)`` would (``store=None``: as for a new store). ``created_at``: the rows'
     timestamp (default: when the actor started). ``model_home``: sets ``$AIOS_MEMORY_HOME`` in the
     actor's process before anything is resolved (default: leave the worker's environment as it is).
+    ``source_options``: how to reach ``s3://`` inputs (:class:`~aios_memory.distributed.sources.Objects`).
     """
 
     def __init__(
@@ -127,12 +130,14 @@ class Embed:
         namespace: str = "default",
         created_at: dt.datetime | None = None,
         model_home: str | None = None,
+        source_options: Mapping[str, Any] | None = None,
     ) -> None:
         if model_home is not None:
             os.environ[MODEL_HOME_ENV] = str(model_home)
         self.modality = modality
         self.namespace = check_namespace(namespace)
         self.created_at = created_at if created_at is not None else now_utc()
+        self.objects = Objects(source_options)
         self.provider, self.text_provider = resolve_providers(modality, store, storage_options, providers)
         # weights not installed: the actor fails now (the import's message), not once per input
         _Pipeline(_Fixed(self.provider), modality, str).provider(modality)
@@ -158,8 +163,10 @@ class Embed:
         metadata: dict[int, str] = {}
         errors: list[tuple[int, str | None, BaseException]] = []
         for i in range(n):
-            value: Any = Path(paths[i]) if paths[i] is not None else datas[i]
-            source = sources[i] or (value.resolve().as_uri() if isinstance(value, Path) else None)
+            value: Any = _input(paths[i]) if paths[i] is not None else datas[i]
+            source = sources[i] or (
+                value.resolve().as_uri() if isinstance(value, Path) else getattr(value, "uri", None)
+            )
             try:
                 raw = metas[i]
                 metadata[i] = metadata_json(json.loads(raw) if isinstance(raw, (str, bytes)) else raw)
@@ -191,6 +198,8 @@ class Embed:
         errors: list[tuple[int, str | None, BaseException]] = []
         for index, value, source in inputs:
             try:
+                if isinstance(value, S3Object):  # read here, in the actor, not shipped by Ray
+                    value = self.objects.read(value.uri)
                 item = prepare(read_path(value) if isinstance(value, Path) else value, self.modality, source)
                 pieces = self.provider.expand(item.payload)
             except Exception as exc:  # noqa: BLE001 - reported per input
@@ -241,6 +250,10 @@ class Embed:
             [filled[f.name] if f.name in filled else pa.nulls(n, f.type) for f in self.schema],
             schema=self.schema,
         )
+
+
+def _input(path: str) -> Path | S3Object:
+    return S3Object(path) if "://" in path else Path(path)
 
 
 def _first(error: tuple[int, Any, Any]) -> int:

@@ -222,6 +222,7 @@ def ingest_ray(
     actor_cpus: float = 1.0,
     ray_remote_args: Mapping[str, Any] | None = None,
     bytes_per_write: int | None = FRAGMENT_BYTES,
+    source_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Import files and folders (recursively, as ``aios-memory import``) into the store at ``location``
     on Ray Data: one dataset per modality, ``actors`` embedding actors each (``actor_cpus`` CPUs each),
@@ -233,6 +234,12 @@ def ingest_ray(
     model weights (``$AIOS_MEMORY_HOME`` is passed on when set). ``ray_remote_args`` go to the actors
     (``{"max_restarts": 0}`` fails the job when a node is lost instead of restarting its actor).
 
+    A source may be ``s3://bucket/prefix`` (or one object's URI): the driver lists the objects under it
+    and classifies each from its first bytes, as it does files; each actor reads its objects' bytes
+    itself; each row's ``source`` is its object's URI. ``source_options`` (the ``storage_options`` keys)
+    reach those sources; default: ``storage_options``, else the ``AWS_*`` environment. A prefix with no
+    object is an ``InvalidInputError``, raised before anything is written.
+
     Returns ``version`` (the committed one; ``base_version`` if nothing was added), ``files``,
     ``added`` (files stored), ``rows``, ``errors`` (``{"index", "source", "error"}`` per skipped file),
     per-modality ``modalities`` figures and ``seconds``. Raises, committing nothing, on any failure.
@@ -243,7 +250,8 @@ def ingest_ray(
     started = time.perf_counter()
     namespace = check_namespace(namespace)
     location = absolute(location)
-    plan = plan_files(list_files(sources))
+    reach = storage_options if source_options is None else source_options
+    plan = plan_files(list_files(sources, reach), reach)
     sinks = {  # resolves every provider now: a mismatch refuses the job before Ray does anything
         mod: MemoryDatasink(
             location,
@@ -276,6 +284,7 @@ def ingest_ray(
                     "namespace": namespace,
                     "created_at": created_at,
                     "model_home": os.environ.get(MODEL_HOME_ENV),
+                    "source_options": dict(reach) if reach else None,
                 },
                 batch_size=batch_size,
                 batch_format="pyarrow",
