@@ -249,6 +249,10 @@ def test_a_long_lived_daemon_cleans_up_old_versions(rt, tmp_path):
     rt["stores"].append(store)
     daemon = subprocess.Popen([*cli, "daemon", "--cleanup-every", "1", "--retention", "0"], env=rt["env"])
     try:
+        deadline = time.monotonic() + 60  # serving before the session's proxy would start one of its own
+        while not list(rt["dir"].glob("*.sock")) and daemon.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert daemon.poll() is None and list(rt["dir"].glob("*.sock"))
 
         async def main() -> None:
             async with session(rt, store) as s:

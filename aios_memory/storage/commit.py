@@ -266,9 +266,6 @@ class Storage:
                     raise StoreError(
                         f"could not write to store {self.root} ({exc.strerror or exc}); nothing was committed"
                     ) from exc
-                if created and self.backend.is_local and not self._follows(base.version):
-                    self.backend.delete(name)  # it landed in a gap cleanup left: not the newest
-                    created = False
                 if created:  # committed: nothing below may raise
                     self._known = max(self._known, new.version)
                     try:
@@ -284,17 +281,6 @@ class Storage:
                         f"{self.lock_timeout:.0f}s ({attempt} tries); nothing was committed"
                     )
                 time.sleep(random.uniform(0.0, min(1.0, 0.005 * 2**attempt)))
-
-    def _follows(self, base: int) -> bool:
-        """Whether version ``base`` (which the new version follows) is still there, locally, where cleanup
-        deletes old manifests (object storage retires them as tombstones, whose names stay taken). An
-        error while checking counts as yes: the version is committed, and nothing may raise after that."""
-        try:
-            if base == 0:
-                return not self.backend.exists(manifest_name(2))
-            return self.backend.exists(manifest_name(base))
-        except OSError:
-            return True
 
     # --- maintenance records -----------------------------------------------------------------------------
     def maintenance(self) -> dict[str, dict[str, object]]:
