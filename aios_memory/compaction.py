@@ -75,7 +75,7 @@ def auto_compact(storage: Storage, modality: str) -> None:
             changed = True
         return m if changed else None
 
-    storage.commit(f"compact {modality}", build, once=True)
+    storage.commit(f"compact {modality}", build)
     if damaged:  # merged around it; recorded so that doctor keeps saying so
         raise damaged[0]
 
