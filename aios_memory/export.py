@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ import pyarrow as pa
 
 from aios_memory.compaction import read_fragment
 from aios_memory.errors import InvalidInputError, StoreCorruptError, StoreError
+from aios_memory.ingest import _progress_bar
 from aios_memory.provider import MODALITIES
 from aios_memory.query import vector_columns, view_name
 from aios_memory.schema import base_schema
@@ -88,7 +88,7 @@ def export(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.export-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
-    bar = _progress_bar(sum(s.rows for s in tables.values()), progress)
+    bar = _progress_bar(sum(s.rows for s in tables.values()), progress, unit="row", desc="export")
     try:
         for mod, state in tables.items():
             schema = table_schema(state, m.version, include_media)
@@ -302,20 +302,3 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, enabled: bool | None) -> Any:
-    """tqdm over rows: True always, None on a terminal only, False never."""
-    if enabled is False or (enabled is None and not sys.stderr.isatty()):
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="row", desc="export", file=sys.stderr, smoothing=0.1)

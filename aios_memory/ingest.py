@@ -363,10 +363,10 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int, enabled: bool | None) -> Any:
+def _progress_bar(total: int, enabled: bool | None, unit: str = "file", desc: str = "import") -> Any:
     """tqdm with rate and ETA: True always, None on a terminal only, False never."""
     if enabled is False or (enabled is None and not sys.stderr.isatty()):
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="file", desc="import", file=sys.stderr, smoothing=0.1)
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, smoothing=0.1)
