@@ -21,10 +21,13 @@ MODEL_ID = "clip-vit-base-patch32"
 IMAGE_BATCH = 32
 TEXT_BATCH = 64
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+HF_REPO = "openai/clip-vit-base-patch32"
 INSTALL_HINT = (
-    "no package ships CLIP weights: download a Hugging Face CLIP folder (openai/clip-vit-base-patch32 "
-    "layout: config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.json + merges.txt) "
-    "and convert it once with `aios-memory models install clip --from PATH`"
+    "no package ships CLIP weights: run `aios-memory models install clip` to convert "
+    "openai/clip-vit-base-patch32 from your Hugging Face cache, add `--download` to fetch it there first "
+    '(pip install "aios-memory[hf]"), or convert a Hugging Face CLIP folder you have once with '
+    "`aios-memory models install clip --from PATH` "
+    "(config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.json + merges.txt)"
 )
 
 
@@ -60,6 +63,11 @@ class ClipProvider(ConvertedModelProvider):
     query_modalities = frozenset({"text"})
     model_name = "clip"
     source_pip = None  # no registry package ships CLIP weights
+    # `aios-memory models install clip` without --from: the Hugging Face cache (or --download) of this repo,
+    # only these files, and only a snapshot that has every entry of hf_required (a|b: either, a+b: both)
+    hf_repo = HF_REPO
+    hf_files = ("config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt")
+    hf_required = ("config.json", "model.safetensors", "tokenizer.json|vocab.json+merges.txt")
     version = "1"
 
     def __init__(self, directory: Path | None = None, precision: str = "fp32") -> None:
