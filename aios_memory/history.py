@@ -11,10 +11,27 @@ from typing import Any
 
 import pyarrow as pa
 
-from aios_memory.errors import InvalidInputError, MemoryNotFoundError
+from aios_memory.errors import (
+    InvalidInputError,
+    MemoryNotFoundError,
+    StoreCorruptError,
+    VersionNotFoundError,
+)
 from aios_memory.memory import Memory, check_utf8, now_utc
 from aios_memory.schema import HISTORY_DIR, HISTORY_SCHEMA
 from aios_memory.storage import Fragment, Manifest, Storage
+
+ENTRY_KEYS = (
+    "operation",
+    "at",
+    "version",
+    "content",
+    "metadata",
+    "source",
+    "media_type",
+    "media_sha256",
+    "transcript",
+)  # every entry of ``history()``, in this order, whatever its operation
 
 
 class HistoryMixin:
@@ -63,10 +80,13 @@ class HistoryMixin:
     def history(self, id: str) -> list[dict[str, Any]]:
         """A memory's timeline, oldest first: ``add``, each ``update``, and ``delete`` if it was deleted.
 
-        Each entry has ``operation``, ``at`` (when), ``version`` (the store version of the change; ``None``
-        for the add) and the memory's state *after* that change: ``content``, ``metadata``, ``source``,
-        ``media_type``, ``media_sha256``, ``transcript`` (all ``None`` after a delete). Works for deleted
-        memories too: the log keeps what they were. Raises ``MemoryNotFoundError`` for an id never seen.
+        Every entry has the same keys in the same order (:data:`ENTRY_KEYS`): ``operation``, ``at`` (when),
+        ``version`` (the store version that committed the change) and the memory's state *after* that
+        change: ``content``, ``metadata``, ``source``, ``media_type``, ``media_sha256``, ``transcript`` (all
+        ``None`` after a delete). The add's ``version`` is found from the retained versions (the first one
+        holding the memory); it is ``None`` when ``cleanup`` has removed the version before it, which is
+        what would tell. Works for deleted memories too: the log keeps what they were. Raises
+        ``MemoryNotFoundError`` for an id never seen.
         """
         import hashlib
         import json
@@ -99,17 +119,65 @@ class HistoryMixin:
         except MemoryNotFoundError:
             if not changes:
                 raise
-        keys = ("content", "source", "media_type", "media_sha256", "transcript")
 
         def state(c: dict[str, Any]) -> dict[str, Any]:
-            return {**{k: c[k] for k in keys}, "metadata": json.loads(c["metadata"] or "{}")}
+            return {k: json.loads(c[k] or "{}") if k == "metadata" else c[k] for k in ENTRY_KEYS[3:]}
 
         first = changes[0] if changes else None
         created = first["created_at"] if first else mem.created_at
+        modality = first["modality"] if first else mem.modality
+        # the add is in every version from its own to the one before the first change (or to this one)
+        last_with_add = first["version"] - 1 if first else m.version
+        added = self._added_in(id, modality, last_with_add)
         states = [state(c) for c in changes] + [current]  # states[i]: the state after event i
-        events = [("add", created, None)] + [(c["operation"], c["at"], c["version"]) for c in changes]
+        events = [("add", created, added)] + [(c["operation"], c["at"], c["version"]) for c in changes]
         out = []
         for (op, at, version), after in zip(events, states, strict=True):
-            after = after or dict.fromkeys((*keys, "metadata"))
-            out.append({"operation": op, "at": at, "version": version, **after})
+            entry = {
+                **dict.fromkeys(ENTRY_KEYS),
+                **(after or {}),
+                "operation": op,
+                "at": at,
+                "version": version,
+            }
+            out.append({k: entry[k] for k in ENTRY_KEYS})
         return out
+
+    def _added_in(self, id: str, modality: str, newest: int) -> int | None:
+        """The version whose commit added memory ``id``, given that version ``newest`` holds it: a binary
+        search for the first retained version holding it (``O(log versions)`` manifests; each fragment's
+        ids are read once, and a fragment known to hold the memory answers without reading). ``None``
+        when the version before that one is gone (``cleanup``) or unreadable: the add may be older. Ids
+        are never reused, so every version from the add's on holds the memory, until its first change."""
+        import pyarrow.compute as pc
+
+        in_fragment: dict[str, bool] = {}  # fragments are immutable: each is read once
+        known: dict[int, bool | None] = {0: False}  # version 0 is the empty store
+
+        def holds(version: int) -> bool | None:  # None: that version cannot be read (gone, damaged)
+            if version in known:
+                return known[version]
+            try:
+                table = self._storage.read_manifest(version).tables.get(modality)
+                frags = table.fragments if table else []
+                found = any(in_fragment.get(f.path) for f in frags)
+                for frag in frags:
+                    if found:
+                        break
+                    if frag.path not in in_fragment:
+                        ids = self._read_fragment(frag, ["id"]).column("id")
+                        in_fragment[frag.path] = found = bool(pc.any(pc.equal(ids, id)).as_py())
+                known[version] = found
+            except (VersionNotFoundError, StoreCorruptError):
+                known[version] = None
+            return known[version]
+
+        lo, hi = 1, newest  # the first version holding it is in [lo, hi], if it is retained
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if holds(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        # checked, not assumed: a version that could not be read above makes the answer unknown
+        return hi if holds(hi) and holds(hi - 1) is False else None

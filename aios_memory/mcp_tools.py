@@ -72,7 +72,11 @@ class Forgotten(_Result):
 class Change(_Result):
     operation: Literal["add", "update", "delete"] = Field(description="What happened.")
     at: str = Field(description="When (ISO 8601).")
-    version: int | None = Field(None, description="The store version of the change (none for the add).")
+    version: int | None = Field(
+        None,
+        description="The store version that committed the change (the add's: none once cleanup removed "
+        "the versions that would tell).",
+    )
     content: str | None = Field(None, description="The text after the change (none after a delete).")
     metadata: dict[str, Json] | None = Field(None, description="The metadata after the change.")
     source: str | None = Field(None, description="The source after the change.")
@@ -202,18 +206,24 @@ def register_tools(server: Any, served: Served) -> None:
             if len(given) != 1:
                 raise InvalidInputError("give exactly one of `query` (text), `data` (base64) or `path`")
             q: Any = query if query is not None else served.media(data, path)[0]
-            results = store.search(
-                q,
-                k=k,
-                modality=modality,
-                namespace=namespace,
-                where=where,
-                params=params,
-                half_life=half_life_s,
-                order=order,
-                min_score=min_score,
-                timeout=served.sql_timeout,  # the where predicate and the ranking stop with one limit
-            )
+            try:
+                results = store.search(
+                    q,
+                    k=k,
+                    modality=modality,
+                    namespace=namespace,
+                    where=where,
+                    params=params,
+                    half_life=half_life_s,
+                    order=order,
+                    min_score=min_score,
+                    timeout=served.sql_timeout,  # the where predicate and the ranking stop with one limit
+                )
+            except QueryTimeoutError as exc:  # the store's hint names search()'s argument, not the server's
+                from aios_memory.query import timeout_error
+
+                hint = "narrow the where predicate; the limit is set by `aios-memory serve --sql-timeout`"
+                raise timeout_error("the search", served.sql_timeout or 0.0, hint) from exc
             return Recalled(memories=[Memory(**memory_dict(m)) for m in results])
 
     @server.tool(

@@ -279,9 +279,7 @@ def run(
         raise QueryError(f"expected exactly one SQL statement, got {len(statements)}")
     kind = statements[0].type
     if kind.name not in READ_ONLY_STATEMENTS:
-        raise QueryError(
-            f"store.sql() is read-only: {kind.name} statements are not allowed (SELECT or EXPLAIN only)"
-        )
+        raise QueryError(f"SQL is read-only: {kind.name} statements are not allowed (SELECT or EXPLAIN only)")
     deadline.check("the query")
     _DEADLINES[id(con)] = deadline
     try:
@@ -349,7 +347,7 @@ def check_params(params: Any) -> None:
     if params is None or isinstance(params, Mapping):
         return
     if isinstance(params, (str, bytes, bytearray)) or not isinstance(params, Sequence):
-        raise QueryError(f"params must be a list, a tuple or a dict, got {type(params).__name__}")
+        raise QueryError(f"SQL parameters must be a list, a tuple or a dict, got {type(params).__name__}")
 
 
 def vector_columns(modality: str) -> list[str]:

@@ -58,9 +58,9 @@ def run_search(
         check_namespace(namespace)
     namespaces = store.scope.readable(namespace)  # the scope's namespaces, or None: every row
     if where is not None and (not isinstance(where, str) or not where.strip()):
-        raise QueryError("where must be a non-empty SQL predicate string")
+        raise QueryError("the where predicate must be a non-empty SQL string")
     if params is not None and where is None:
-        raise QueryError("params were given without a where predicate")
+        raise QueryError("parameters were given without a where predicate")
     check_params(params)
     if isinstance(params, Mapping) and any(str(name).startswith("aiosm_") for name in params):
         raise QueryError("parameter names starting with 'aiosm_' are reserved for the store's own")
@@ -70,7 +70,7 @@ def run_search(
         or not math.isfinite(half_life)
         or half_life <= 0
     ):
-        raise InvalidInputError(f"half_life must be a positive number of seconds, got {half_life!r}")
+        raise InvalidInputError(f"the half-life must be a positive number of seconds, got {half_life!r}")
     if order not in ("score", "newest"):
         raise InvalidInputError(f"order must be 'score' or 'newest', got {order!r}")
     if min_score is not None and (
@@ -79,11 +79,7 @@ def run_search(
         raise InvalidInputError(f"min_score must be a number, got {min_score!r}")
     if exact not in (None, True, False):
         raise InvalidInputError(f"exact must be True, False or None, got {exact!r}")
-    deadline = (
-        timeout
-        if isinstance(timeout, Deadline)
-        else Deadline.start(timeout, hint="pass a larger timeout= to search()")
-    )
+    deadline = timeout if isinstance(timeout, Deadline) else Deadline.start(timeout)
     item = prepare(query)
     target = modality or item.modality
     reads = _count_reads(store._storage)
@@ -118,7 +114,10 @@ def run_search(
         explain["selected"] = 0
         explain["manifest_reads"] = reads()
         if exact is False:
-            raise QueryError(f"{target} memories have no ANN index; call create_index() first")
+            raise QueryError(
+                f"{target} memories have no ANN index; create one first "
+                f"(aios-memory index create {target}; in Python, create_index)"
+            )
         return [], explain
     deadline.check("the search")
     selections = select_rows(store, m, target, fragments, namespaces, where, params, deadline)

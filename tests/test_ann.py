@@ -13,7 +13,7 @@ from test_vectors import NAME, register, write_rows
 from aios_memory import MemoryStore
 from aios_memory.errors import QueryError
 
-pytest.importorskip("usearch")
+pytest.importorskip("usearch", reason='usearch is not installed: pip install -e ".[test]"')
 
 
 def clustered(n: int, seed: int, centres: int = 40, dim: int = 32) -> np.ndarray:

@@ -29,7 +29,8 @@ CLIPS = [
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not (ALSA / "Front_Center.wav").exists(), reason="alsa-utils sounds are installed by .ci/run"
+        not (ALSA / "Front_Center.wav").exists(),
+        reason="alsa-utils is not installed: apt-get install alsa-utils",
     ),
 ]
 

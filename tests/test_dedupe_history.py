@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from conftest import run_cli
 
 from aios_memory import InvalidInputError, MemoryNotFoundError, MemoryStore
 
@@ -102,6 +105,58 @@ def test_history_of_unknown_id(store):
         store.history("no-such-id")
     with pytest.raises(InvalidInputError):
         store.history(42)  # type: ignore[arg-type]
+
+
+ENTRY = [
+    "operation",
+    "at",
+    "version",
+    "content",
+    "metadata",
+    "source",
+    "media_type",
+    "media_sha256",
+    "transcript",
+]
+
+
+def test_history_entries_have_one_shape_and_the_add_its_version(model_home, tmp_path):
+    """Through the CLI: add, update and delete entries have the same keys in the same order, and the add
+    names the version that committed it (null once cleanup has removed the version before it)."""
+    s = ["--store", str(tmp_path / "st")]
+
+    def add(text: str) -> tuple[str, int]:
+        (id_,) = run_cli(*s, "add", text).stdout.split()
+        return id_, json.loads(run_cli(*s, "stats").stdout)["version"]
+
+    kept, kept_added = add("The spare key is under the blue flowerpot.")
+    gone, gone_added = add("The boiler was last serviced in March.")
+    untouched, untouched_added = add("The neighbour's dog is called Pepper.")
+    store = MemoryStore(tmp_path / "st")
+    store.update(kept, metadata={"where": "garden"})
+    store.update(gone, "The boiler was last serviced in April.")
+    store.delete(gone)
+    timelines = {i: json.loads(run_cli(*s, "history", i).stdout) for i in (kept, gone, untouched)}
+    assert [e["operation"] for e in timelines[gone]] == ["add", "update", "delete"]
+    assert [e["operation"] for e in timelines[kept]] == ["add", "update"]
+    assert [list(e) for t in timelines.values() for e in t] == [ENTRY] * 6
+    assert [timelines[i][0]["version"] for i in (kept, gone, untouched)] == [
+        kept_added,
+        gone_added,
+        untouched_added,
+    ]
+    assert (
+        kept_added
+        < gone_added
+        < untouched_added
+        < timelines[gone][1]["version"]
+        < timelines[gone][2]["version"]
+    )
+
+    run_cli(*s, "cleanup", "--older-than", "0")  # the versions before the newest are gone: adds unknown
+    after = [json.loads(run_cli(*s, "history", i).stdout) for i in (kept, gone)]
+    assert [e["version"] for e in after[0]] == [None, timelines[kept][1]["version"]]
+    assert [list(e) for t in after for e in t] == [ENTRY] * 5
 
 
 def test_metadata_filter_equality_lists_and_parameters(store):

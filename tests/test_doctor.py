@@ -68,7 +68,7 @@ def test_one_overwritten_sidecar_row_is_found_and_never_ranks_wrong(vstore):
 def _indexed(vstore, n: int = 3000) -> list[str]:
     from test_ann import clustered
 
-    pytest.importorskip("usearch")
+    pytest.importorskip("usearch", reason='usearch is not installed: pip install -e ".[test]"')
     ids = write_rows(vstore, clustered(n, 5, dim=DIM))
     vstore.create_index("text")
     return ids

@@ -22,7 +22,7 @@ ENV = ("AIOS_MEMORY_HOME", "AIOS_MEMORY_RUNTIME_DIR")
 def test_inspector_strict_reports_no_schema_problem(model_home: Path, tmp_path: Path, mode: list[str]):
     inspector = os.environ.get("MCP_INSPECTOR") or shutil.which("mcp-inspector")
     if not inspector:
-        pytest.skip("MCP Inspector's CLI is not installed (.ci/run installs it with npm)")
+        pytest.skip("MCP Inspector is not installed: apt-get install npm, then .ci/run installs it")
     runtime = tempfile.mkdtemp(prefix="aiosrt-i")
     env = {**os.environ, "AIOS_MEMORY_HOME": str(model_home), "AIOS_MEMORY_RUNTIME_DIR": runtime}
     store = str(tmp_path / "store")

@@ -65,7 +65,7 @@ def test_extension_is_ignored(tmp_path):
     assert item.modality == "image" and item.source == lying.resolve().as_uri()
 
 
-@pytest.mark.skipif(not ALSA.exists(), reason="alsa-utils sounds are installed by .ci/run")
+@pytest.mark.skipif(not ALSA.exists(), reason="alsa-utils is not installed: apt-get install alsa-utils")
 def test_real_wav_file_and_file_object(tmp_path):
     copy = tmp_path / "clip.bin"
     shutil.copy(ALSA, copy)

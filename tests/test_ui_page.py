@@ -28,11 +28,11 @@ server, ui_env = ui_helpers.server, ui_helpers.ui_env
 # --- the page in headless Chromium -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser(server):
-    _need("Debian's chromium", CHROMIUM.exists())
+    _need("chromium", CHROMIUM.exists(), "apt-get install chromium")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _need("playwright", False)
+        _need("playwright", False, 'pip install -e ".[test]"')
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         yield chromium

@@ -59,12 +59,12 @@ print(json.dumps({"expected": expected, "media": {r["source"].rsplit("/", 1)[-1]
 """
 
 
-def _need(what: str, ok: bool) -> None:
+def _need(what: str, ok: bool, install: str) -> None:
     """Missing tools skip a developer's run but fail CI, where .ci/run installs them."""
     if not ok:
         if os.environ.get("CI"):
             pytest.fail(f"{what} is required in CI")
-        pytest.skip(f"{what} is not installed")
+        pytest.skip(f"{what} is not installed: {install}")
 
 
 # --- fixtures --------------------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def ui_env(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 
     from aios_memory.plugins import get_provider
 
-    _need("alsa-utils' sounds", (ALSA / "Front_Center.wav").exists())
+    _need("alsa-utils", (ALSA / "Front_Center.wav").exists(), "apt-get install alsa-utils")
     get_provider("whisper-base").install()
     root = tmp_path_factory.mktemp("ui")
     home = root / "home"
