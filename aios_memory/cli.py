@@ -163,7 +163,7 @@ def add(
 @click.pass_context
 def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_every: int) -> None:
     """Import files and folders (recursively): images, audio and UTF-8 text files."""
-    from aios_memory.ingest import ingest
+    from aios_memory.ingest import ingest, plural
 
     files: list[Path] = []
     for p in paths:
@@ -178,12 +178,12 @@ def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_
         commit_every=commit_every,
         progress=True,  # also when stderr is not a terminal: the last state of the bar is the log line
     )
+    skipped = f"; skipped {plural(len(res.errors), 'file')}:" if res.errors else ""
     click.echo(
-        f"imported {res.added} files as {res.rows} memories into {store.path}"
-        + (f"; skipped {len(res.errors)} unsupported files" if res.errors else "")
+        f"imported {plural(res.added, 'file')} as {plural(res.rows, 'memory', 'memories')} into {store.path}{skipped}"
     )
-    for e in res.errors:
-        click.echo(f"  skipped: {files[e.index]}: {e.message}", err=True)
+    for line in res.skipped([str(f) for f in files]):
+        click.echo(f"  {line}", err=True)
 
 
 @cli.command()

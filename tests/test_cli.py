@@ -70,10 +70,21 @@ def test_import_skips_what_no_provider_can_embed(model_home, tmp_path):
     (folder / "sub" / "b.md").write_text("# Recipe\nMix flour and water.")
     (folder / "photo.png").write_bytes(png_bytes(size=32))  # CLIP is registered but has no weights here
     (folder / "blob.bin").write_bytes(bytes(range(256)))
+    (folder / "photo2.jpg").write_bytes(png_bytes(size=24))  # a PNG named .jpg: content decides
     proc = run_cli("--store", str(tmp_path / "st"), "import", str(folder))
-    assert "imported 2 files as 2 memories" in proc.stdout and "skipped 2" in proc.stdout
-    assert "photo.png" in proc.stderr and "aios-memory models install clip --from" in proc.stderr
+    assert "imported 2 files as 2 memories" in proc.stdout and "skipped 3 files:" in proc.stdout
+    # skips grouped by reason, the reason said once, with the way out
+    images = [line for line in proc.stderr.splitlines() if line.startswith("  2 images (")]
+    assert len(images) == 1 and "photo.png" in images[0] and "photo2.jpg" in images[0], proc.stderr
+    assert "has no weights installed; run `aios-memory models install clip`" in images[0]
+    assert "--download" in images[0] and "--from PATH" in images[0]
+    assert proc.stderr.count("has no weights installed") == 1
+    assert any(line.startswith("  1 file (") and "blob.bin" in line for line in proc.stderr.splitlines())
     assert "import: 100%" in proc.stderr  # the progress bar ran to the end
+    one = tmp_path / "one.txt"
+    one.write_text("A single note")
+    proc = run_cli("--store", str(tmp_path / "st"), "import", str(one))
+    assert "imported 1 file as 1 memory into" in proc.stdout and "skipped" not in proc.stdout
 
 
 def test_plugins_and_models(model_home):

@@ -93,7 +93,12 @@ def test_without_weights_one_clear_error(tmp_path, images):
 
 
 def test_cli_install_needs_a_folder_then_converts_it(tiny, tmp_path):
-    env = {"AIOS_MEMORY_HOME": str(tmp_path / "home")}
+    # an empty Hugging Face cache: a machine with CLIP cached would install from it (tested elsewhere)
+    env = {
+        "AIOS_MEMORY_HOME": str(tmp_path / "home"),
+        "HF_HUB_CACHE": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+    }
     proc = run_cli("models", "install", "clip", env=env, check=False)
     assert proc.returncode != 0 and HINT in proc.stderr and "Traceback" not in proc.stderr
     run_cli("models", "install", "clip", "--from", str(tiny[0]), env=env)
