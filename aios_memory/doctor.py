@@ -97,13 +97,13 @@ def _check_fragment(store: MemoryStore, state: TableState, frag: Fragment) -> li
 
 def _check_sidecar_sizes(store: MemoryStore, state: TableState, frag: Fragment) -> list[str]:
     """Each sidecar of ``frag`` has the size its rows and dimension imply (older manifests: no sha256)."""
-    from aios_memory.vectors import TIME_SUFFIX
+    from aios_memory.storage.sidecars import DIGEST_SUFFIX, TIME_SUFFIX
 
     problems = []
     for suffix in frag.sidecars:
         rel = frag.sidecar_path(suffix)
-        if suffix == TIME_SUFFIX:
-            want = frag.rows * 8
+        if suffix in (TIME_SUFFIX, DIGEST_SUFFIX):
+            want = frag.rows * (8 if suffix == TIME_SUFFIX else 16)
         else:
             column = suffix.removesuffix(".f32")
             dim = state.dim if column == "embedding" else state.text_dim

@@ -56,7 +56,7 @@ def metadata_json(metadata: Any) -> str:
     if metadata is None:
         return "{}"
     if not isinstance(metadata, Mapping):
-        raise InvalidInputError(f"metadata must be a dict, got {type(metadata).__name__}")
+        raise InvalidInputError(f"metadata must be a JSON object, got {type(metadata).__name__}")
     try:
         text = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
@@ -64,6 +64,30 @@ def metadata_json(metadata: Any) -> str:
     except RecursionError:
         raise InvalidInputError("metadata is nested too deeply") from None
     return check_utf8(text, "metadata")
+
+
+def per_item(
+    metadata: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None,
+    sources: Sequence[str | None] | None,
+    n: int,
+) -> tuple[list[str], list[str | None]]:
+    """A write's metadata (one dict for every item, or one per item) as JSON, and its sources, per item."""
+    if isinstance(metadata, Mapping) or metadata is None:
+        metas = [metadata_json(metadata)] * n
+    elif isinstance(metadata, Sequence) and not isinstance(metadata, (str, bytes, bytearray)):
+        metas = [metadata_json(m) for m in metadata]
+        if len(metas) != n:
+            raise InvalidInputError(f"got {len(metas)} metadata entries for {n} items")
+    else:
+        raise InvalidInputError(
+            f"metadata must be a JSON object, or a list with one object per item; got {type(metadata).__name__}"
+        )
+    if isinstance(sources, (str, bytes, bytearray)):
+        raise InvalidInputError("sources must be a list with one source per item, not a single string")
+    srcs = list(sources) if sources is not None else [None] * n
+    if len(srcs) != n:
+        raise InvalidInputError(f"got {len(srcs)} sources for {n} items")
+    return metas, srcs
 
 
 def memory_from_row(modality: str, row: dict[str, Any]) -> Memory:

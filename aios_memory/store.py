@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from aios_memory.crossmodal import CrossModalMixin
+from aios_memory.dedupe import EXACT, policy
 from aios_memory.errors import (
     InvalidInputError,
     MemoryNotFoundError,
@@ -57,7 +58,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         storage_options: Mapping[str, Any] | None = None,
         create: bool = True,
         lock_timeout: float = 60.0,
-        dedupe: float | bool | None = None,
+        dedupe: float | bool | str | None = None,
         retention: float = DEFAULT_RETENTION,
     ) -> None:
         # a local directory, or an object-storage location kept as the URI it is ("s3://bucket/prefix")
@@ -75,12 +76,11 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         self._read_version = threading.local()
         for modality in providers or {}:
             if modality not in MODALITIES:
-                raise InvalidInputError(f"unknown modality {modality!r} in providers=")
+                raise InvalidInputError(f"unknown modality {modality!r} in the providers setting")
         self._chosen = dict(providers or {})
         self._pinned: int | None = None
         self._scope: Scope = FULL
-        self._dedupe: float | bool | None = None
-        self._dedupe = self._dedupe_threshold(dedupe)  # the default of add(dedupe=None); validated now
+        self._dedupe = policy(dedupe, EXACT)  # the default of add(dedupe=None); validated now
         self._manifest()  # fail now, not later, on a damaged manifest
 
     # --- scope -------------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         if where is not None:  # a predicate is SQL: a scope without the SQL right has `filter` only
             self._scope.check_sql()
         where, params = with_metadata_filter(where, params, filter)
-        deadline = Deadline.start(timeout, hint="pass a larger timeout= to search()")  # one, across retries
+        deadline = Deadline.start(timeout)  # one, across retries
         args = (query, k, modality, namespace, where, params, half_life, order, min_score, exact, deadline)
         return self._reading(lambda: self._search(*args))[0]
 
@@ -316,7 +316,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         )
         if kwargs:
             raise InvalidInputError(f"unknown search arguments: {', '.join(sorted(kwargs))}")
-        kw["timeout"] = Deadline.start(kw["timeout"], hint="pass a larger timeout= to search()")
+        kw["timeout"] = Deadline.start(kw["timeout"])
         results, explain = self._reading(lambda: self._search(query, k, *kw.values()))
         return {**explain, "results": results}
 

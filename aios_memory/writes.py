@@ -14,47 +14,47 @@ from typing import Any
 import pyarrow as pa
 
 from aios_memory.compaction import compact_all, maintain, read_fragment
+from aios_memory.dedupe import EXACT, known_items, policy, rows_to_write
 from aios_memory.errors import (
     InvalidInputError,
     MemoryNotFoundError,
 )
 from aios_memory.history import HistoryMixin
-from aios_memory.memory import Memory, check_namespace, check_utf8, memory_from_row, metadata_json, now_utc
+from aios_memory.memory import (
+    Memory,
+    check_namespace,
+    check_utf8,
+    memory_from_row,
+    metadata_json,
+    now_utc,
+    per_item,
+)
 from aios_memory.modality import prepare
 from aios_memory.provider import EmbeddingProvider
-from aios_memory.rows import build_rows, drop_duplicates, table_state, text_vectors
+from aios_memory.rows import build_rows, table_state, text_vectors
 from aios_memory.schema import TEXT_COLUMN
 from aios_memory.scope import Scope
 from aios_memory.storage import Fragment, Manifest, Storage
+from aios_memory.storage.sidecars import row_digests
 
 EMBED_BATCH = 64
-DEFAULT_DEDUPE = 0.97  # cosine at or above which ``dedupe=True`` treats two memories as the same
 
 
 REUSE_SECONDS = 1.0  # a retried append reuses its fragment if written this recently
 
 
 class WritesMixin(HistoryMixin):
-    _scope: Scope
-    """Mixed into ``MemoryStore``, which provides ``_storage``, ``_manifest``, ``provider_for`` and ``get``."""
+    """Mixed into ``MemoryStore``, which provides the attributes annotated here (no stubs)."""
 
+    _scope: Scope
     _storage: Storage
     path: Any
-
-    def _manifest(self) -> Manifest:
-        raise NotImplementedError
-
-    def provider_for(self, modality: str) -> EmbeddingProvider:
-        raise NotImplementedError
-
-    def _provider_in(self, m: Manifest, modality: str) -> EmbeddingProvider:
-        raise NotImplementedError
-
-    def _text_provider_in(self, m: Manifest, modality: str) -> EmbeddingProvider | None:
-        raise NotImplementedError
-
-    def get(self, id: str) -> Memory:
-        raise NotImplementedError
+    _manifest: Callable[[], Manifest]
+    provider_for: Callable[[str], EmbeddingProvider]
+    _provider_in: Callable[[Manifest, str], EmbeddingProvider]
+    _text_provider_in: Callable[[Manifest, str], EmbeddingProvider | None]
+    get: Callable[[str], Memory]
+    _nearest: Callable[..., tuple[list[str | None], Any]]  # over the memory-mapped vector sidecars
 
     def add(
         self,
@@ -64,7 +64,7 @@ class WritesMixin(HistoryMixin):
         namespace: str = "default",
         metadata: Mapping[str, Any] | None = None,
         source: str | None = None,
-        dedupe: float | bool | None = None,
+        dedupe: float | bool | str | None = None,
     ) -> str:
         """Store one memory; returns its id (with ``dedupe``, possibly the id of an existing near-identical one)."""
         return self.add_many(
@@ -85,58 +85,50 @@ class WritesMixin(HistoryMixin):
         metadata: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
         sources: Sequence[str | None] | None = None,
         progress: Callable[[int], None] | None = None,
-        dedupe: float | bool | None = None,
+        dedupe: float | bool | str | None = None,
     ) -> list[str]:
         """Store many memories in one atomic commit: all become visible together, or none do.
 
         ``metadata`` is one dict for every item or a list with one per item. ``progress(n)`` is called
         as each batch of ``n`` items has been embedded.
 
-        ``dedupe`` (default: the store's ``dedupe`` setting) is a cosine threshold: an item whose embedding
-        is at least that similar to a memory of the same modality and namespace (committed, or earlier in
-        this batch) is not stored again, and its place in the returned list holds the existing id.
-        ``True`` means :data:`DEFAULT_DEDUPE`, ``False`` turns it off for this call. Items that become
-        several rows (audio longer than one window) are always stored.
+        ``dedupe`` (default: the store's setting, ``"exact"`` unless chosen otherwise) decides what
+        happens to a memory the store holds (see :mod:`aios_memory.dedupe`): ``"exact"`` stores an item
+        whose content equals a stored memory's of the same modality and namespace (or an earlier item's)
+        once and returns that memory's id; a cosine threshold (``True``: 0.97) also merges near
+        duplicates (never the windows of a long recording); ``False`` stores every item.
         """
         threshold = self._dedupe_threshold(dedupe)
         if isinstance(items, (str, bytes, bytearray)):
-            raise InvalidInputError("add_many takes a list of items; use add() for a single one")
+            raise InvalidInputError("adding many memories takes a list of items, not a single string or bytes")
         try:
             contents = list(items)
         except TypeError:
             raise InvalidInputError(
-                f"add_many takes an iterable of items, got {type(items).__name__}"
+                f"adding many memories takes a list of items, got {type(items).__name__}"
             ) from None
         namespace = check_namespace(namespace)
         self._scope.check_write(namespace)
         n = len(contents)
-        if isinstance(metadata, Mapping) or metadata is None:
-            metas = [metadata_json(metadata)] * n
-        elif isinstance(metadata, Sequence) and not isinstance(metadata, (str, bytes, bytearray)):
-            metas = [metadata_json(m) for m in metadata]
-            if len(metas) != n:
-                raise InvalidInputError(f"got {len(metas)} metadata entries for {n} items")
-        else:
-            raise InvalidInputError(
-                f"metadata must be a dict, or a list with one dict per item; got {type(metadata).__name__}"
-            )
-        if isinstance(sources, (str, bytes, bytearray)):
-            raise InvalidInputError("sources must be a list with one source per item, not a single string")
-        srcs = list(sources) if sources is not None else [None] * n
-        if len(srcs) != n:
-            raise InvalidInputError(f"got {len(srcs)} sources for {n} items")
+        metas, srcs = per_item(metadata, sources, n)
         if n == 0:
             return []
         prepared = [prepare(c, modality, s) for c, s in zip(contents, srcs, strict=True)]
+        m = self._manifest()  # one read for every provider lookup; the commit reads the newest again
+        stored, repeats = {}, {}  # items held already (their ids) or repeating an earlier item: not embedded
+        if threshold is not None:
+            stored, repeats = known_items(self._storage, m, prepared, namespace)
         by_modality: dict[str, list[int]] = {}
         for i, item in enumerate(prepared):
-            by_modality.setdefault(item.modality, []).append(i)
+            if i not in stored and i not in repeats:
+                by_modality.setdefault(item.modality, []).append(i)
+        if progress is not None and len(stored) + len(repeats):
+            progress(len(stored) + len(repeats))
         tables: dict[str, pa.Table] = {}
         providers: dict[str, EmbeddingProvider] = {}
         text_providers: dict[str, EmbeddingProvider | None] = {}
         row_items: dict[str, list[int]] = {}  # input index of each row, per modality
         now = now_utc()
-        m = self._manifest()  # one read for every provider lookup; the commit reads the newest again
         for mod, idx in by_modality.items():
             provider = providers[mod] = self._provider_in(m, mod)
             text_providers[mod] = self._text_provider_in(m, mod)
@@ -164,10 +156,12 @@ class WritesMixin(HistoryMixin):
                 columns,
             )
 
-        pairs = self._commit_tables(
-            f"add {n}", tables, providers, text_providers, row_items, namespace, threshold
-        )
-        return [id_ for _, id_ in pairs]
+        ids = {i: list(old) for i, old in stored.items()}
+        if tables:
+            args = (tables, providers, text_providers, row_items, namespace, threshold)
+            for i, id_ in self._commit_tables(f"add {n}", *args):
+                ids.setdefault(i, []).append(id_)
+        return [id_ for i in range(n) for id_ in ids[repeats.get(i, i)]]
 
     def _commit_tables(
         self,
@@ -179,30 +173,39 @@ class WritesMixin(HistoryMixin):
         namespace: str,
         dedupe: float | None = None,
     ) -> list[tuple[int, str]]:
-        """Commit embedded rows (from :meth:`_rows`) atomically; (input index, id) per row, in input order.
+        """Commit embedded rows atomically; (input index, id) per row, in input order (an item split
+        into windows: its rows in order).
 
-        ``row_items[mod][r]`` is the input index of row ``r`` of ``tables[mod]``. With ``dedupe``, rows
-        near-identical to a committed memory or an earlier row are dropped inside the commit (under the
-        writers' lock, so two writers cannot both add the same memory) and map to the surviving id.
+        ``row_items[mod][r]`` is the input index of row ``r`` of ``tables[mod]``. With ``dedupe`` (see
+        :mod:`aios_memory.dedupe`), the rows of items the store holds or this batch repeats, and with a
+        threshold near-identical ones, are dropped inside the commit (under the writers' lock, so two
+        writers cannot both add the same memory) and map to the surviving ids.
         """
         same_as: dict[tuple[str, int], str] = {}  # (modality, row) -> existing id
-        # Without dedupe, a retried attempt appends the files it wrote, if they are fresh: a cleanup with
-        # a short retention on another host may take files older than that for a dead writer's orphans.
-        written: dict[str, tuple[Fragment, float]] = {}
+        stored: dict[int, list[str]] = {}  # item -> ids of the stored copy
+        repeats: dict[int, int] = {}  # item -> the earlier item of this batch it repeats
+        digests = {mod: row_digests(t) for mod, t in tables.items()} if dedupe is not None else {}
+        # A retried attempt appends the files it wrote if they are fresh and hold the same rows: a cleanup
+        # with a short retention on another host may take older files for a dead writer's orphans.
+        written: dict[str, tuple[Fragment, float, list[int]]] = {}
 
         def build(m: Manifest) -> Manifest | None:
-            same_as.clear()  # a retried attempt starts over
+            for found in (same_as, stored, repeats):
+                found.clear()  # a retried attempt starts over
             changed = False
             for mod, table in tables.items():
                 state = table_state(m, mod, providers[mod], text_providers[mod])
+                kept = list(range(table.num_rows))
                 if dedupe is not None:
-                    table = drop_duplicates(
-                        self._nearest, m, mod, table, row_items[mod], namespace, dedupe, same_as
-                    )
-                if table.num_rows:
-                    fresh = mod in written and time.monotonic() - written[mod][1] < REUSE_SECONDS
-                    if dedupe is not None or not fresh:
-                        written[mod] = (self._storage.write_fragment(mod, table), time.monotonic())
+                    kept = rows_to_write(
+                        self._storage, self._nearest, m, mod, table, row_items[mod], namespace, dedupe,
+                        digests[mod], (stored, repeats, same_as),
+                    )  # fmt: skip
+                if kept:
+                    last = written.get(mod)
+                    if last is None or last[2] != kept or time.monotonic() - last[1] >= REUSE_SECONDS:
+                        part = table if len(kept) == table.num_rows else table.take(pa.array(kept))
+                        written[mod] = (self._storage.write_fragment(mod, part), time.monotonic(), kept)
                     state.fragments.append(written[mod][0])
                     changed = True
             return m if changed else None
@@ -210,31 +213,20 @@ class WritesMixin(HistoryMixin):
         with self._storage.writer_lock():  # a lock time-out raises here, before anything is written
             committed = self._storage.commit(operation, build)
             maintain(self._storage, committed, list(tables))
-        ordered = sorted(
-            (item, row, same_as.get((mod, row), id_))
-            for mod, table in tables.items()
+        ids: dict[int, list[str]] = {i: list(v) for i, v in stored.items()}
+        for mod, table in tables.items():
             for row, (item, id_) in enumerate(
                 zip(row_items[mod], table.column("id").to_pylist(), strict=True)
-            )
-        )
-        return [(item, id_) for item, _, id_ in ordered]  # an item split into windows: its rows in order
-
-    def _nearest(
-        self, modality: str, vectors: Any, namespace: str, manifest: Manifest | None = None
-    ) -> tuple[list[str | None], Any]:
-        raise NotImplementedError  # MemoryStore's, over the memory-mapped vector sidecars
+            ):
+                if item not in stored and item not in repeats:
+                    ids.setdefault(item, []).append(same_as.get((mod, row), id_))
+        for item, first in repeats.items():
+            ids[item] = ids[first]
+        return [(item, id_) for item in sorted(ids) for id_ in ids[item]]
 
     # --- deduplication -----------------------------------------------------------------------------
-    def _dedupe_threshold(self, dedupe: float | bool | None) -> float | None:
-        if dedupe is None:
-            dedupe = getattr(self, "_dedupe", None)
-        if dedupe is None or dedupe is False:
-            return None
-        if dedupe is True:
-            return DEFAULT_DEDUPE
-        if isinstance(dedupe, (int, float)) and 0.0 < float(dedupe) <= 1.0:
-            return float(dedupe)
-        raise InvalidInputError(f"dedupe must be a cosine threshold in (0, 1], True or False; got {dedupe!r}")
+    def _dedupe_threshold(self, dedupe: float | bool | str | None) -> float | None:
+        return policy(dedupe, getattr(self, "_dedupe", EXACT))
 
     def _text_provider_for(self, modality: str) -> EmbeddingProvider | None:
         """The provider that embeds ``modality``'s derived text column (audio transcripts), if any."""

@@ -180,7 +180,7 @@ def test_derived_files_stay_out_of_a_plain_parquet_reader(tmp_path):
     store = MemoryStore(tmp_path / "s", providers={"text": NAME})
     store.add_many(["one", "two", "three"])
     derived = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "s/data/text/_derived").iterdir())
-    assert derived == ["created_at.i64", "embedding.f32"]
+    assert derived == ["content.blake2b", "created_at.i64", "embedding.f32"]
     assert ds.dataset(tmp_path / "s/data/text", format="parquet").to_table().num_rows == 3
 
 

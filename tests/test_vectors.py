@@ -136,7 +136,7 @@ def test_every_fragment_gets_sidecars_equal_to_its_parquet_columns(vstore):
     vecs = _random(50, 1)
     write_rows(vstore, vecs, created_at=when)
     frag = vstore._manifest().tables["text"].fragments[0]
-    assert set(frag.sidecars) == {vector_suffix("embedding"), TIME_SUFFIX}
+    assert set(frag.sidecars) == {vector_suffix("embedding"), TIME_SUFFIX, "content.blake2b"}
     raw = np.fromfile(vstore.path / frag.sidecar_path("embedding.f32"), dtype="<f4")
     assert raw.size == 50 * (DIM + 1)
     col = pq.read_table(vstore.path / frag.path, columns=["embedding"]).column("embedding")

@@ -8,6 +8,9 @@ Every fragment ``data/<table>/<stem>.parquet`` is written with immutable sidecar
   ``transcript_embedding``): the ``(rows, dim)`` matrix as raw little-endian float32, followed by the
   ``rows`` L2 norms. A null vector is a row of NaN (its norm NaN too) and never ranks.
 - ``<stem>.created_at.i64``: ``created_at`` as little-endian int64 microseconds since the epoch (UTC).
+- ``<stem>.content.blake2b`` (memory tables): a 16-byte BLAKE2b digest of each row's content (text) or
+  media bytes, so that finding an exact duplicate compares digests, never contents (see
+  :mod:`aios_memory.dedupe`). A row with neither has 16 zero bytes and never matches.
 
 The Parquet fragment stays the source of truth: a sidecar is checked against the size and sha256 its
 manifest recorded when first mapped, and a missing or damaged one falls back to the Parquet column.
@@ -16,6 +19,7 @@ Every read goes through the store's backend, so the same code serves a local dir
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +35,30 @@ if TYPE_CHECKING:
     from aios_memory.storage.commit import Storage
 
 TIME_SUFFIX = "created_at.i64"
+DIGEST_SUFFIX = "content.blake2b"
+NO_DIGEST = bytes(16)
+
+
+def content_digest(content: str | None, media: bytes | None) -> bytes:
+    """The 16-byte digest of a memory's content (text) or media; :data:`NO_DIGEST` for neither."""
+    if media is None and content is None:
+        return NO_DIGEST
+    h = hashlib.blake2b(digest_size=16, person=b"aios-memory")
+    if media is not None:
+        h.update(b"m")
+        h.update(media)
+    else:
+        h.update(b"t")
+        h.update(content.encode("utf-8", "surrogatepass"))  # type: ignore[union-attr]
+    return h.digest()
+
+
+def row_digests(table: pa.Table) -> np.ndarray:
+    """``(rows, 16)`` uint8: :func:`content_digest` of each row of a memory table."""
+    contents = table.column("content").to_pylist()
+    media = table.column("media").to_pylist()
+    raw = b"".join(content_digest(c, m) for c, m in zip(contents, media, strict=True))
+    return np.frombuffer(raw, np.uint8).reshape(table.num_rows, 16)
 
 
 def vector_suffix(column: str) -> str:
@@ -39,9 +67,11 @@ def vector_suffix(column: str) -> str:
 
 # --- writing ---------------------------------------------------------------------------------------
 def sidecar_buffers(table: pa.Table) -> Iterator[tuple[str, list[Any]]]:
-    """The sidecars of ``table``: ``(suffix, buffers)`` for each fixed-size float32 vector column and
-    for ``created_at``. Tables without such columns (the change log) get none."""
+    """The sidecars of ``table``: ``(suffix, buffers)`` for each fixed-size float32 vector column, for
+    ``created_at`` and, in memory tables, the content digests. The change log gets none."""
     n = table.num_rows
+    if {"content", "media", "embedding"} <= set(table.column_names):
+        yield DIGEST_SUFFIX, [row_digests(table)]
     for f in table.schema:
         t = f.type
         if pa.types.is_fixed_size_list(t) and t.value_type == pa.float32():
@@ -150,6 +180,37 @@ def fragment_times(storage: Storage, frag: Fragment) -> np.ndarray:
         if got is not None:
             return got
     return CACHE.get((path, "col:created_at"), decode, frag.rows * 8)
+
+
+def fragment_digests(storage: Storage, frag: Fragment) -> np.ndarray:
+    """``(rows, 16)`` uint8 content digests of a fragment: the sidecar, checked like the vectors', else
+    (fragments from before digests, a damaged sidecar) computed from the Parquet columns once."""
+    if frag.rows == 0:
+        return np.zeros((0, 16), np.uint8)
+    if DIGEST_SUFFIX in frag.sidecars:
+        side_rel = frag.sidecar_path(DIGEST_SUFFIX)
+        side = storage.uri(side_rel)
+
+        def make() -> np.ndarray | None:
+            raw = storage.backend.map(side_rel)
+            if not trusted(side, raw, frag.rows * 16, frag.checksum(DIGEST_SUFFIX)):
+                return None
+            return raw.view(np.uint8).reshape(frag.rows, 16)
+
+        try:
+            got = CACHE.get((side, "digest"), make, frag.rows * 16)
+        except OSError:
+            got = None
+        if got is not None:
+            return got
+
+    def decode() -> np.ndarray:
+        try:
+            return row_digests(storage.read_table(frag.path, ["content", "media"]))
+        except (FileNotFoundError, pa.ArrowException, OSError, KeyError) as exc:
+            raise _corrupt(storage, frag, "the Parquet file") from exc
+
+    return CACHE.get((storage.uri(frag.path), "col:digest"), decode, frag.rows * 16)
 
 
 def namespace_rows(storage: Storage, frag: Fragment, namespace: str) -> np.ndarray:
