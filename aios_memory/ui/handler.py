@@ -28,7 +28,7 @@ from aios_memory.errors import (
     QueryTimeoutError,
     StoreError,
 )
-from aios_memory.ui import api
+from aios_memory.ui import api, render
 from aios_memory.ui.api import ApiError
 from aios_memory.ui.auth import Caller, clear_cookie_header, cookie_header, presented_token
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {  # URL path -> (file in STATIC, Content-Type); nothing else is ever read from disk
-    "/": ("index.html", "text/html; charset=utf-8"),
+    # ("/" is static/index.html filled in by :mod:`aios_memory.ui.render`)
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
     "/icon.svg": ("icon.svg", "image/svg+xml"),
@@ -204,7 +204,10 @@ class UiHandler(BaseHTTPRequestHandler):
     def _get(self, store: Any, caller: Caller) -> None:
         url = urlsplit(self.path)
         q = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        if url.path in STATIC_FILES:
+        if url.path == "/":  # the page, with the caller's counts and newest memories in it
+            body = render.render_page(store, self._listing(caller), caller.name, self.server.redact)
+            self._send(200, body, "text/html; charset=utf-8", PAGE_HEADERS)
+        elif url.path in STATIC_FILES:
             name, ctype = STATIC_FILES[url.path]
             self._send(200, (STATIC / name).read_bytes(), ctype, PAGE_HEADERS)
         elif url.path == "/api/stats":
@@ -215,10 +218,7 @@ class UiHandler(BaseHTTPRequestHandler):
             limit = api.check_int(q.get("limit", "24"), "limit", 1, api.MAX_LIMIT)
             offset = api.check_int(q.get("offset", "0"), "offset", 0, 10**9)
             namespace = api.check_namespace(q.get("namespace"))
-            # the listing's fixed queries are no SQL of the caller's: they run for a token without the
-            # SQL right too, on views that hold the token's namespaces only
-            listing = self.server.store.scoped(replace(caller.scope, sql=True))
-            self._json(200, api.list_memories(listing, modality, namespace, limit, offset))
+            self._json(200, api.list_memories(self._listing(caller), modality, namespace, limit, offset))
         elif m := re.fullmatch(r"/api/(media|thumb)/([^/]+)", url.path):
             id = self._id(m.group(2))
             if m.group(1) == "thumb":
@@ -228,6 +228,11 @@ class UiHandler(BaseHTTPRequestHandler):
                 self._media(store, id)
         else:
             raise ApiError(404, f"no such page: {url.path}", "NotFound")
+
+    def _listing(self, caller: Caller) -> Any:
+        """The store for the listing's fixed queries, which are no SQL of the caller's: they run for a
+        token without the SQL right too, on views that hold the token's namespaces only."""
+        return self.server.store.scoped(replace(caller.scope, sql=True))
 
     @staticmethod
     def _id(raw: str) -> str:

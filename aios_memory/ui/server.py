@@ -5,7 +5,8 @@ see :mod:`aios_memory.ui.auth`) and runs on the store seen through that token's 
 
 API (every response is JSON except the page, its assets and media):
 
-  GET  /                     the page (static/index.html; app.js, style.css and icon.svg beside it)
+  GET  /                     the page (static/index.html with the caller's counts and newest memories
+                             filled in, see render.py; app.js, style.css and icon.svg beside it)
   GET  /?token=<token>       sign in: the token goes into an HttpOnly cookie; redirects to /
   GET  /api/stats            the caller's namespaces' stats, who the caller is, what each table accepts
   GET  /api/memories         ?modality=text|image|audio &namespace= &limit= &offset=  newest first

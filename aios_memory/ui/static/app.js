@@ -3,7 +3,7 @@
 "use strict";
 
 const PAGE = 24;
-const state = { modality: "text", namespace: "", offset: 0, stats: null };
+const state = { modality: "text", namespace: "", offset: 0, stats: null, search: 0, page: 0 };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, cls, text) {
@@ -41,10 +41,14 @@ function fileName(source) {
   }
 }
 
+// A creation time as the server's HTML writes it (render.py's `when`), so that the page the script draws
+// is the page the server sent; the browser's local time is the tooltip.
 function when(iso) {
   if (!iso) return "";
   const date = new Date(iso);
-  return isNaN(date) ? iso : date.toLocaleString();
+  if (isNaN(date)) return iso;
+  if (!/(Z|[+-]\d\d:?\d\d)$/.test(iso)) return iso.slice(0, 19).replace("T", " ");
+  return `${date.toISOString().slice(0, 19).replace("T", " ")} UTC`;
 }
 
 function seconds(value) {
@@ -88,7 +92,9 @@ function card(memory, rank) {
   if (memory.modality === "audio" && memory.end_s !== undefined) {
     meta.append(el("span", "", `${seconds(memory.start_s)}–${seconds(memory.end_s)}`));
   }
-  meta.append(el("span", "", when(memory.created_at)));
+  const stamp = el("span", "", when(memory.created_at));
+  if (memory.created_at && !isNaN(new Date(memory.created_at))) stamp.title = new Date(memory.created_at).toLocaleString();
+  meta.append(stamp);
   node.append(meta);
   const name = fileName(memory.source);
   if (name) {
@@ -141,8 +147,10 @@ async function loadPage() {
   const params = new URLSearchParams({ modality: state.modality, limit: PAGE, offset: state.offset });
   if (state.namespace) params.set("namespace", state.namespace);
   const grid = $("grid");
+  const request = ++state.page;
   try {
     const page = await api(`/api/memories?${params}`);
+    if (request !== state.page) return; // another tab, namespace or page was asked for since
     grid.replaceChildren(...page.memories.map((m) => card(m)));
     if (!page.memories.length) grid.append(el("div", "empty", `No ${state.modality} memories here yet.`));
     const last = Math.min(page.offset + page.memories.length, page.total);
@@ -150,11 +158,19 @@ async function loadPage() {
     $("prev").disabled = page.offset === 0;
     $("next").disabled = last >= page.total;
   } catch (err) {
-    grid.replaceChildren(el("div", "empty", err.message));
+    if (request === state.page) grid.replaceChildren(el("div", "empty", err.message));
   }
 }
 
 const TITLES = { text: "Text", image: "Images", audio: "Audio" };
+
+// A new search, or an empty query: the results shown so far no longer answer anything. Returns the
+// search's number; an answer that arrives after a later search (or a clear) has started is dropped.
+function clearResults() {
+  $("results").replaceChildren();
+  state.search += 1;
+  return state.search;
+}
 
 function showResults(result, what) {
   const box = $("results");
@@ -162,7 +178,9 @@ function showResults(result, what) {
   const groups = {};
   for (const memory of result.results) (groups[memory.modality] = groups[memory.modality] || []).push(memory);
   let total = 0;
-  for (const modality of result.searched) {
+  const matched = result.results.length;
+  if (!matched) box.append(el("div", "empty no-match", `No memories match ${what}.`));
+  for (const modality of matched ? result.searched : []) {
     const found = groups[modality] || [];
     total += found.length;
     const group = el("div", "group");
@@ -177,7 +195,8 @@ function showResults(result, what) {
   for (const [modality, reason] of Object.entries(result.skipped || {})) {
     box.append(el("p", "note", `${TITLES[modality]} not searched: ${reason}`));
   }
-  setStatus(`${total} result${total === 1 ? "" : "s"} for ${what}, best first; scores are cosine similarities.`);
+  if (!matched) setStatus(`0 results for ${what}.`);
+  else setStatus(`${total} result${total === 1 ? "" : "s"} for ${what}, best first; scores are cosine similarities.`);
 }
 
 function searchOptions() {
@@ -191,8 +210,9 @@ function searchOptions() {
 async function searchText(event) {
   if (event) event.preventDefault();
   const query = $("q").value;
+  const search = clearResults();
   if (!query.trim()) {
-    setStatus("Type something to search for.", true);
+    setStatus("Type something to search for; the newest memories are listed below.");
     return;
   }
   const options = searchOptions();
@@ -200,8 +220,9 @@ async function searchText(event) {
   try {
     const body = JSON.stringify({ query, modality: options.modality || null, namespace: options.namespace || null, k: options.k });
     const result = await api("/api/search", { method: "POST", headers: { "Content-Type": "application/json" }, body });
-    showResults(result, `“${query}”`);
+    if (search === state.search) showResults(result, `“${query}”`);
   } catch (err) {
+    if (search !== state.search) return;
     $("results").replaceChildren();
     setStatus(err.message, true);
   }
@@ -216,6 +237,7 @@ async function searchImage(file) {
   const options = searchOptions();
   const params = new URLSearchParams({ k: options.k, modality: options.modality });
   if (options.namespace) params.set("namespace", options.namespace);
+  const search = clearResults();
   setStatus(`Searching by ${file.name || "the image"}…`);
   try {
     const result = await api(`/api/search/image?${params}`, {
@@ -223,8 +245,9 @@ async function searchImage(file) {
       headers: { "Content-Type": file.type || "application/octet-stream" },
       body: file,
     });
-    showResults(result, `the image ${file.name || ""}`.trim());
+    if (search === state.search) showResults(result, `the image ${file.name || ""}`.trim());
   } catch (err) {
+    if (search !== state.search) return;
     $("results").replaceChildren();
     setStatus(err.message, true);
   }
