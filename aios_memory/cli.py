@@ -13,10 +13,15 @@ import click
 from aios_memory.errors import AiosMemoryError
 
 
-def _store(ctx: click.Context, **kw: Any) -> Any:
+def _store(ctx: click.Context, *, create: bool = False, **kw: Any) -> Any:
+    """The store the command works on. Only writing commands (``create``) make a new one, and say so:
+    a mistyped ``--store`` given to a reading command is an error naming the path."""
     from aios_memory.store import MemoryStore
 
-    return MemoryStore(ctx.obj["store"], storage_options=ctx.obj.get("storage_options"), **kw)
+    store = MemoryStore(ctx.obj["store"], storage_options=ctx.obj.get("storage_options"), create=create, **kw)
+    if store._storage.created:
+        click.echo(f"created a new store at {store.path}", err=True)
+    return store
 
 
 class _Location(click.ParamType):
@@ -72,6 +77,7 @@ _LAZY_COMMANDS = {
     "files": "aios_memory.export_commands",
     "export": "aios_memory.export_commands",
     "ingest": "aios_memory.distributed.commands",
+    "demo": "aios_memory.demo",
 }
 
 
@@ -114,8 +120,22 @@ class _Group(click.Group):
 def cli(ctx: click.Context, store: Path | str | None, storage_option: tuple[str, ...]) -> None:
     """aios-memory: multimodal memory for agents."""
     from aios_memory.home import default_store_path
+    from aios_memory.settings import use_store_models
 
-    ctx.obj = {"store": store or default_store_path(), "storage_options": _storage_options(storage_option)}
+    location = store or default_store_path()
+    ctx.obj = {"store": location, "storage_options": _storage_options(storage_option)}
+    if isinstance(location, Path):  # the models recorded when the store was created, unless env says
+        use_store_models(location)
+
+
+@cli.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create an empty store (writing commands also create one) that remembers where models are."""
+    from aios_memory.home import models_dir
+
+    store = _store(ctx, create=True)
+    click.echo(f"store: {store.path} (version {store.version}); models: {models_dir()}")
 
 
 @cli.command()
@@ -129,8 +149,9 @@ def cli(ctx: click.Context, store: Path | str | None, storage_option: tuple[str,
     type=click.FloatRange(0.0, 1.0, min_open=True),
     default=None,
     help="Cosine threshold: an item this similar to a memory of its namespace is not stored again "
-    "(its existing id is printed).",
+    "(its existing id is printed). Without it, only exact repeats are.",
 )
+@click.option("--repeat", is_flag=True, help="Store the item even if an identical memory exists.")
 @click.pass_context
 def add(
     ctx: click.Context,
@@ -140,8 +161,12 @@ def add(
     metadata: str | None,
     modality: str | None,
     dedupe: float | None,
+    repeat: bool,
 ) -> None:
-    """Add TEXT, or the media in --file, as memories (one atomic commit). Prints the new ids."""
+    """Add TEXT, or the media in --file, as memories (one atomic commit). Prints their ids: an item
+    whose content equals a memory of its namespace is not stored twice (its id is printed)."""
+    if repeat and dedupe is not None:
+        raise click.UsageError("--repeat stores every item; it cannot be combined with --dedupe")
     items: list[Any] = ([text] if text is not None else []) + list(files)
     if not items:
         raise click.UsageError("give TEXT or at least one --file")
@@ -151,8 +176,10 @@ def add(
         from aios_memory.errors import InvalidInputError
 
         raise InvalidInputError(f"--metadata is not valid JSON: {exc}") from None
-    store = _store(ctx)
-    for id_ in store.add_many(items, modality=modality, namespace=namespace, metadata=meta, dedupe=dedupe):
+    store = _store(ctx, create=True)
+    for id_ in store.add_many(
+        items, modality=modality, namespace=namespace, metadata=meta, dedupe=False if repeat else dedupe
+    ):
         click.echo(id_)
 
 
@@ -168,7 +195,7 @@ def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_
     files: list[Path] = []
     for p in paths:
         files.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
-    store = _store(ctx)
+    store = _store(ctx, create=True)
     # decoding and preprocessing in a worker thread, the model in this one; a commit every N files
     res = ingest(
         store,
@@ -352,29 +379,6 @@ def plugins() -> None:
     from aios_memory.plugins import get_providers, plugin_info
 
     _echo_json({"plugins": plugin_info(), "providers": [p.info() for p in get_providers().values()]})
-
-
-@cli.command()
-@click.option("--reset", is_flag=True, help="Remove the demo text memories first and add them again.")
-@click.option("--no-audio", is_flag=True, help="Skip the audio part (Whisper).")
-@click.pass_context
-def demo(ctx: click.Context, reset: bool, no_audio: bool) -> None:
-    """The main job: build a store from bundled data and real audio, and run example queries."""
-    from aios_memory.demo import demo_audio_files, run_audio_demo, run_demo
-    from aios_memory.model_commands import install_model
-    from aios_memory.plugins import get_providers
-
-    install_model("text")
-    store = _store(ctx)
-    run_demo(store, echo=click.echo, reset=reset)
-    files = [] if no_audio or "whisper-base" not in get_providers() else demo_audio_files()
-    if files:
-        install_model("whisper")
-        run_audio_demo(store, files, echo=click.echo)
-    elif not no_audio:
-        click.echo(
-            "\n(audio part skipped: no spoken clips found; `apt-get install alsa-utils` provides them)"
-        )
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import click
+
 DEMO_SOURCE = "aios-memory:demo"
 
 QUERIES = [
@@ -109,3 +111,26 @@ def run_demo(store: Any, echo: Callable[[str], None] = print, reset: bool = Fals
         "SELECT namespace, count(*) AS n FROM text_memories GROUP BY 1 ORDER BY 1"
     ).to_pylist():
         echo(f"  {row['namespace']:<10} {row['n']}")
+
+
+@click.command()
+@click.option("--reset", is_flag=True, help="Remove the demo text memories first and add them again.")
+@click.option("--no-audio", is_flag=True, help="Skip the audio part (Whisper).")
+@click.pass_context
+def demo(ctx: click.Context, reset: bool, no_audio: bool) -> None:
+    """The main job: build a store from bundled data and real audio, and run example queries."""
+    from aios_memory.cli import _store
+    from aios_memory.model_commands import install_model
+    from aios_memory.plugins import get_providers
+
+    install_model("text")
+    store = _store(ctx, create=True)
+    run_demo(store, echo=click.echo, reset=reset)
+    files = [] if no_audio or "whisper-base" not in get_providers() else demo_audio_files()
+    if files:
+        install_model("whisper")
+        run_audio_demo(store, files, echo=click.echo)
+    elif not no_audio:
+        click.echo(
+            "\n(audio part skipped: no spoken clips found; `apt-get install alsa-utils` provides them)"
+        )

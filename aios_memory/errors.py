@@ -59,6 +59,10 @@ class StoreError(AiosMemoryError):
     """The store cannot carry out an operation."""
 
 
+class StoreNotFoundError(StoreError):
+    """The location holds no store (a store is created by its first write); the message names it."""
+
+
 class ObjectStoreError(StoreError, OSError):
     """A request to the object store failed (unreachable, denied, no such bucket); the message says which."""
 

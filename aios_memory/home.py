@@ -15,7 +15,9 @@ def home() -> Path:
 
 
 def models_dir() -> Path:
-    return home() / "models"
+    """``$AIOS_MEMORY_MODELS`` (set by ``serve --models`` or from a store's settings), else the home's."""
+    env = os.environ.get("AIOS_MEMORY_MODELS")
+    return Path(env).expanduser() if env else home() / "models"
 
 
 def model_dir(model_name: str) -> Path:

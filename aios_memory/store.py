@@ -34,14 +34,10 @@ from aios_memory.provider import MODALITIES, EmbeddingProvider
 from aios_memory.query import Deadline, Params, connect, run, vector_columns, view_name
 from aios_memory.schema import TEXT_COLUMN
 from aios_memory.scope import FULL, Scope
+from aios_memory.settings import record_models
 from aios_memory.storage import DEFAULT_RETENTION, Manifest, Storage
 from aios_memory.storage.s3config import is_remote
-from aios_memory.vectors import (
-    CACHE,
-    ids_of,
-    namespace_rows,
-    nearest,
-)
+from aios_memory.vectors import CACHE, ids_of, namespace_rows, nearest
 from aios_memory.writes import WritesMixin
 
 READ_RETRIES = 8  # a read whose version cleanup removed mid-call starts again on the newest this often
@@ -72,6 +68,8 @@ class MemoryStore(WritesMixin, CrossModalMixin):
             lock_timeout=lock_timeout,
             retention=retention,
         )
+        if self._storage.created:  # where its models are, for a process given nothing but the path
+            record_models(self._storage.root)
         self._seen_version = -1  # the newest version this object has read (its cache entries follow it)
         self._read_version = threading.local()
         for modality in providers or {}:

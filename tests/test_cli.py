@@ -188,3 +188,58 @@ def test_search_options_and_index_create(model_home, tmp_path):
     exact = json.loads(run_cli(*s, "search", "garage", "--exact", "--json").stdout)
     approx = json.loads(run_cli(*s, "search", "garage", "--json").stdout)
     assert [h["id"] for h in exact] == [h["id"] for h in approx]
+
+
+READING = [
+    ["search", "anything"],
+    ["sql", "SELECT 1"],
+    ["stats"],
+    ["history", "some-id"],
+    ["doctor"],
+    ["delete", "some-id"],
+    ["compact"],
+    ["cleanup"],
+    ["files"],
+    ["index", "create", "text"],
+    ["serve"],
+    ["token", "list"],
+    ["ui", "--no-browser", "--port", "0"],
+]
+
+
+def test_a_mistyped_store_is_refused_by_every_reading_command_and_created_only_by_writes(
+    model_home, tmp_path
+):
+    missing = tmp_path / "stroe"  # a typo: nothing there
+    plain = tmp_path / "Documents"  # a directory that is not a store
+    plain.mkdir()
+    (plain / "notes.txt").write_text("mine")
+    for where in (missing, plain):
+        for args in READING:
+            proc = run_cli("--store", str(where), *args, check=False)
+            assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
+            line = proc.stderr.strip().splitlines()[-1]
+            assert f"no store at {where}" in line and "StoreNotFoundError" in line, (args, proc.stderr)
+            assert "Traceback" not in proc.stderr
+    assert not missing.exists()  # nothing was created
+    assert sorted(p.name for p in plain.iterdir()) == ["notes.txt"]
+    # a writing command creates the store, and says so the first time only
+    first = run_cli("--store", str(missing), "add", "The first memory")
+    assert f"created a new store at {missing}" in first.stderr
+    again = run_cli("--store", str(missing), "add", "The second memory")
+    assert "created a new store" not in again.stderr
+    assert json.loads(run_cli("--store", str(missing), "stats").stdout)["tables"]["text"]["memories"] == 2
+    made = run_cli("--store", str(tmp_path / "empty"), "init")
+    assert "created a new store at" in made.stderr and "version 0" in made.stdout
+    assert json.loads(run_cli("--store", str(tmp_path / "empty"), "stats").stdout)["tables"] == {}
+
+
+def test_exact_repeats_print_the_stored_id_and_repeat_stores_one_on_purpose(model_home, tmp_path):
+    s = ["--store", str(tmp_path / "st")]
+    first = run_cli(*s, "add", "Parked on level 3, bay 41").stdout.split()
+    assert run_cli(*s, "add", "Parked on level 3, bay 41").stdout.split() == first
+    forced = run_cli(*s, "add", "Parked on level 3, bay 41", "--repeat").stdout.split()
+    assert forced != first
+    both = run_cli(*s, "add", "x", "--repeat", "--dedupe", "0.9", check=False)
+    assert both.returncode == 2 and "--repeat" in both.stderr
+    assert json.loads(run_cli(*s, "stats").stdout)["tables"]["text"]["memories"] == 2

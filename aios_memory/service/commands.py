@@ -21,8 +21,13 @@ IDLE_EXIT = 900.0  # seconds an auto-started daemon waits without clients before
 INSTALL_HINT = 'the MCP server needs the `mcp` package: pip install "aios-memory[mcp]"'
 
 
-def _store_path(ctx: click.Context, store_path: Path | None) -> Path:
+def _store_path(ctx: click.Context, store_path: Path | None, *, must_exist: bool = True) -> Path:
+    """The local store a service command runs on; one that does not exist is refused (``daemon``, which
+    writes, may create it). Its recorded models directory applies unless the environment chose one."""
     from aios_memory.home import default_store_path
+    from aios_memory.settings import use_store_models
+    from aios_memory.storage.commit import NOT_FOUND_HINT
+    from aios_memory.storage.manifest import VERSIONS
 
     root = ctx.find_root().obj or {}
     store = store_path or root.get("store") or default_store_path()
@@ -31,6 +36,11 @@ def _store_path(ctx: click.Context, store_path: Path | None) -> Path:
             f"{store}: the service commands (daemon, serve, token) run on a local store directory; "
             "object storage is reached through the Python API and the store commands"
         )
+    if must_exist and not (Path(store) / VERSIONS).is_dir():
+        raise click.ClickException(
+            f"StoreNotFoundError: no store at {Path(store).absolute()}{NOT_FOUND_HINT}"
+        )
+    use_store_models(store)
     return Path(store)
 
 
@@ -111,10 +121,19 @@ _media_sql_option = click.option(
     UNLOAD_AFTER,
     "A daemon this command starts unloads a model not used for this long (0: never).",
 )
+@click.option(
+    "--models",
+    "models",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Models directory (default: $AIOS_MEMORY_MODELS, $AIOS_MEMORY_HOME/models, else the one the "
+    "store recorded when it was created): for MCP hosts that drop environment variables.",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
     store_path: Path | None,
+    models: Path | None,
     standalone: bool,
     http: bool,
     port: int | None,
@@ -129,6 +148,10 @@ def serve(
     """Serve the store to an agent over MCP on stdio: a thin proxy to the store's daemon, which is
     started (with these options) when none runs and exits when no client has used it for a while."""
     store = _store_path(ctx, store_path)
+    if models is not None:  # this process and the daemon it starts
+        from aios_memory.settings import use_models
+
+        use_models(models)
     if http:
         ctx.invoke(
             daemon,
@@ -238,7 +261,7 @@ def daemon(
 ) -> None:
     """Hold the store and its models once and serve many MCP clients: over a Unix socket (mode 0600,
     what `serve` proxies connect to) and, with --http, streamable HTTP with bearer tokens."""
-    store = _store_path(ctx, store_path)
+    store = _store_path(ctx, store_path, must_exist=False)
     if stop:
         from aios_memory.service.proxy import stop_daemon
 

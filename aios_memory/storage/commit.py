@@ -39,6 +39,7 @@ from aios_memory.errors import (
     InvalidInputError,
     StoreCorruptError,
     StoreError,
+    StoreNotFoundError,
     VersionNotFoundError,
 )
 from aios_memory.storage.local import ROW_GROUP_ROWS, LocalBackend
@@ -52,6 +53,9 @@ LOCK = ".lock"
 HINT = f"{VERSIONS}/_latest"
 STALE_BUILD = 3600.0  # seconds: an attempt whose build took longer is built again, not committed
 MAINTENANCE = "_maintenance.json"
+NOT_FOUND_HINT = (
+    "; check the path, or create the store with `aios-memory --store PATH init` (`add` and `import` also do)"
+)
 DEFAULT_RETENTION = 3600.0  # seconds a superseded version stays readable (``cleanup``'s default)
 _MANIFEST_RE = re.compile(r"^(\d{20})\.manifest\.json$")
 _DATA_FILE_RE = re.compile(r"^[0-9a-f]{32}\.")  # fragments, their sidecars and index files: <uuid>.<what>
@@ -70,12 +74,13 @@ class Storage:
         retention: float = DEFAULT_RETENTION,
     ) -> None:
         self.backend: Backend
+        self.created = False  # this object made the (local) store's directories
         if is_remote(root):
             self.backend = S3Backend(str(root), storage_options)
             self.root: Any = self.backend.root
             self.backend.lock_path()  # a bad lock_dir is refused before any request
             if not create and not self.backend.list(VERSIONS):
-                raise StoreError(f"no store at {self.root}")
+                raise StoreNotFoundError(f"no store at {self.root}{NOT_FOUND_HINT}")
             self.backend.check_conditional_put()
         else:
             if storage_options:
@@ -95,12 +100,13 @@ class Storage:
     def _make_local(self, create: bool) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} exists and is not a directory")
+        if not create and not (self.root / VERSIONS).is_dir():  # a mistyped path is not a new store
+            raise StoreNotFoundError(f"no store at {self.root}{NOT_FOUND_HINT}")
         if not self.root.exists():
-            if not create:
-                raise StoreError(f"no store at {self.root}")
             self.root.mkdir(parents=True)
             LocalBackend(self.root.parent).fsync_dir(".")
         if not (self.root / VERSIONS).is_dir() or not (self.root / DATA).is_dir():
+            self.created = not (self.root / VERSIONS).is_dir()
             (self.root / VERSIONS).mkdir(exist_ok=True)
             (self.root / DATA).mkdir(exist_ok=True)
             self.backend.fsync_dir(".")
