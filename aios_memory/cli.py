@@ -206,8 +206,10 @@ def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_
         progress=True,  # also when stderr is not a terminal: the last state of the bar is the log line
     )
     skipped = f"; skipped {plural(len(res.errors), 'file')}:" if res.errors else ""
+    held = f" ({plural(res.existing, 'file')} held already)" if res.existing else ""
+    added = plural(res.added - res.existing, "file")
     click.echo(
-        f"imported {plural(res.added, 'file')} as {plural(res.rows, 'memory', 'memories')} into {store.path}{skipped}"
+        f"imported {added} as {plural(res.rows, 'memory', 'memories')} into {store.path}{held}{skipped}"
     )
     for line in res.skipped([str(f) for f in files]):
         click.echo(f"  {line}", err=True)

@@ -24,63 +24,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from aios_memory.errors import AiosMemoryError, InputTooLargeError, InvalidInputError, ProviderError
+from aios_memory.ingest_report import IngestError, IngestResult, plural  # noqa: F401 - re-exported
 from aios_memory.memory import check_namespace, metadata_json, now_utc
 from aios_memory.modality import MAX_TEXT_CHARS, Item, prepare, sniff
 from aios_memory.provider import EmbeddingProvider
 from aios_memory.rows import build_rows
 
 Metadata = Mapping[str, Any] | Callable[[Any], Mapping[str, Any] | None] | None
-
-
-@dataclass
-class IngestError:
-    index: int  # position of the input
-    source: str | None  # its file URI, when it was a path
-    message: str
-    error: str  # the exception's type name
-
-
-@dataclass
-class IngestResult:
-    ids: list[list[str] | None]  # per input: its row ids in order (an audio file: one per 30 s window)
-    errors: list[IngestError] = field(default_factory=list)
-    commits: int = 0
-    rows: int = 0
-    seconds: float = 0.0
-
-    @property
-    def added(self) -> int:
-        """Inputs stored."""
-        return sum(1 for i in self.ids if i is not None)
-
-    def skipped(self, names: list[str]) -> list[str]:
-        """The skipped inputs (``names[index]``) grouped by reason, one line per reason, most first:
-        ``2 images (a.png, b.jpg): <reason>``: the reason once, at most three names."""
-        import mimetypes
-
-        groups: dict[str, list[str]] = {}
-        for e in self.errors:
-            groups.setdefault(e.message, []).append(names[e.index])
-        lines = []
-        for reason, who in sorted(groups.items(), key=lambda g: -len(g[1])):
-            kinds = {(mimetypes.guess_type(n)[0] or "").partition("/")[0] for n in who}
-            noun = {"image": "image", "audio": "audio file", "text": "text file"}.get(kinds.pop(), "file")
-            noun = noun if not kinds else "file"
-            shown = ", ".join(who[:3]) + (f" and {len(who) - 3} more" if len(who) > 3 else "")
-            lines.append(f"{plural(len(who), noun)} ({shown}): {reason}")
-        return lines
-
-
-def plural(n: int, noun: str, nouns: str | None = None) -> str:
-    """``1 file``, ``2 files``."""
-    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
 
 
 @dataclass
@@ -122,10 +79,14 @@ def read_path(path: Path) -> Any:
 
 
 class _Pipeline:
-    def __init__(self, store: Any, modality: str | None, metas: Callable[[int], str]) -> None:
+    def __init__(
+        self, store: Any, modality: str | None, metas: Callable[[int], str], namespace: str | None = None
+    ) -> None:
         self.store = store
         self.modality = modality
         self.metas = metas
+        self.namespace = namespace  # given: inputs the namespace holds already are not embedded again
+        self.stored: dict[int, list[str]] = {}  # (their ids, by input index)
         self._providers: dict[str, EmbeddingProvider] = {}
         self._lock = threading.Lock()
 
@@ -151,11 +112,27 @@ class _Pipeline:
         """Worker side: read, classify, expand and preprocess a chunk of inputs, grouped by modality."""
         groups: dict[str, _Group] = {}
         errors: list[tuple[int, BaseException]] = []
+        items: list[tuple[int, Item]] = []
         for index, value in chunk:
             try:
                 source = value.resolve().as_uri() if isinstance(value, Path) else None
                 item = prepare(read_path(value) if isinstance(value, Path) else value, self.modality, source)
                 self.metas(index)  # a bad metadata value is this input's error, found before any work
+            except Exception as exc:  # noqa: BLE001 - reported per input; strict re-raises it
+                errors.append((index, exc))
+                continue
+            items.append((index, item))
+        if self.namespace is not None and items:  # a re-run import: what is stored skips the model
+            from aios_memory.dedupe import known_items
+
+            stored, _ = known_items(
+                self.store._storage, self.store._manifest(), [it for _, it in items], self.namespace
+            )
+            with self._lock:
+                self.stored.update((items[j][0], ids) for j, ids in stored.items())
+            items = [pair for j, pair in enumerate(items) if j not in stored]
+        for index, item in items:
+            try:
                 provider = self.provider(item.modality)
                 pieces = provider.expand(item.payload)
             except Exception as exc:  # noqa: BLE001 - reported per input; strict re-raises it
@@ -298,16 +275,21 @@ def ingest(
         source = inputs[index].resolve().as_uri() if isinstance(inputs[index], Path) else None
         result.errors.append(IngestError(index, source, str(exc), type(exc).__name__))
 
-    pipe = _Pipeline(store, modality, metas)
+    pipe = _Pipeline(store, modality, metas, namespace if store._dedupe_threshold(None) is not None else None)
     pending = _Pending()
 
     def commit() -> None:
         nonlocal pending
+        with pipe._lock:
+            for index in list(pipe.stored):
+                result.ids[index] = pipe.stored.pop(index)
+                result.existing += 1
         if not pending.rows:
             return
-        for index, ids in _commit(store, pending, metas, namespace).items():
+        committed = _commit(store, pending, metas, namespace)
+        for index, ids in committed.items():
             result.ids[index] = ids
-            result.rows += len(ids)
+        result.rows += len({id_ for ids in committed.values() for id_ in ids})  # a repeat: one memory
         result.commits += 1
         pending = _Pending()
         if on_commit is not None:

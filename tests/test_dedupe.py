@@ -195,10 +195,26 @@ def test_importing_a_folder_twice_stores_it_once(model_home, tmp_path):
     for i, text in enumerate(["Buy milk", "Call the dentist", "Buy milk"]):
         (folder / f"{i}.txt").write_text(text)
     store = tmp_path / "st"
-    run_cli("--store", str(store), "import", str(folder))
-    run_cli("--store", str(store), "import", str(folder))
+    first = run_cli("--store", str(store), "import", str(folder)).stdout
+    assert "imported 3 files as 2 memories" in first  # the repeat inside the folder is one memory
+    version = MemoryStore(store).version
+    second = run_cli("--store", str(store), "import", str(folder)).stdout
+    assert "imported 0 files as 0 memories" in second and "(3 files held already)" in second, second
+    assert MemoryStore(store).version == version  # nothing committed the second time
     counted = MemoryStore(store).sql("SELECT content, count(*) AS n FROM text_memories GROUP BY content")
     assert sorted(counted.to_pylist(), key=lambda r: r["content"]) == [
         {"content": "Buy milk", "n": 1},
         {"content": "Call the dentist", "n": 1},
     ]
+
+
+def test_ingest_skips_the_model_for_what_the_namespace_holds(counted):
+    from aios_memory.ingest import ingest
+
+    first = ingest(counted, ["red", "green", "blue"], progress=False)
+    embedded = CountingProvider.embedded
+    again = ingest(counted, ["green", "cyan", "red"], progress=False, namespace="default")
+    assert again.ids[0] == first.ids[1] and again.ids[2] == first.ids[0] and again.existing == 2
+    assert CountingProvider.embedded == embedded + 1  # only "cyan" went through the model
+    other = ingest(counted, ["green"], progress=False, namespace="elsewhere")
+    assert other.existing == 0 and other.ids[0] != first.ids[1]
