@@ -20,6 +20,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
+from aios_memory import MemoryStore
 from aios_memory.service import runtime
 
 
@@ -117,8 +118,12 @@ def runtime_lock(rt: dict[str, Any], store: Path) -> Iterator[dict[str, Any]]:
 async def session(
     rt: dict[str, Any], store: Path, *options: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[ClientSession]:
+    """A client session through ``aios-memory serve``; the store is created first when it does not exist
+    yet (``serve`` refuses a location that holds no store)."""
     if store not in rt["stores"]:
         rt["stores"].append(store)
+    if not store.exists():
+        MemoryStore(store)
     args = ["-m", "aios_memory", "serve", "--store", str(store), *options]
     params = StdioServerParameters(command=sys.executable, args=args, env=env or rt["env"])
     with (rt["dir"] / f"serve-{os.getpid()}-{time.monotonic_ns()}.log").open("w") as err:

@@ -280,6 +280,9 @@ def test_daemon_soak_four_clients(model_home: Path, tmp_path: Path) -> None:
     runtime_dir = Path(tempfile.mkdtemp(prefix="aiosm-rt-"))  # short: a socket path has 107 bytes
     store = tmp_path / "store"
     env = env_for(model_home, runtime_dir)
+    from aios_memory import MemoryStore
+
+    MemoryStore(store)  # `serve` refuses a location that holds no store
     try:
         out = asyncio.run(soak(store, model_home, runtime_dir, ROUNDS, tmp_path))
     finally:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from aios_memory import MemoryStore
+
 TOOLS = {"remember", "recall", "forget", "sql", "classify_image", "history"}
 ENV = ("AIOS_MEMORY_HOME", "AIOS_MEMORY_RUNTIME_DIR")
 
@@ -26,6 +28,7 @@ def test_inspector_strict_reports_no_schema_problem(model_home: Path, tmp_path: 
     runtime = tempfile.mkdtemp(prefix="aiosrt-i")
     env = {**os.environ, "AIOS_MEMORY_HOME": str(model_home), "AIOS_MEMORY_RUNTIME_DIR": runtime}
     store = str(tmp_path / "store")
+    MemoryStore(store)  # `serve` refuses a location that holds no store
     server = [sys.executable, "-m", "aios_memory", "serve", "--store", store, *mode]
     try:
         run = subprocess.run(

@@ -67,6 +67,8 @@ def b64(path: Path) -> str:
 
 @contextlib.asynccontextmanager
 async def stdio_session(store: Path, home: Path, errlog: Path, *options: str) -> AsyncIterator[ClientSession]:
+    if not store.exists():  # `serve` refuses a location that holds no store
+        MemoryStore(store)
     args = ["-m", "aios_memory", "serve", "--standalone", "--store", str(store), *options]
     env = {**os.environ, "AIOS_MEMORY_HOME": str(home), "TOKENIZERS_PARALLELISM": "false"}
     params = StdioServerParameters(command=sys.executable, args=args, env=env)
@@ -383,6 +385,7 @@ def test_each_request_uses_the_store_the_callable_returns_for_it(store):
 
 
 def test_serve_without_mcp_says_what_to_install(tmp_path):
+    MemoryStore(tmp_path / "store")  # `serve` refuses a location that holds no store
     script = (
         "import sys; sys.modules['mcp'] = None\n"  # as if the mcp package were not installed
         "from aios_memory.cli import main\n"
