@@ -20,6 +20,7 @@ writers' lock, so two writers adding the same memory store it once.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,8 +30,10 @@ import pyarrow as pa
 from aios_memory.errors import InvalidInputError
 from aios_memory.modality import Item
 from aios_memory.rows import drop_duplicates
+from aios_memory.schema import TEXT_COLUMN
 from aios_memory.storage import Manifest, Storage
 from aios_memory.storage.sidecars import (
+    DIGEST_SUFFIX,
     NO_DIGEST,
     content_digest,
     fragment_digests,
@@ -52,9 +55,9 @@ def policy(dedupe: float | bool | str | None, default: float | None) -> float | 
         return None
     if dedupe is True:
         return DEFAULT_DEDUPE
-    if dedupe == "exact" or dedupe == EXACT:
+    if isinstance(dedupe, str) and dedupe.strip().lower() == "exact":
         return EXACT
-    if isinstance(dedupe, (int, float)) and 0.0 < float(dedupe) <= 1.0:
+    if isinstance(dedupe, numbers.Real) and 0.0 < float(dedupe) <= 1.0:
         return float(dedupe)
     raise InvalidInputError(
         f"dedupe must be 'exact', a cosine threshold in (0, 1], True or False; got {dedupe!r}"
@@ -62,20 +65,32 @@ def policy(dedupe: float | bool | str | None, default: float | None) -> float | 
 
 
 def stored_copies(
-    storage: Storage, m: Manifest, modality: str, namespace: str, digests: Sequence[bytes]
+    storage: Storage,
+    m: Manifest,
+    modality: str,
+    namespace: str,
+    digests: Sequence[bytes],
+    attach: bool = False,
 ) -> dict[bytes, list[str]]:
     """For each of ``digests`` that a committed memory of ``modality`` in ``namespace`` has: the ids of
-    its first stored copy (one row, or one recording's windows in order)."""
+    its first stored copy (one row, or one recording's windows in order). With ``attach`` (inside a
+    commit of ``m``), a fragment from before digests gets the sidecar its digests were computed for,
+    so that the Parquet columns are hashed once per store, not once per process."""
     state = m.tables.get(modality)
     wanted = {d for d in digests if d != NO_DIGEST}
     if state is None or not wanted:
         return {}
     firsts = np.frombuffer(b"".join(wanted), "<u8").reshape(-1, 2)[:, 0]
     out: dict[bytes, list[str]] = {}
-    for frag in state.fragments:
+    for pos, frag in enumerate(state.fragments):
         if not frag.rows or len(out) == len(wanted):
             continue
         table = fragment_digests(storage, frag)
+        if attach and DIGEST_SUFFIX not in frag.sidecars:
+            try:
+                state.fragments[pos] = storage.attach_sidecar(frag, DIGEST_SUFFIX, [table.tobytes()])
+            except OSError:  # (one left by an attempt that did not commit): computed again next time
+                pass
         hit = np.flatnonzero(np.isin(table.view("<u8")[:, 0], firsts))
         if hit.size:
             hit = np.intersect1d(hit, namespace_rows(storage, frag, namespace))
@@ -87,14 +102,46 @@ def stored_copies(
         if not rows:
             continue
         times = fragment_times(storage, frag)
-        for d, rs in rows.items():  # the first copy: the rows added together with the first match
+        for d, rs in rows.items():  # the first copy was added by one commit: rows of its timestamp
             rows[d] = [r for r in rs if times[r] == times[rs[0]]]
+        windows = modality in TEXT_COLUMN  # a recording: one row per window (start_s)
         every = sorted(r for rs in rows.values() for r in rs)
-        got = read_rows(storage, frag, np.array(every), ["id"]).column("id").to_pylist()
-        ids = dict(zip(every, got, strict=True))
+        got = read_rows(storage, frag, np.array(every), ["id", "start_s"] if windows else ["id"])
+        ids = dict(zip(every, got.column("id").to_pylist(), strict=True))
+        starts = dict(zip(every, got.column("start_s").to_pylist(), strict=True)) if windows else {}
         for d, rs in rows.items():
+            if windows:  # one copy: the first row of each window, in window order (an update moves a row)
+                first: dict[Any, int] = {}
+                for r in rs:
+                    first.setdefault(starts[r], r)
+                rs = [first[k] for k in sorted(first, key=lambda s: -1.0 if s is None else s)]
+            else:  # texts and images are one row each; more rows are copies stored on purpose
+                rs = rs[:1]
             out[d] = [ids[r] for r in rs]
     return out
+
+
+class HeldChanged(Exception):
+    """A memory a write found before embedding is not in the newest version any more: start again."""
+
+
+def held_check(
+    storage: Storage, items: Sequence[Item], held: dict[int, list[str]], namespace: str
+) -> Callable[[Manifest], None]:
+    """For the commit of a write that found ``held`` (item -> ids) stored before embedding: a check of
+    the newest version, under the writers' lock, raising :class:`HeldChanged` if one is gone."""
+    digests = {i: content_digest(items[i].content, items[i].media) for i in held}
+    by_modality: dict[str, list[int]] = {}
+    for i in held:
+        by_modality.setdefault(items[i].modality, []).append(i)
+
+    def check(m: Manifest) -> None:
+        for mod, idx in by_modality.items():
+            copies = stored_copies(storage, m, mod, namespace, [digests[i] for i in idx])
+            if any(copies.get(digests[i]) != held[i] for i in idx):
+                raise HeldChanged
+
+    return check
 
 
 def known_items(
@@ -141,7 +188,7 @@ def drop_exact(
     for r, item in enumerate(row_items):
         first_row.setdefault(item, r)
     item_digest = {item: digests[r].tobytes() for item, r in first_row.items()}
-    copies = stored_copies(storage, m, modality, namespace, list(item_digest.values()))
+    copies = stored_copies(storage, m, modality, namespace, list(item_digest.values()), attach=True)
     stored = {item: copies[d] for item, d in item_digest.items() if d in copies}
     repeats = _repeats(item_digest, list(first_row), stored)
     kept = [r for r, item in enumerate(row_items) if item not in stored and item not in repeats]
@@ -175,3 +222,21 @@ def rows_to_write(
         same_as.update(((modality, kept[r]), id_) for (_, r), id_ in near.items())
         kept = [r for r in kept if (modality, r) not in same_as]
     return kept
+
+
+def ids_in_order(
+    tables: dict[str, pa.Table],
+    row_items: dict[str, list[int]],
+    found: tuple[dict[int, list[str]], dict[int, int], dict[tuple[str, int], str]],
+) -> list[tuple[int, str]]:
+    """After a commit: (input index, id) per row in input order (a recording's windows in order): new
+    rows' ids, the stored copy's for items held already, the earlier item's for repeats."""
+    stored, repeats, same_as = found
+    ids: dict[int, list[str]] = {i: list(v) for i, v in stored.items()}
+    for mod, table in tables.items():
+        for row, (item, id_) in enumerate(zip(row_items[mod], table.column("id").to_pylist(), strict=True)):
+            if item not in stored and item not in repeats:
+                ids.setdefault(item, []).append(same_as.get((mod, row), id_))
+    for item, first in repeats.items():
+        ids[item] = ids[first]
+    return [(item, id_) for item in sorted(ids) for id_ in ids[item]]

@@ -1,4 +1,4 @@
-"""Store-local settings: ``<store>/settings.json``, written when a local store is created.
+"""Store-local settings: ``<store>/_settings.json``, written when a local store is created.
 
 It records where the store's models were installed (the models directory in effect then), so that a
 process started with nothing but ``--store`` (an MCP host launching ``aios-memory serve``, which drops
@@ -15,7 +15,9 @@ from typing import Any
 
 from aios_memory.home import models_dir
 
-SETTINGS = "settings.json"
+SETTINGS = (
+    "_settings.json"  # underscored, like the store's other own files: a user's settings.json is not ours
+)
 MODELS_ENV = "AIOS_MEMORY_MODELS"
 
 
@@ -29,7 +31,10 @@ def read(root: str | Path) -> dict[str, Any]:
 
 
 def record_models(root: str | Path, directory: str | Path | None = None) -> None:
-    """Remember ``directory`` (default: the models directory in effect) as the store's models."""
+    """Remember ``directory`` (default: the models directory in effect) as the store's models. A
+    settings file that does not parse is left as it is (it is not ours to overwrite)."""
+    if (Path(root) / SETTINGS).exists() and not read(root):
+        return
     settings = {**read(root), "models_dir": str(Path(directory or models_dir()).expanduser().absolute())}
     tmp = Path(root) / f".{SETTINGS}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")

@@ -13,8 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from aios_memory import dedupe as dup
 from aios_memory.compaction import compact_all, maintain, read_fragment
-from aios_memory.dedupe import EXACT, known_items, policy, rows_to_write
 from aios_memory.errors import (
     InvalidInputError,
     MemoryNotFoundError,
@@ -48,6 +48,7 @@ class WritesMixin(HistoryMixin):
 
     _scope: Scope
     _storage: Storage
+    _pinned: int | None
     path: Any
     _manifest: Callable[[], Manifest]
     provider_for: Callable[[str], EmbeddingProvider]
@@ -100,7 +101,9 @@ class WritesMixin(HistoryMixin):
         """
         threshold = self._dedupe_threshold(dedupe)
         if isinstance(items, (str, bytes, bytearray)):
-            raise InvalidInputError("adding many memories takes a list of items, not a single string or bytes")
+            raise InvalidInputError(
+                "adding many memories takes a list of items, not a single string or bytes"
+            )
         try:
             contents = list(items)
         except TypeError:
@@ -116,8 +119,9 @@ class WritesMixin(HistoryMixin):
         prepared = [prepare(c, modality, s) for c, s in zip(contents, srcs, strict=True)]
         m = self._manifest()  # one read for every provider lookup; the commit reads the newest again
         stored, repeats = {}, {}  # items held already (their ids) or repeating an earlier item: not embedded
-        if threshold is not None:
-            stored, repeats = known_items(self._storage, m, prepared, namespace)
+        if threshold is not None:  # held in the newest version (not a pinned one)
+            newest = m if self._pinned is None else self._storage.read_manifest()
+            stored, repeats = dup.known_items(self._storage, newest, prepared, namespace)
         by_modality: dict[str, list[int]] = {}
         for i, item in enumerate(prepared):
             if i not in stored and i not in repeats:
@@ -158,8 +162,14 @@ class WritesMixin(HistoryMixin):
 
         ids = {i: list(old) for i, old in stored.items()}
         if tables:
-            args = (tables, providers, text_providers, row_items, namespace, threshold)
-            for i, id_ in self._commit_tables(f"add {n}", *args):
+            check = dup.held_check(self._storage, prepared, stored, namespace) if stored else None
+            args = (tables, providers, text_providers, row_items, namespace, threshold, check)
+            try:
+                pairs = self._commit_tables(f"add {n}", *args)
+            except dup.HeldChanged:  # a memory found before embedding was deleted meanwhile: start again
+                kw = {"metadata": metadata, "sources": sources, "progress": progress, "dedupe": dedupe}
+                return self.add_many(contents, modality=modality, namespace=namespace, **kw)
+            for i, id_ in pairs:
                 ids.setdefault(i, []).append(id_)
         return [id_ for i in range(n) for id_ in ids[repeats.get(i, i)]]
 
@@ -172,6 +182,7 @@ class WritesMixin(HistoryMixin):
         row_items: dict[str, list[int]],
         namespace: str,
         dedupe: float | None = None,
+        check: Callable[[Manifest], None] | None = None,
     ) -> list[tuple[int, str]]:
         """Commit embedded rows atomically; (input index, id) per row, in input order (an item split
         into windows: its rows in order).
@@ -190,6 +201,8 @@ class WritesMixin(HistoryMixin):
         written: dict[str, tuple[Fragment, float, list[int]]] = {}
 
         def build(m: Manifest) -> Manifest | None:
+            if check is not None:
+                check(m)
             for found in (same_as, stored, repeats):
                 found.clear()  # a retried attempt starts over
             changed = False
@@ -197,7 +210,7 @@ class WritesMixin(HistoryMixin):
                 state = table_state(m, mod, providers[mod], text_providers[mod])
                 kept = list(range(table.num_rows))
                 if dedupe is not None:
-                    kept = rows_to_write(
+                    kept = dup.rows_to_write(
                         self._storage, self._nearest, m, mod, table, row_items[mod], namespace, dedupe,
                         digests[mod], (stored, repeats, same_as),
                     )  # fmt: skip
@@ -213,20 +226,11 @@ class WritesMixin(HistoryMixin):
         with self._storage.writer_lock():  # a lock time-out raises here, before anything is written
             committed = self._storage.commit(operation, build)
             maintain(self._storage, committed, list(tables))
-        ids: dict[int, list[str]] = {i: list(v) for i, v in stored.items()}
-        for mod, table in tables.items():
-            for row, (item, id_) in enumerate(
-                zip(row_items[mod], table.column("id").to_pylist(), strict=True)
-            ):
-                if item not in stored and item not in repeats:
-                    ids.setdefault(item, []).append(same_as.get((mod, row), id_))
-        for item, first in repeats.items():
-            ids[item] = ids[first]
-        return [(item, id_) for item in sorted(ids) for id_ in ids[item]]
+        return dup.ids_in_order(tables, row_items, (stored, repeats, same_as))
 
     # --- deduplication -----------------------------------------------------------------------------
     def _dedupe_threshold(self, dedupe: float | bool | str | None) -> float | None:
-        return policy(dedupe, getattr(self, "_dedupe", EXACT))
+        return dup.policy(dedupe, getattr(self, "_dedupe", dup.EXACT))
 
     def _text_provider_for(self, modality: str) -> EmbeddingProvider | None:
         """The provider that embeds ``modality``'s derived text column (audio transcripts), if any."""

@@ -218,3 +218,112 @@ def test_ingest_skips_the_model_for_what_the_namespace_holds(counted):
     assert CountingProvider.embedded == embedded + 1  # only "cyan" went through the model
     other = ingest(counted, ["green"], progress=False, namespace="elsewhere")
     assert other.existing == 0 and other.ids[0] != first.ids[1]
+
+
+def test_copies_stored_on_purpose_in_one_batch_give_one_id(counted):
+    counted.add_many(["dup", "dup"], dedupe=False)  # two memories, one timestamp
+    assert len(counted.add_many(["dup"])) == 1
+    ids = counted.add_many(["x", "dup", "y"])
+    assert len(ids) == 3 and counted.get(ids[2]).content == "y"
+
+
+def test_a_pinned_handle_or_a_delete_meanwhile_never_returns_a_deleted_id(counted):
+    gone = counted.add("remember this")
+    pinned = counted.version
+    counted.delete([gone])
+    counted.checkout(pinned)  # reads see the memory; writes go to the newest version, which lacks it
+    again = counted.add("remember this")
+    counted.checkout(None)
+    assert again != gone and counted.get(again).content == "remember this"
+
+    race = Path(counted.path).parent / "race"
+
+    class Deleting(CountingProvider):
+        """Deletes the stored copy while the rest of the batch embeds (another agent, meanwhile)."""
+
+        name = "trigram-deleting"
+        victim: str | None = None
+
+        def _embed(self, items: list[str]) -> np.ndarray:
+            if type(self).victim is not None:
+                MemoryStore(race).delete([type(self).victim])
+                type(self).victim = None
+            return super()._embed(items)
+
+    class P:
+        @hookimpl
+        def register_embedding_providers(self, register):  # type: ignore[no-untyped-def]
+            register(Deleting())
+
+    from aios_memory.plugins import get_providers, register_plugin
+
+    if Deleting.name not in get_providers():
+        register_plugin(P(), name="deleting-test-plugin")
+    store = MemoryStore(race, providers={"text": Deleting.name})
+    old = store.add("old fact")
+    Deleting.victim = old
+    first, second = store.add_many(["old fact", "new fact"])
+    assert first != old  # found before embedding, deleted before the commit: stored again
+    assert store.get(first).content == "old fact" and store.get(second).content == "new fact"
+
+
+def test_a_recordings_windows_come_back_in_window_order(tmp_path):
+    """Audio split into windows (a provider of our own: three windows per clip, no Whisper needed)."""
+    from conftest import wav_bytes
+
+    class Windows(EmbeddingProvider):
+        name, modality, dim = "three-windows", "audio", 4
+
+        def expand(self, item):  # type: ignore[no-untyped-def]
+            return [(item, {"start_s": 30.0 * k, "end_s": 30.0 * (k + 1)}) for k in range(3)]
+
+        def _embed(self, items):  # type: ignore[no-untyped-def]
+            return np.tile(np.arange(1, 5, dtype=np.float32), (len(items), 1))
+
+    class P:
+        @hookimpl
+        def register_embedding_providers(self, register):  # type: ignore[no-untyped-def]
+            register(Windows())
+
+    from aios_memory.plugins import get_providers, register_plugin
+
+    if Windows.name not in get_providers():
+        register_plugin(P(), name="three-windows-plugin")
+    trigram_provider.register()
+    store = MemoryStore(tmp_path / "a", providers={"audio": Windows.name, "text": trigram_provider.NAME})
+    clip = wav_bytes(0.5)
+    wins = store.add_many([clip])
+    assert len(wins) == 3
+    store.update(wins[0], metadata={"seen": True})  # the updated row moves within its fragment
+    assert store.add_many([clip]) == wins
+    assert store.add_many(["a note", clip], modality=None)[1:] == wins
+
+
+def test_a_fragment_from_before_digests_gets_them_with_the_next_commit(counted):
+    counted.add_many(["one", "two"])
+    frag = counted._manifest().tables["text"].fragments[0]
+    (Path(counted.path) / frag.sidecar_path(DIGEST_SUFFIX)).unlink()
+
+    def as_before(m):  # the manifest a writer from before digests made: no digest sidecar
+        old = dataclasses.replace(
+            frag,
+            sidecars=tuple(s for s in frag.sidecars if s != DIGEST_SUFFIX),
+            checksums=tuple(c for c in frag.checksums if c[0] != DIGEST_SUFFIX),
+            sidecar_nbytes=frag.sidecar_nbytes - 32,
+        )
+        m.tables["text"].fragments[0] = old
+        return m
+
+    counted._storage.commit("as before digests", as_before)
+    assert counted.verify()["ok"]
+    assert (
+        counted.add("two")
+        == counted.sql("SELECT id FROM text_memories WHERE content = 'two'")["id"][0].as_py()
+    )
+    counted.add("three")  # a commit: the old fragment's digests are written and named with it
+    upgraded = counted._manifest().tables["text"].fragments[0]
+    assert upgraded.path == frag.path and DIGEST_SUFFIX in upgraded.sidecars
+    assert counted.verify()["ok"]
+    assert np.array_equal(
+        fragment_digests(counted._storage, upgraded)[1], np.frombuffer(content_digest("two", None), np.uint8)
+    )

@@ -19,6 +19,8 @@ retention period ago and files no retained version names, in small steps, each u
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import random
 import re
@@ -195,6 +197,24 @@ class Storage:
             raise StoreError(
                 f"another process has held the write lock of {self.root} for {wait:.0f}s; nothing was written"
             ) from None
+
+    def attach_sidecar(self, frag: Fragment, suffix: str, chunks: list[Any]) -> Fragment:
+        """``frag`` with one more sidecar, written now (derived data a fragment from before it existed
+        lacks: content digests); the caller puts the returned entry into the manifest it commits."""
+        rel = frag.sidecar_path(suffix)
+        try:
+            nbytes, digest = self.backend.write_new(rel, chunks)
+        except FileExistsError:  # left by an attempt that did not commit: reused if it holds the same
+            data = b"".join(bytes(c) for c in chunks)
+            if self.backend.map(rel).tobytes() != data:
+                raise
+            nbytes, digest = len(data), hashlib.sha256(data).hexdigest()
+        return dataclasses.replace(
+            frag,
+            sidecars=(*frag.sidecars, suffix),
+            sidecar_nbytes=frag.sidecar_nbytes + nbytes,
+            checksums=(*frag.checksums, (suffix, digest)),
+        )
 
     def write_fragment(self, modality: str, table: pa.Table) -> Fragment:
         """Write ``table`` as a new fragment plus its sidecars (raw vectors, created_at), all fsynced and

@@ -39,7 +39,7 @@ DIGEST_SUFFIX = "content.blake2b"
 NO_DIGEST = bytes(16)
 
 
-def content_digest(content: str | None, media: bytes | None) -> bytes:
+def content_digest(content: str | None, media: bytes | memoryview | None) -> bytes:
     """The 16-byte digest of a memory's content (text) or media; :data:`NO_DIGEST` for neither."""
     if media is None and content is None:
         return NO_DIGEST
@@ -55,10 +55,24 @@ def content_digest(content: str | None, media: bytes | None) -> bytes:
 
 def row_digests(table: pa.Table) -> np.ndarray:
     """``(rows, 16)`` uint8: :func:`content_digest` of each row of a memory table."""
-    contents = table.column("content").to_pylist()
-    media = table.column("media").to_pylist()
-    raw = b"".join(content_digest(c, m) for c, m in zip(contents, media, strict=True))
+    raw = b"".join(_batch_digests(b) for b in table.select(["content", "media"]).to_batches())
     return np.frombuffer(raw, np.uint8).reshape(table.num_rows, 16)
+
+
+def _batch_digests(batch: pa.RecordBatch) -> bytes:
+    """The digests of a batch's rows, hashing the media where Arrow holds them (no copy per value)."""
+    texts = batch.column(0).to_pylist()
+    media = batch.column(1)
+    valid = np.asarray(media.is_valid().to_numpy(zero_copy_only=False), bool)
+    _, offsets_buf, data = media.buffers()
+    width = np.int64 if pa.types.is_large_binary(media.type) else np.int32
+    offsets = np.frombuffer(offsets_buf, width)[media.offset : media.offset + len(media) + 1]
+    view = memoryview(data) if data is not None else memoryview(b"")
+    out = [
+        content_digest(None, view[offsets[i] : offsets[i + 1]]) if valid[i] else content_digest(t, None)  # type: ignore[arg-type]
+        for i, t in enumerate(texts)
+    ]
+    return b"".join(out)
 
 
 def vector_suffix(column: str) -> str:
@@ -204,11 +218,15 @@ def fragment_digests(storage: Storage, frag: Fragment) -> np.ndarray:
         if got is not None:
             return got
 
-    def decode() -> np.ndarray:
+    def decode() -> np.ndarray:  # streamed: a table of media is never in memory as a whole
         try:
-            return row_digests(storage.read_table(frag.path, ["content", "media"]))
+            with storage.backend.open_input(frag.path) as f:
+                reader = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)  # page by page
+                batches = reader.iter_batches(64, columns=["content", "media"], use_threads=False)
+                raw = b"".join(_batch_digests(b) for b in batches)
         except (FileNotFoundError, pa.ArrowException, OSError, KeyError) as exc:
             raise _corrupt(storage, frag, "the Parquet file") from exc
+        return np.frombuffer(raw, np.uint8).reshape(frag.rows, 16)
 
     return CACHE.get((storage.uri(frag.path), "col:digest"), decode, frag.rows * 16)
 

@@ -176,6 +176,9 @@ def ui(ctx: click.Context, store_path: Path | None, port: int, no_browser: bool,
         raise click.UsageError(f"{path}: the page serves a local store directory, not object storage")
     if not 0 <= port <= 65535:
         raise click.BadParameter(f"{port} is not a port number", param_hint="--port")
+    from aios_memory.settings import use_store_models
+
+    use_store_models(path)  # this store's models (not the default store's), unless the environment says
     try:
         server = build_server(path, port, max_upload=max_upload)
     except OSError as exc:
