@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from aios_memory.ingest_report import plural
+
 DEMO_SOURCE = "aios-memory:demo"
 
 QUERIES = [
@@ -45,7 +47,7 @@ def run_audio_demo(store: Any, files: list[Path], echo: Callable[[str], None] = 
     new = [f for f in files if f.resolve().as_uri() not in have]
     if new:
         store.add_many(new, namespace="sounds")
-        echo(f"\nadded {len(new)} spoken clips from {ALSA_SOUNDS} (Whisper transcribed them)")
+        echo(f"\nadded {plural(len(new), 'spoken clip')} from {ALSA_SOUNDS} (Whisper transcribed them)")
     echo("\n== text -> audio, through Whisper transcripts ==")
     for query in ("rear left", "front center"):
         hit = store.search(query, k=1, modality="audio", namespace="sounds")[0]
@@ -113,6 +115,34 @@ def run_demo(store: Any, echo: Callable[[str], None] = print, reset: bool = Fals
         echo(f"  {row['namespace']:<10} {row['n']}")
 
 
+# the line said before the demo installs a model that is not installed yet
+DEMO_MODELS = {
+    "text": "the text model (MiniLM, once: converts ~90 MB of weights)",
+    "whisper": "the Whisper model (whisper-base, once: converts ~145 MB of weights)",
+}
+
+
+def store_line(ctx: click.Context, where: Path | str) -> str:
+    """Where the demo writes, and which later commands will find that store."""
+    shown = where.absolute() if isinstance(where, Path) else where
+    source = ctx.find_root().get_parameter_source("store")
+    if source is click.core.ParameterSource.COMMANDLINE:
+        return f"store: {shown} (from --store; give later commands the same --store to use it)"
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        return f"store: {shown} (from $AIOS_MEMORY_STORE; later commands use it while that is set)"
+    return f"store: {shown} (the default store; later commands without --store use it too)"
+
+
+def install_demo_model(name: str, echo: Callable[..., None] = click.echo) -> None:
+    """Install ``name`` as ``models install`` does, saying so first when it is not installed yet (the
+    first demo on a machine spends most of its minute here)."""
+    from aios_memory.model_commands import _by_model_name, install_model
+
+    if not _by_model_name(name).is_installed():
+        echo(f"installing {DEMO_MODELS[name]}...", err=True)
+    install_model(name)
+
+
 @click.command()
 @click.option("--reset", is_flag=True, help="Remove the demo text memories first and add them again.")
 @click.option("--no-audio", is_flag=True, help="Skip the audio part (Whisper).")
@@ -120,15 +150,15 @@ def run_demo(store: Any, echo: Callable[[str], None] = print, reset: bool = Fals
 def demo(ctx: click.Context, reset: bool, no_audio: bool) -> None:
     """The main job: build a store from bundled data and real audio, and run example queries."""
     from aios_memory.cli import _store
-    from aios_memory.model_commands import install_model
     from aios_memory.plugins import get_providers
 
-    install_model("text")
+    click.echo(store_line(ctx, ctx.obj["store"]))
+    install_demo_model("text")
     store = _store(ctx, create=True)
     run_demo(store, echo=click.echo, reset=reset)
     files = [] if no_audio or "whisper-base" not in get_providers() else demo_audio_files()
     if files:
-        install_model("whisper")
+        install_demo_model("whisper")
         run_audio_demo(store, files, echo=click.echo)
     elif not no_audio:
         click.echo(

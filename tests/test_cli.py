@@ -113,6 +113,7 @@ def test_models_install_from_folder(minilm_source, tmp_path):
 def test_demo_is_the_main_job(model_home, tmp_path):
     s = ["--store", str(tmp_path / "demo")]
     out = run_cli(*s, "demo").stdout
+    assert out.splitlines()[0].startswith(f"store: {tmp_path / 'demo'} (from --store;")
     assert "added 25 demo memories" in out
     # the answers come from the real model: the relevant memory is ranked first
     after_cook = out.split("What should I cook for the user?")[1].splitlines()[1]
@@ -124,6 +125,49 @@ def test_demo_is_the_main_job(model_home, tmp_path):
         assert "Rear_Left.wav" in out.split("? rear left")[1].splitlines()[1]
     again = run_cli(*s, "demo").stdout
     assert "already holds 25 demo memories" in again and "added 8 spoken clips" not in again
+
+
+def test_demo_first_says_where_its_store_is_and_which_models_it_installs(tmp_path, monkeypatch):
+    """In process, models and store stubbed: the lines a first demo prints before its long installs."""
+    from click.testing import CliRunner
+
+    from aios_memory import cli, demo, model_commands
+
+    installed: list[str] = []
+    monkeypatch.setattr(model_commands, "install_model", installed.append)
+    monkeypatch.setattr(cli, "_store", lambda ctx, **kw: None)
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: None)
+    home = tmp_path / "home"  # no model installed here
+    got = CliRunner().invoke(cli.cli, ["demo", "--no-audio"], env={"AIOS_MEMORY_HOME": str(home)})
+    assert got.exit_code == 0, got.output
+    lines = got.output.splitlines()
+    assert (
+        lines[0] == f"store: {home / 'store'} (the default store; later commands without --store use it too)"
+    )
+    assert lines[1].startswith("installing the text model (MiniLM, once:") and installed == ["text"]
+    monkeypatch.setattr(type(model_commands._by_model_name("text")), "is_installed", lambda self: True)
+    got = CliRunner().invoke(cli.cli, ["demo", "--no-audio"], env={"AIOS_MEMORY_HOME": str(home)})
+    assert "installing" not in got.output and installed == ["text", "text"]
+    said: list[str] = []
+    demo.run_audio_demo(_OneClip(), [tmp_path / "a.wav"], echo=said.append)
+    assert said[0] == f"\nadded 1 spoken clip from {demo.ALSA_SOUNDS} (Whisper transcribed them)"
+
+
+class _OneClip:
+    """A store that holds no clip yet and finds the one ``run_audio_demo`` adds."""
+
+    def sql(self, *a: object) -> object:
+        import pyarrow as pa
+
+        return pa.table({"source": pa.array([], pa.string())})
+
+    def add_many(self, *a: object, **kw: object) -> None:
+        pass
+
+    def search(self, *a: object, **kw: object) -> list[object]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(score=1.0, source="a.wav", extra={"transcript": "a"})]
 
 
 def test_tampered_weight_file_is_refused_and_store_unchanged(model_home, tmp_path):

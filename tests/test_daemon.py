@@ -119,6 +119,24 @@ def test_socket_is_private_and_tokens_narrow_a_socket_client(rt, tmp_path):
     assert bad.returncode == 1 and "refused" in bad.stderr and "4711" not in bad.stderr
 
 
+def test_a_runtime_directory_others_can_enter_is_one_line_error_with_the_chmod_fix(tmp_path):
+    rt_dir = tmp_path / "rt"
+    rt_dir.mkdir(mode=0o755)
+    rt_dir.chmod(0o755)
+    store = tmp_path / "store"
+    env = {"AIOS_MEMORY_RUNTIME_DIR": str(rt_dir), "AIOS_MEMORY_HOME": str(tmp_path / "home")}
+    run_cli("--store", str(store), "init", env=env)
+    for args in (["daemon", "--stop"], ["serve"]):
+        got = run_cli("--store", str(store), *args, env=env, check=False, input="")
+        assert got.returncode == 1, got
+        assert "Traceback" not in got.stderr and got.stderr.strip().count("\n") == 0, got.stderr
+        assert got.stderr.startswith("Error: RuntimeDirError: "), got.stderr
+        assert (
+            f"chmod 700 {rt_dir}" in got.stderr and "point $AIOS_MEMORY_RUNTIME_DIR elsewhere" in got.stderr
+        )
+    assert stat.S_IMODE(rt_dir.stat().st_mode) == 0o755  # reported, never changed behind the user's back
+
+
 def test_a_second_daemon_exits_and_two_daemons_on_one_store_keep_every_write(rt, tmp_path):
     store = tmp_path / "store"
     other = dict(rt["env"], AIOS_MEMORY_RUNTIME_DIR=tempfile.mkdtemp(prefix="aiosrt2-"))

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import stat
 import sys
 from pathlib import Path
 
+from aios_memory.errors import AiosMemoryError
+
 ENV_DIR = "AIOS_MEMORY_RUNTIME_DIR"
 
 
-class RuntimeDirError(OSError):
-    """The runtime directory is not private to this user."""
+class RuntimeDirError(AiosMemoryError, OSError):
+    """The runtime directory is not private to this user (the CLI reports it in one line)."""
 
 
 def runtime_dir() -> Path:
@@ -33,11 +36,26 @@ def runtime_dir() -> Path:
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = os.lstat(d)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise RuntimeDirError(
-            f"runtime directory {d} must be a directory owned by this user with mode 0700 "
-            f"(it is {oct(st.st_mode & 0o777)}, owner uid {st.st_uid}); fix it or set ${ENV_DIR}"
-        )
+        raise RuntimeDirError(_refusal(d, st))
     return d
+
+
+def _refusal(d: Path, st: os.stat_result) -> str:
+    """Why ``d`` is refused, and the one fix that applies."""
+    elsewhere = (
+        f"point ${ENV_DIR} elsewhere" if os.environ.get(ENV_DIR) else f"set ${ENV_DIR} to a private directory"
+    )
+    if not stat.S_ISDIR(st.st_mode):
+        return f"runtime directory {d} is not a directory (a symlink or file); remove it, or {elsewhere}"
+    if st.st_uid != os.getuid():
+        return (
+            f"runtime directory {d} belongs to another user (uid {st.st_uid}, mode 0{st.st_mode & 0o777:o}); "
+            f"{elsewhere}"
+        )
+    return (
+        f"runtime directory {d} has mode 0{st.st_mode & 0o777:o} but must be private to you (mode 0700): "
+        f"run `chmod 700 {shlex.quote(str(d))}`, or {elsewhere}"
+    )
 
 
 def store_key(store: str | Path) -> str:
