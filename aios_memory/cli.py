@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -10,61 +9,18 @@ from typing import Any
 
 import click
 
+from aios_memory.cli_support import (  # noqa: F401 - _storage_options and _store are used by other command modules
+    _echo_json,
+    _jsonable,
+    _Location,
+    _param,
+    _storage_options,
+    _store,
+    cell,
+    file_list,
+    metadata_object,
+)
 from aios_memory.errors import AiosMemoryError
-
-
-def _store(ctx: click.Context, *, create: bool = False, **kw: Any) -> Any:
-    """The store the command works on. Only writing commands (``create``) make a new one, and say so:
-    a mistyped ``--store`` given to a reading command is an error naming the path."""
-    from aios_memory.store import MemoryStore
-
-    store = MemoryStore(ctx.obj["store"], storage_options=ctx.obj.get("storage_options"), create=create, **kw)
-    if store._storage.created:
-        click.echo(f"created a new store at {store.path}", err=True)
-    return store
-
-
-class _Location(click.ParamType):
-    """A store directory, or an object-storage URI (``s3://bucket/prefix``) kept as it is."""
-
-    name = "location"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Path | str:
-        if isinstance(value, str) and value.startswith("s3://"):
-            return value
-        return click.Path(file_okay=False, path_type=Path).convert(value, param, ctx)
-
-
-def _storage_options(values: tuple[str, ...]) -> dict[str, Any] | None:
-    """``--storage-option KEY=VALUE`` pairs (values parsed as JSON when they parse: true, 5)."""
-    out: dict[str, Any] = {}
-    for pair in values:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--storage-option")
-        out[key] = _param(value)
-    return out or None
-
-
-def _param(value: str) -> Any:
-    """A --param value: JSON when it parses (numbers, booleans, lists), else the string itself."""
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
-
-
-def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=_jsonable, ensure_ascii=False))
-
 
 # commands whose modules load only when they run (or are listed): `serve`, the proxy an MCP host starts
 # for every client, must not pay for the web page's or the store's imports
@@ -105,7 +61,8 @@ class _Group(click.Group):
     type=_Location(),
     envvar="AIOS_MEMORY_STORE",
     default=None,
-    help="Store directory or s3://bucket/prefix (default: $AIOS_MEMORY_HOME/store).",
+    help="Store directory or s3://bucket/prefix, for every command [env: AIOS_MEMORY_STORE] (default: "
+    "$AIOS_MEMORY_HOME/store; $AIOS_MEMORY_HOME defaults to ~/.cache/aios-memory).",
 )
 @click.option(
     "--storage-option",
@@ -140,16 +97,27 @@ def init(ctx: click.Context) -> None:
 
 @cli.command()
 @click.argument("text", required=False)
-@click.option("--file", "files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An image or audio file to add (repeatable); text files: `import`, or --modality text.",
+)
 @click.option("--namespace", "-n", default="default", show_default=True)
 @click.option("--metadata", "-m", default=None, help="JSON object stored with the memory.")
-@click.option("--modality", type=click.Choice(["text", "image", "audio"]), default=None)
+@click.option(
+    "--modality",
+    type=click.Choice(["text", "image", "audio"]),
+    default=None,
+    help="The items' modality (default: recognised from the content).",
+)
 @click.option(
     "--dedupe",
     type=click.FloatRange(0.0, 1.0, min_open=True),
     default=None,
     help="Cosine threshold: an item this similar to a memory of its namespace is not stored again "
-    "(its existing id is printed). Without it, only exact repeats are.",
+    "(its existing id is printed). Without it only exact repeats are merged.",
 )
 @click.option("--repeat", is_flag=True, help="Store the item even if an identical memory exists.")
 @click.pass_context
@@ -170,17 +138,20 @@ def add(
     items: list[Any] = ([text] if text is not None else []) + list(files)
     if not items:
         raise click.UsageError("give TEXT or at least one --file")
-    try:
-        meta = json.loads(metadata) if metadata else None
-    except ValueError as exc:
-        from aios_memory.errors import InvalidInputError
-
-        raise InvalidInputError(f"--metadata is not valid JSON: {exc}") from None
+    meta = metadata_object(metadata)
     store = _store(ctx, create=True)
-    for id_ in store.add_many(
+    before = store.version
+    ids = store.add_many(
         items, modality=modality, namespace=namespace, metadata=meta, dedupe=False if repeat else dedupe
-    ):
+    )
+    for id_ in ids:
         click.echo(id_)
+    if store.version == before:  # nothing committed: every item was held already
+        click.echo(
+            f"already stored in namespace {namespace!r} (nothing new; its metadata is unchanged; "
+            "--repeat stores it again)",
+            err=True,
+        )
 
 
 @cli.command("import")
@@ -192,9 +163,11 @@ def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_
     """Import files and folders (recursively): images, audio and UTF-8 text files."""
     from aios_memory.ingest import ingest, plural
 
-    files: list[Path] = []
-    for p in paths:
-        files.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
+    files = file_list(paths)
+    if not files:
+        raise click.ClickException(
+            f"no files to import in {', '.join(map(str, paths))} (hidden files are skipped)"
+        )
     store = _store(ctx, create=True)
     # decoding and preprocessing in a worker thread, the model in this one; a commit every N files
     res = ingest(
@@ -205,14 +178,16 @@ def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_
         commit_every=commit_every,
         progress=True,  # also when stderr is not a terminal: the last state of the bar is the log line
     )
-    skipped = f"; skipped {plural(len(res.errors), 'file')}:" if res.errors else ""
+    skipped = f"; skipped {plural(len(res.errors), 'file')} (reasons on stderr)" if res.errors else ""
     held = f" ({plural(res.existing, 'file')} held already)" if res.existing else ""
     added = plural(res.added - res.existing, "file")
     click.echo(
         f"imported {added} as {plural(res.rows, 'memory', 'memories')} into {store.path}{held}{skipped}"
     )
     for line in res.skipped([str(f) for f in files]):
-        click.echo(f"  {line}", err=True)
+        click.echo(f"  skipped {line}", err=True)
+    if res.errors and not res.added:
+        sys.exit(1)  # nothing imported: the run failed
 
 
 @cli.command()
@@ -225,7 +200,11 @@ def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_
 )
 @click.option("-k", default=5, show_default=True)
 @click.option(
-    "--modality", type=click.Choice(["text", "image", "audio"]), default=None, help="Table to search."
+    "--modality",
+    type=click.Choice(["text", "image", "audio"]),
+    default=None,
+    help="Table to search (default: the query's own: text searches text memories; --modality audio "
+    "searches spoken clips by their transcripts, image by CLIP).",
 )
 @click.option("--namespace", "-n", default=None)
 @click.option("--where", default=None, help="SQL predicate, values as ? placeholders.")
@@ -278,7 +257,7 @@ def search(
         shown = (r.content or r.extra.get("transcript") or r.source or "").replace("\n", " ")
         if r.extra.get("start_s") is not None:
             shown = f"[{r.extra['start_s']:.1f}-{r.extra['end_s']:.1f}s] {shown}"
-        click.echo(f"{rank:>2}. {r.score:.4f}  [{r.modality}/{r.namespace}] {shown[:90]}  ({r.id})")
+        click.echo(f"{rank:>2}. {r.score:.4f}  [{r.modality}/{r.namespace}] {cell(shown, 90)}  ({r.id})")
     if not results:
         click.echo("no memories matched")
 
@@ -312,6 +291,8 @@ def sql(
     ctx: click.Context, query: str, params: tuple[str, ...], as_json: bool, timeout: float | None
 ) -> None:
     """Run read-only SQL over text_memories, image_memories and audio_memories."""
+    from aios_memory.ingest_report import plural
+
     table = _store(ctx).sql(query, [_param(p) for p in params], timeout=timeout)
     rows = table.to_pylist()
     if as_json:
@@ -320,8 +301,8 @@ def sql(
     cols = table.column_names
     click.echo(" | ".join(cols))
     for row in rows:
-        click.echo(" | ".join(str(_jsonable(row[c]))[:60] for c in cols))
-    click.echo(f"({len(rows)} rows)")
+        click.echo(" | ".join(cell(row[c]) for c in cols))
+    click.echo(f"({plural(len(rows), 'row')}{'; --json shows whole values' if rows else ''})")
 
 
 @cli.command()

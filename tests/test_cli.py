@@ -35,7 +35,7 @@ def test_add_search_sql_delete_stats(model_home, tmp_path):
     )
     assert [r["content"] for r in rows] == ["Interest rates went up again", "The user's cat is called Miso"]
     table = run_cli(*s, "sql", "SELECT count(*) AS n FROM text_memories").stdout
-    assert "(1 rows)" in table and "2" in table
+    assert "(1 row;" in table and "2" in table
     assert run_cli(*s, "delete", first[0]).stdout.strip() == "deleted 1"
     stats = json.loads(run_cli(*s, "stats").stdout)
     assert stats["tables"]["text"]["memories"] == 1 and stats["namespaces"] == {"agent": 1}
@@ -72,14 +72,19 @@ def test_import_skips_what_no_provider_can_embed(model_home, tmp_path):
     (folder / "blob.bin").write_bytes(bytes(range(256)))
     (folder / "photo2.jpg").write_bytes(png_bytes(size=24))  # a PNG named .jpg: content decides
     proc = run_cli("--store", str(tmp_path / "st"), "import", str(folder))
-    assert "imported 2 files as 2 memories" in proc.stdout and "skipped 3 files:" in proc.stdout
+    assert (
+        "imported 2 files as 2 memories" in proc.stdout
+        and "skipped 3 files (reasons on stderr)" in proc.stdout
+    )
     # skips grouped by reason, the reason said once, with the way out
-    images = [line for line in proc.stderr.splitlines() if line.startswith("  2 images (")]
+    images = [line for line in proc.stderr.splitlines() if line.startswith("  skipped 2 images (")]
     assert len(images) == 1 and "photo.png" in images[0] and "photo2.jpg" in images[0], proc.stderr
     assert "has no weights installed; run `aios-memory models install clip`" in images[0]
     assert "--download" in images[0] and "--from PATH" in images[0]
     assert proc.stderr.count("has no weights installed") == 1
-    assert any(line.startswith("  1 file (") and "blob.bin" in line for line in proc.stderr.splitlines())
+    assert any(
+        line.startswith("  skipped 1 file (") and "blob.bin" in line for line in proc.stderr.splitlines()
+    )
     assert "import: 100%" in proc.stderr  # the progress bar ran to the end
     one = tmp_path / "one.txt"
     one.write_text("A single note")
@@ -104,6 +109,7 @@ def test_plugins_and_models(model_home):
 
 def test_models_install_from_folder(minilm_source, tmp_path):
     env = {"AIOS_MEMORY_HOME": str(tmp_path / "home")}
+    run_cli("--store", str(tmp_path / "s"), "init", env=env)
     missing = run_cli("--store", str(tmp_path / "s"), "search", "anything", env=env, check=False)
     assert missing.returncode == 1 and "aios-memory models install text" in missing.stderr
     out = run_cli("models", "install", "text", "--from", str(minilm_source), env=env).stdout
@@ -287,3 +293,30 @@ def test_exact_repeats_print_the_stored_id_and_repeat_stores_one_on_purpose(mode
     both = run_cli(*s, "add", "x", "--repeat", "--dedupe", "0.9", check=False)
     assert both.returncode == 2 and "--repeat" in both.stderr
     assert json.loads(run_cli(*s, "stats").stdout)["tables"]["text"]["memories"] == 2
+
+
+def test_what_a_newcomer_tripped_over(model_home, tmp_path):
+    mine = tmp_path / "Pictures"  # a folder of one's own files is not made a store by a write
+    mine.mkdir()
+    (mine / "note.txt").write_text("Buy milk")
+    refused = run_cli("--store", str(mine), "add", "hello", check=False)
+    assert refused.returncode == 1 and "holds files but no store" in refused.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["note.txt"]
+    s = ["--store", str(tmp_path / "st")]
+    bad = run_cli(*s, "add", "x", "-m", "[1, 2]", check=False)
+    assert bad.returncode == 1 and "must be a JSON object" in bad.stderr and "got a list" in bad.stderr
+    first = run_cli(*s, "add", "Buy milk\nand | eggs")
+    assert "already stored" not in first.stderr
+    again = run_cli(*s, "add", "Buy milk\nand | eggs")
+    assert again.stdout == first.stdout and "already stored in namespace 'default'" in again.stderr
+    table = run_cli(*s, "sql", "SELECT content, source FROM text_memories").stdout.splitlines()
+    assert table[1] == "Buy milk\\nand \\| eggs | NULL" and table[2].startswith("(1 row;")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".hidden").write_text("x")
+    none = run_cli(*s, "import", str(empty), check=False)
+    assert none.returncode == 1 and "no files to import" in none.stderr
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(256)))
+    failed = run_cli(*s, "import", str(blob), check=False)
+    assert failed.returncode == 1 and "skipped 1 file" in failed.stdout
