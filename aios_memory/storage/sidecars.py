@@ -63,8 +63,11 @@ def _batch_digests(batch: pa.RecordBatch) -> bytes:
     """The digests of a batch's rows, hashing the media where Arrow holds them (no copy per value)."""
     texts = batch.column(0).to_pylist()
     media = batch.column(1)
-    valid = np.asarray(media.is_valid().to_numpy(zero_copy_only=False), bool)
-    _, offsets_buf, data = media.buffers()
+    bitmap, offsets_buf, data = media.buffers()  # (not pyarrow.compute: a cold add does not load it)
+    valid = np.ones(len(media), bool)
+    if bitmap is not None and media.null_count:
+        bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")
+        valid = bits[media.offset : media.offset + len(media)].astype(bool)
     width = np.int64 if pa.types.is_large_binary(media.type) else np.int32
     offsets = np.frombuffer(offsets_buf, width)[media.offset : media.offset + len(media) + 1]
     view = memoryview(data) if data is not None else memoryview(b"")
