@@ -251,7 +251,7 @@ def search(
         exact=True if exact else None,
     )
     if as_json:
-        _echo_json([{k_: v for k_, v in r.__dict__.items() if k_ != "media"} for r in results])
+        _echo_json([r.as_dict() for r in results])  # the shape MCP's recall returns
         return
     for rank, r in enumerate(results, 1):
         shown = (r.content or r.extra.get("transcript") or r.source or "").replace("\n", " ")

@@ -83,23 +83,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def memory_dict(memory: Any) -> dict[str, Any]:
-    """What a client sees of a memory: everything but the media bytes and the vectors."""
-    out = {
-        "id": memory.id,
-        "modality": memory.modality,
-        "namespace": memory.namespace,
-        "created_at": _jsonable(memory.created_at),
-        "updated_at": _jsonable(memory.updated_at),
-        "content": memory.content,
-        "source": memory.source,
-        "media_type": memory.media_type,
-        "metadata": _jsonable(memory.metadata),
-    }
-    if memory.score is not None:
-        out["score"] = float(memory.score)
-    for key, value in (memory.extra or {}).items():  # audio: start_s, end_s, transcript
-        out[key] = _jsonable(value)
-    return out
+    """What a client sees of a memory (``Memory.as_dict``: the CLI's shape too), JSON-safe."""
+    return {key: _jsonable(value) for key, value in memory.as_dict().items()}
 
 
 def recent(store: Any, modality: str | None = None, limit: int = RECENT) -> list[dict[str, Any]]:

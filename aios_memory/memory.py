@@ -29,6 +29,24 @@ class Memory:
     media: bytes | None = field(default=None, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)  # modality columns: start_s, end_s, transcript
 
+    def as_dict(self) -> dict[str, Any]:
+        """What a client sees of a memory, in one shape for the CLI's ``--json`` and MCP: everything
+        but the media bytes, the vectors and the provider; the modality's columns at the top level."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "modality": self.modality,
+            "namespace": self.namespace,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "content": self.content,
+            "source": self.source,
+            "media_type": self.media_type,
+            "metadata": self.metadata,
+        }
+        if self.score is not None:
+            out["score"] = float(self.score)
+        return {**out, **(self.extra or {})}  # audio: start_s, end_s, transcript
+
 
 def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)

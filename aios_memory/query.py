@@ -299,6 +299,11 @@ def run(
         cause = exc.__cause__ or exc.__context__ or _UDF_ERRORS.pop(id(con), None)
         if isinstance(cause, AiosMemoryError):  # raised inside a SQL function such as embed_text
             raise cause from exc
+        if "Values were not provided for the following parameters" in str(exc):
+            missing = str(exc).rsplit(":", 1)[-1].strip()
+            raise QueryError(
+                f"the SQL has ? placeholders without a value (number {missing}); give one parameter per ?"
+            ) from exc
         kind = (
             f"{type(exc).__name__}: " if isinstance(exc, duckdb.Error) else ""
         )  # else DuckDB's text names it

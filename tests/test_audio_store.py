@@ -130,4 +130,4 @@ def test_cli_search_shows_transcripts(audio_store):
             "--json",
         ).stdout
     )
-    assert hits[0]["source"].endswith("Rear_Left.wav") and hits[0]["extra"]["transcript"]
+    assert hits[0]["source"].endswith("Rear_Left.wav") and hits[0]["transcript"]

@@ -23,6 +23,12 @@ def test_add_search_sql_delete_stats(model_home, tmp_path):
         ).stdout
     )
     assert [h["id"] for h in hits] == first
+    # one shape with MCP's recall (aios_memory.mcp_server.memory_dict): no vectors, bytes or provider
+    from aios_memory.mcp_server import memory_dict
+    from aios_memory.store import MemoryStore
+
+    same = memory_dict(MemoryStore(tmp_path / "st").search("pets", k=1, namespace="agent")[0])
+    assert list(hits[0]) == list(same) and hits[0]["metadata"] == {"kind": "fact"}
     rows = json.loads(
         run_cli(
             *s,

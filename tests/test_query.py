@@ -266,3 +266,15 @@ def test_no_pickle_anywhere_in_the_code():
             if "torch.load(" in line and "weights_only=True" not in line:
                 offenders.append(f"{path}: {line.strip()}")
     assert offenders == []
+
+
+def test_a_placeholder_without_a_value_is_named_in_plain_words(model_home, tmp_path):
+    store = tmp_path / "store"
+    run_cli("--store", str(store), "add", "a memory")
+    proc = run_cli(
+        "--store", str(store), "sql", "SELECT 1 FROM text_memories WHERE content = ? AND namespace = ?",
+        "--param", "x", check=False,
+    )  # fmt: skip
+    line = proc.stderr.strip()
+    assert proc.returncode == 1 and "? placeholders without a value (number 2)" in line
+    assert "InvalidInputException" not in line and "Traceback" not in proc.stderr
