@@ -95,7 +95,9 @@ class Scope:
         if not self.write:
             raise AccessDeniedError(f"{self._who()}is read-only; nothing was changed")
         if namespace is not None and not self.sees(namespace):
-            raise AccessDeniedError(f"{self._who()}may not write namespace {namespace!r}; nothing was changed")
+            raise AccessDeniedError(
+                f"{self._who()}may not write namespace {namespace!r}; nothing was changed"
+            )
 
     def check_sql(self) -> None:
         if not self.sql:
