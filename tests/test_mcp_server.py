@@ -67,8 +67,7 @@ def b64(path: Path) -> str:
 
 @contextlib.asynccontextmanager
 async def stdio_session(store: Path, home: Path, errlog: Path, *options: str) -> AsyncIterator[ClientSession]:
-    if not store.exists():  # `serve` refuses a location that holds no store
-        MemoryStore(store)
+    MemoryStore(store)  # `serve` refuses a location that holds no store (this opens or creates one)
     args = ["-m", "aios_memory", "serve", "--standalone", "--store", str(store), *options]
     env = {**os.environ, "AIOS_MEMORY_HOME": str(home), "TOKENIZERS_PARALLELISM": "false"}
     params = StdioServerParameters(command=sys.executable, args=args, env=env)
@@ -389,12 +388,10 @@ def test_serve_without_mcp_says_what_to_install(tmp_path):
     script = (
         "import sys; sys.modules['mcp'] = None\n"  # as if the mcp package were not installed
         "from aios_memory.cli import main\n"
-        f"sys.argv = ['aios-memory', 'serve', '--standalone', '--store', {str(tmp_path / 'store')!r}]\n"
-        "main()\n"
+        f"sys.argv = ['aios-memory', 'serve', '--standalone', '--store', {str(tmp_path / 'store')!r}]; main()"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
-    assert 'pip install "aios-memory[mcp]"' in proc.stderr
+    assert proc.returncode == 1 and 'pip install "aios-memory[mcp]"' in proc.stderr
 
 
 def test_cli_does_not_import_mcp():
