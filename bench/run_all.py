@@ -8,6 +8,7 @@
     python bench/run_all.py --only daemon --quick    # issue 15: attach time and memory, daemon vs standalone
     python bench/run_all.py --only s3 --quick        # issue 16: commits on S3 (SeaweedFS), S3 vs local disk
     python bench/run_all.py --only ray --quick       # issue 16: ingest_ray, 1 actor, vs import (per-actor rate)
+    python bench/run_all.py --only dedupe --quick    # issue 19: the exact-duplicate check on add, and a repeat
 
 Each bench module runs in its own fresh process (so one's memory or threads do not colour another's)
 and returns rows ``{"area","measure","ours","reference","ratio","floor","unit","note"}`` from
@@ -31,7 +32,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
-MODULES = ["floors", "load", "text", "clip", "whisper", "ingest", "search", "longrun", "daemon", "s3", "ray"]
+MODULES = [
+    "floors", "load", "text", "clip", "whisper", "ingest", "search", "longrun", "daemon", "s3", "ray", "dedupe",
+]  # fmt: skip
 FILES = {"floors": "floors"}  # module file of each bench; the rest are bench_<name>.py
 MARK = "@@ROWS@@"
 
