@@ -20,7 +20,7 @@ from aios_memory.cli_support import (  # noqa: F401 - _storage_options and _stor
     file_list,
     metadata_object,
 )
-from aios_memory.errors import AiosMemoryError
+from aios_memory.errors import AiosMemoryError, UnsupportedMediaError
 
 # commands whose modules load only when they run (or are listed): `serve`, the proxy an MCP host starts
 # for every client, must not pay for the web page's or the store's imports
@@ -34,6 +34,10 @@ _LAZY_COMMANDS = {
     "export": "aios_memory.export_commands",
     "ingest": "aios_memory.distributed.commands",
     "demo": "aios_memory.demo",
+    "doctor": "aios_memory.maintenance_commands",
+    "compact": "aios_memory.maintenance_commands",
+    "cleanup": "aios_memory.maintenance_commands",
+    "index": "aios_memory.maintenance_commands",
 }
 
 
@@ -53,6 +57,14 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except AiosMemoryError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        except click.NoSuchOption as exc:  # `aios-memory search x --store DIR`: say where it goes
+            if exc.option_name in ("--store", "--storage-option") and ctx.invoked_subcommand:
+                exc.message = (
+                    f"{exc.option_name} goes before the command: "
+                    f"aios-memory {exc.option_name} ... {ctx.invoked_subcommand} ..."
+                )
+                exc.possibilities = None
+            raise
 
 
 @click.group(cls=_Group)
@@ -92,7 +104,8 @@ def init(ctx: click.Context) -> None:
     from aios_memory.home import models_dir
 
     store = _store(ctx, create=True)
-    click.echo(f"store: {store.path} (version {store.version}); models: {models_dir()}")
+    held = "" if store._storage.created else " (it was a store already: nothing changed)"
+    click.echo(f"store: {store.path} (version {store.version}){held}; models: {models_dir()}")
 
 
 @cli.command()
@@ -135,23 +148,48 @@ def add(
     whose content equals a memory of its namespace is not stored twice (its id is printed)."""
     if repeat and dedupe is not None:
         raise click.UsageError("--repeat stores every item; it cannot be combined with --dedupe")
+    if text is not None and files:
+        raise click.UsageError("give TEXT or --file, not both (one add stores one kind of input)")
     items: list[Any] = ([text] if text is not None else []) + list(files)
     if not items:
         raise click.UsageError("give TEXT or at least one --file")
     meta = metadata_object(metadata)
     store = _store(ctx, create=True)
     before = store.version
-    ids = store.add_many(
-        items, modality=modality, namespace=namespace, metadata=meta, dedupe=False if repeat else dedupe
-    )
+    try:
+        ids = store.add_many(
+            items, modality=modality, namespace=namespace, metadata=meta, dedupe=False if repeat else dedupe
+        )
+    except UnsupportedMediaError as exc:
+        raise UnsupportedMediaError(f"{exc}; a text file is added by `aios-memory import PATH`") from None
     for id_ in ids:
         click.echo(id_)
     if store.version == before:  # nothing committed: every item was held already
+        what = (
+            "already stored" if dedupe is None else f"already stored, or a near duplicate (--dedupe {dedupe})"
+        )
         click.echo(
-            f"already stored in namespace {namespace!r} (nothing new; its metadata is unchanged; "
-            "--repeat stores it again)",
+            f"{what} in namespace {namespace!r}: nothing new; the stored memory keeps its metadata "
+            "(`aios-memory update ID -m JSON` changes it; --repeat stores a copy)",
             err=True,
         )
+
+
+@cli.command()
+@click.argument("id")
+@click.argument("text", required=False)
+@click.option("--file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="New media.")
+@click.option("--metadata", "-m", default=None, help="New metadata: a JSON object (replaces the old).")
+@click.pass_context
+def update(ctx: click.Context, id: str, text: str | None, file: Path | None, metadata: str | None) -> None:
+    """Change memory ID: new TEXT (or --file media; re-embedded), new metadata, or both (one commit;
+    the old state stays in its history). Prints the memory as JSON."""
+    if text is not None and file is not None:
+        raise click.UsageError("give TEXT or --file, not both")
+    if text is None and file is None and metadata is None:
+        raise click.UsageError("give new TEXT, --file or --metadata")
+    content = text if text is not None else file
+    _echo_json(_store(ctx).update(id, content, metadata=metadata_object(metadata)).as_dict())
 
 
 @cli.command("import")
@@ -160,10 +198,18 @@ def add(
 @click.option("--commit-every", default=1000, show_default=True, help="Files per atomic commit.")
 @click.pass_context
 def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_every: int) -> None:
-    """Import files and folders (recursively): images, audio and UTF-8 text files."""
+    """Import files and folders (recursively): images, audio and UTF-8 text files. Inside folders,
+    hidden files and folders (.git, .DS_Store) and the files of a store are left out."""
     from aios_memory.ingest import ingest, plural
 
-    files = file_list(paths)
+    left_out: list[Path] = []
+    files = file_list(paths, left_out)
+    if left_out:
+        click.echo(
+            f"left out {plural(len(left_out), 'file')} hidden or of a store (e.g. {left_out[0]}); "
+            "name a file to import it",
+            err=True,
+        )
     if not files:
         raise click.ClickException(
             f"no files to import in {', '.join(map(str, paths))} (hidden files are skipped)"
@@ -255,24 +301,12 @@ def search(
         return
     for rank, r in enumerate(results, 1):
         shown = (r.content or r.extra.get("transcript") or r.source or "").replace("\n", " ")
-        if r.extra.get("start_s") is not None:
-            shown = f"[{r.extra['start_s']:.1f}-{r.extra['end_s']:.1f}s] {shown}"
+        if r.extra.get("start_s") is not None:  # a window of a recording: which, and of which file
+            name = f" ({r.source.rsplit('/', 1)[-1]})" if r.source else ""
+            shown = f"[{r.extra['start_s']:.1f}-{r.extra['end_s']:.1f}s] {shown}{name}"
         click.echo(f"{rank:>2}. {r.score:.4f}  [{r.modality}/{r.namespace}] {cell(shown, 90)}  ({r.id})")
     if not results:
         click.echo("no memories matched")
-
-
-@cli.group()
-def index() -> None:
-    """Approximate-nearest-neighbour indexes (HNSW; needs `pip install "aios-memory[ann]"`)."""
-
-
-@index.command("create")
-@click.argument("modality", type=click.Choice(["text", "image", "audio"]))
-@click.pass_context
-def index_create(ctx: click.Context, modality: str) -> None:
-    """Build or extend MODALITY's HNSW index (a commit); searches use it from then on."""
-    _echo_json(_store(ctx).create_index(modality))
 
 
 @cli.command()
@@ -326,34 +360,6 @@ def history(ctx: click.Context, id: str) -> None:
 def stats(ctx: click.Context) -> None:
     """Counts per modality and namespace, as JSON."""
     _echo_json(_store(ctx).stats())
-
-
-@cli.command()
-@click.pass_context
-def doctor(ctx: click.Context) -> None:
-    """Check the store's integrity; exits 1 when something is wrong."""
-    report = _store(ctx).verify()
-    _echo_json(report)
-    if not report["ok"]:
-        sys.exit(1)
-
-
-@cli.command()
-@click.option("--modality", type=click.Choice(["text", "image", "audio"]), default=None)
-@click.pass_context
-def compact(ctx: click.Context, modality: str | None) -> None:
-    """Merge each table's fragments into one (old files stay until `cleanup`)."""
-    _echo_json({"merged_fragments": _store(ctx).compact(modality)})
-
-
-@cli.command()
-@click.option(
-    "--older-than", type=click.FloatRange(min=0), help="Seconds superseded [default: retention, 3600]."
-)
-@click.pass_context
-def cleanup(ctx: click.Context, older_than: float | None) -> None:
-    """Delete superseded versions and unreferenced files older than --older-than seconds."""
-    _echo_json(_store(ctx).cleanup(older_than))
 
 
 @cli.command()

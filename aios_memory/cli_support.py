@@ -21,8 +21,7 @@ def _store(ctx: click.Context, *, create: bool = False, **kw: Any) -> Any:
     where = ctx.obj["store"]
     if create and isinstance(where, Path) and where.is_dir() and not is_store(where) and any(where.iterdir()):
         raise click.ClickException(  # a typo for a folder of one's own files must not become a store
-            f"StoreNotFoundError: {where.absolute()} holds files but no store; a store needs a new or "
-            "empty directory of its own"
+            f"{where.absolute()} holds files but no store; a store needs a new or empty directory of its own"
         )
     store = MemoryStore(ctx.obj["store"], storage_options=ctx.obj.get("storage_options"), create=create, **kw)
     if store._storage.created:
@@ -96,7 +95,7 @@ def cell(value: Any, width: int = CELL) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def file_list(paths: tuple[Path, ...]) -> list[Path]:
+def file_list(paths: tuple[Path, ...], left_out: list[Path] | None = None) -> list[Path]:
     """The files to import: given files, and folders' files recursively, without hidden files and
     folders (``.git``, ``.DS_Store``) and without any store's own files (a folder holding a store)."""
     out: list[Path] = []
@@ -106,9 +105,13 @@ def file_list(paths: tuple[Path, ...]) -> list[Path]:
             continue
         for q in sorted(p.rglob("*")):
             rel = q.relative_to(p).parts
-            if not q.is_file() or any(part.startswith(".") for part in rel):
+            if not q.is_file():
                 continue
-            if any(is_store(p.joinpath(*rel[:i])) for i in range(len(rel))):
+            if any(part.startswith(".") for part in rel) or any(
+                is_store(p.joinpath(*rel[:i])) for i in range(len(rel))
+            ):
+                if left_out is not None:
+                    left_out.append(q)
                 continue
             out.append(q)
     return out

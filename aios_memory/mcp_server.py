@@ -118,13 +118,14 @@ class Served:
     def scrub(self, text: str, store: Any = None) -> str:
         """``text`` with the server's directories (the store's, the allowed ones, the models', the
         user's home) replaced by placeholders."""
-        from aios_memory.home import home
+        from aios_memory.home import home, models_dir
 
         roots: list[tuple[str, str]] = []
         if getattr(store, "path", None) is not None:
             roots += [(str(store.path), "<store>"), (os.path.realpath(store.path), "<store>")]
         roots += [(d, "<allowed>") for d in self.allow_read]
-        roots += [(str(home()), "<models>"), (os.path.realpath(home()), "<models>")]
+        for models in (models_dir(), home()):  # the models may be outside the home (a store's record)
+            roots += [(str(models), "<models>"), (os.path.realpath(models), "<models>")]
         roots += [(str(Path.home()), "~"), (os.path.realpath(Path.home()), "~")]
         for root, placeholder in sorted(roots, key=lambda r: -len(r[0])):
             if len(root.rstrip(os.sep)) > 1:

@@ -299,11 +299,17 @@ def run(
         cause = exc.__cause__ or exc.__context__ or _UDF_ERRORS.pop(id(con), None)
         if isinstance(cause, AiosMemoryError):  # raised inside a SQL function such as embed_text
             raise cause from exc
-        if "Values were not provided for the following parameters" in str(exc):
-            missing = str(exc).rsplit(":", 1)[-1].strip()
+        text = str(exc)
+        if "Values were not provided for the following parameters" in text:
+            missing = text.rsplit(":", 1)[-1].strip()
             raise QueryError(
                 f"the SQL has ? placeholders without a value (number {missing}); give one parameter per ?"
             ) from exc
+        if "Parameter argument/count mismatch" in text or "Parameter/argument count mismatch" in text:
+            raise QueryError("more parameters than ? placeholders in the SQL; give one per ?") from exc
+        if "Catalog Error: Table with name" in text:
+            tables = ", ".join(view_name(m) for m in MODALITIES)
+            raise QueryError(f"{text.splitlines()[0]} (the tables: {tables})") from exc
         kind = (
             f"{type(exc).__name__}: " if isinstance(exc, duckdb.Error) else ""
         )  # else DuckDB's text names it

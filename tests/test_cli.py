@@ -322,6 +322,15 @@ def test_what_a_newcomer_tripped_over(model_home, tmp_path):
     (empty / ".hidden").write_text("x")
     none = run_cli(*s, "import", str(empty), check=False)
     assert none.returncode == 1 and "no files to import" in none.stderr
+    assert "left out 1 file hidden or of a store" in none.stderr
+    after = run_cli("stats", *s, check=False)  # --store after the command: where it goes
+    assert after.returncode == 2 and "--store goes before the command: aios-memory --store" in after.stderr
+    both = run_cli(*s, "add", "x", "--file", str(empty / ".hidden"), check=False)
+    assert both.returncode == 2 and "not both" in both.stderr
+    id_ = first.stdout.strip()
+    changed = json.loads(run_cli(*s, "update", id_, "-m", '{"kind": "list"}').stdout)
+    assert changed["metadata"] == {"kind": "list"} and changed["content"] == "Buy milk\nand | eggs"
+    assert [e["operation"] for e in json.loads(run_cli(*s, "history", id_).stdout)] == ["add", "update"]
     blob = tmp_path / "blob.bin"
     blob.write_bytes(bytes(range(256)))
     failed = run_cli(*s, "import", str(blob), check=False)

@@ -278,3 +278,10 @@ def test_a_placeholder_without_a_value_is_named_in_plain_words(model_home, tmp_p
     line = proc.stderr.strip()
     assert proc.returncode == 1 and "? placeholders without a value (number 2)" in line
     assert "InvalidInputException" not in line and "Traceback" not in proc.stderr
+    more = run_cli("--store", str(store), "sql", "SELECT 1", "--param", "x", check=False)
+    assert more.returncode == 1 and "more parameters than ? placeholders" in more.stderr
+    nope = run_cli("--store", str(store), "sql", "SELECT * FROM nope", check=False)
+    assert (
+        "nope does not exist" in nope.stderr
+        and "text_memories, image_memories, audio_memories" in nope.stderr
+    )

@@ -99,3 +99,17 @@ def test_serve_started_like_an_mcp_host_finds_the_models(model_home, tmp_path, h
     finally:
         cli(env, "--store", str(store), "daemon", "--stop", check=False)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_mcp_errors_hide_a_models_directory_outside_the_home(tmp_path, monkeypatch):
+    """A store's recorded models may live outside the server's home: MCP messages still show <models>."""
+    from aios_memory import MemoryStore
+    from aios_memory.mcp_server import Served
+
+    models = tmp_path / "elsewhere" / "models"
+    models.mkdir(parents=True)
+    monkeypatch.setenv("AIOS_MEMORY_MODELS", str(models))
+    store = MemoryStore(tmp_path / "st")
+    served = Served(store, dedupe=None, sql_timeout=None, allow_read=[])
+    text = f"CLIP is not installed at {models}/clip/weights.parquet"
+    assert served.scrub(text, store) == "CLIP is not installed at <models>/clip/weights.parquet"

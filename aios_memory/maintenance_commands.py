@@ -1,0 +1,51 @@
+"""Store maintenance commands: ``doctor``, ``compact``, ``cleanup`` and ``index create`` (loaded when run)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from aios_memory.cli_support import _echo_json, _store
+
+
+@click.group()
+def index() -> None:
+    """Approximate-nearest-neighbour indexes (HNSW; needs `pip install "aios-memory[ann]"`)."""
+
+
+@index.command("create")
+@click.argument("modality", type=click.Choice(["text", "image", "audio"]))
+@click.pass_context
+def index_create(ctx: click.Context, modality: str) -> None:
+    """Build or extend MODALITY's HNSW index (a commit); searches use it from then on."""
+    _echo_json(_store(ctx).create_index(modality))
+
+
+@click.command()
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Check the store's integrity (every file against its manifest; models: `models list`); exits 1
+    when something is wrong."""
+    report = _store(ctx).verify()
+    _echo_json(report)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--modality", type=click.Choice(["text", "image", "audio"]), default=None)
+@click.pass_context
+def compact(ctx: click.Context, modality: str | None) -> None:
+    """Merge each table's fragments into one (old files stay until `cleanup`)."""
+    _echo_json({"merged_fragments": _store(ctx).compact(modality)})
+
+
+@click.command()
+@click.option(
+    "--older-than", type=click.FloatRange(min=0), help="Seconds superseded [default: retention, 3600]."
+)
+@click.pass_context
+def cleanup(ctx: click.Context, older_than: float | None) -> None:
+    """Delete superseded versions and unreferenced files older than --older-than seconds."""
+    _echo_json(_store(ctx).cleanup(older_than))
