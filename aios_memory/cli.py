@@ -104,7 +104,11 @@ def init(ctx: click.Context) -> None:
     from aios_memory.home import models_dir
 
     store = _store(ctx, create=True)
-    held = "" if store._storage.created else " (it was a store already: nothing changed)"
+    made = store._storage.created
+    if isinstance(store.path, str) and store.version == 0:  # object storage: a first, empty version is
+        store._storage.commit("init", lambda m: m)  # what marks a store there (local: its directories)
+        made = True
+    held = "" if made else " (it was a store already: nothing changed)"
     click.echo(f"store: {store.path} (version {store.version}){held}; models: {models_dir()}")
 
 
@@ -115,7 +119,7 @@ def init(ctx: click.Context) -> None:
     "files",
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="An image or audio file to add (repeatable); text files: `import`, or --modality text.",
+    help="An image or audio file to add (repeatable); a text file is added by `aios-memory import PATH`.",
 )
 @click.option("--namespace", "-n", default="default", show_default=True)
 @click.option("--metadata", "-m", default=None, help="JSON object stored with the memory.")
@@ -161,6 +165,8 @@ def add(
             items, modality=modality, namespace=namespace, metadata=meta, dedupe=False if repeat else dedupe
         )
     except UnsupportedMediaError as exc:
+        if not any(_is_text(f) for f in files):
+            raise
         raise UnsupportedMediaError(f"{exc}; a text file is added by `aios-memory import PATH`") from None
     for id_ in ids:
         click.echo(id_)
@@ -284,6 +290,8 @@ def search(
     """Rank memories by similarity to QUERY (text) or --file (image/audio)."""
     if (query is None) == (file is None):
         raise click.UsageError("give exactly one of QUERY or --file")
+    if params and not where:
+        raise click.UsageError("--param gives values for the ? of --where; there is no --where")
     results = _store(ctx).search(
         file if file is not None else query,
         k=k,
@@ -368,6 +376,14 @@ def plugins() -> None:
     from aios_memory.plugins import get_providers, plugin_info
 
     _echo_json({"plugins": plugin_info(), "providers": [p.info() for p in get_providers().values()]})
+
+
+def _is_text(path: Path) -> bool:
+    try:
+        path.read_bytes()[:4096].decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def main() -> None:

@@ -120,4 +120,4 @@ def file_list(paths: tuple[Path, ...], left_out: list[Path] | None = None) -> li
 def is_store(path: Path) -> bool:
     from aios_memory.storage.manifest import VERSIONS
 
-    return (path / VERSIONS).is_dir()
+    return (path / VERSIONS).is_dir() and (path / "data").is_dir()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,12 @@ def record_models(root: str | Path, directory: str | Path | None = None) -> None
     if (Path(root) / SETTINGS).exists() and not read(root):
         return
     settings = {**read(root), "models_dir": str(Path(directory or models_dir()).expanduser().absolute())}
-    tmp = Path(root) / f".{SETTINGS}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(Path(root) / SETTINGS)  # readers see the old file or the new one, never a part
+    tmp = Path(root) / f".{SETTINGS}.{uuid.uuid4().hex}.tmp"  # unique: threads may create a store at once
+    try:
+        tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(Path(root) / SETTINGS)  # readers see the old file or the new one, never a part
+    except OSError:  # a hint for later processes: never a reason for creating the store to fail
+        tmp.unlink(missing_ok=True)
 
 
 _applied: str | None = None  # the directory this process took from a store's settings

@@ -307,6 +307,8 @@ def test_what_a_newcomer_tripped_over(model_home, tmp_path):
     (mine / "note.txt").write_text("Buy milk")
     refused = run_cli("--store", str(mine), "add", "hello", check=False)
     assert refused.returncode == 1 and "holds files but no store" in refused.stderr
+    daemon = run_cli("--store", str(mine), "daemon", "--idle-exit", "1", check=False)
+    assert daemon.returncode == 1 and "holds files but no store" in daemon.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["note.txt"]
     s = ["--store", str(tmp_path / "st")]
     bad = run_cli(*s, "add", "x", "-m", "[1, 2]", check=False)
@@ -327,6 +329,15 @@ def test_what_a_newcomer_tripped_over(model_home, tmp_path):
     assert after.returncode == 2 and "--store goes before the command: aios-memory --store" in after.stderr
     both = run_cli(*s, "add", "x", "--file", str(empty / ".hidden"), check=False)
     assert both.returncode == 2 and "not both" in both.stderr
+    text_file = run_cli(*s, "add", "--file", str(empty / ".hidden"), check=False)
+    assert (
+        text_file.returncode == 1 and "a text file is added by `aios-memory import PATH`" in text_file.stderr
+    )
+    (tmp_path / "doc.pdf").write_bytes(b"%PDF-1.4\n\xff\xfe binary")
+    pdf = run_cli(*s, "add", "--file", str(tmp_path / "doc.pdf"), check=False)
+    assert pdf.returncode == 1 and "UnsupportedMediaError" in pdf.stderr and "import PATH" not in pdf.stderr
+    lone = run_cli(*s, "search", "milk", "--param", "1", check=False)
+    assert lone.returncode == 2 and "there is no --where" in lone.stderr
     id_ = first.stdout.strip()
     changed = json.loads(run_cli(*s, "update", id_, "-m", '{"kind": "list"}').stdout)
     assert changed["metadata"] == {"kind": "list"} and changed["content"] == "Buy milk\nand | eggs"

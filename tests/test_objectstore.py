@@ -217,6 +217,13 @@ def test_the_cli_works_on_an_s3_store(seaweed_s3, model_home, tmp_path):
     assert len(files) == 1 and files[0].startswith(f"{uri}/data/text/")
     bad = run_cli(*base, "--storage-option", "nonsense", "add", "x", env=env, check=False)
     assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr
+    # init on a bucket prefix: a first, empty version marks the store, so reading commands accept it
+    fresh = ["--store", f"s3://{bucket}/fresh", "--storage-option", f"lock_dir={tmp_path}"]
+    assert run_cli(*fresh, "stats", env=env, check=False).returncode == 1  # nothing there yet
+    made = run_cli(*fresh, "init", env=env).stdout
+    assert "(version 1)" in made and "it was a store already" not in made
+    assert json.loads(run_cli(*fresh, "stats", env=env).stdout)["tables"] == {}
+    assert "it was a store already" in run_cli(*fresh, "init", env=env).stdout
 
 
 def test_rewrites_racing_on_other_hosts_revalidate_what_they_read(s3_store_uri, tmp_path):

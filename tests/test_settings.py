@@ -113,3 +113,27 @@ def test_mcp_errors_hide_a_models_directory_outside_the_home(tmp_path, monkeypat
     served = Served(store, dedupe=None, sql_timeout=None, allow_read=[])
     text = f"CLIP is not installed at {models}/clip/weights.parquet"
     assert served.scrub(text, store) == "CLIP is not installed at <models>/clip/weights.parquet"
+
+
+def test_threads_creating_one_store_at_once_all_open_it(model_home, tmp_path):
+    """Several threads of one process opening the same new store: none fails on the settings file."""
+    import threading
+
+    from aios_memory import MemoryStore
+
+    for trial in range(10):
+        root, errors = tmp_path / f"s{trial}", []
+
+        def open_it(root: Path = root, errors: list = errors) -> None:
+            try:
+                MemoryStore(root)
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and read(root)["models_dir"]
+        assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]

@@ -40,6 +40,10 @@ def _store_path(ctx: click.Context, store_path: Path | None, *, must_exist: bool
         raise click.ClickException(
             f"StoreNotFoundError: no store at {Path(store).absolute()}{NOT_FOUND_HINT}"
         )
+    if not (Path(store) / VERSIONS).is_dir() and Path(store).is_dir() and any(Path(store).iterdir()):
+        raise click.ClickException(  # the daemon may create a store, but never in a folder of files
+            f"{Path(store).absolute()} holds files but no store; a store needs a new or empty directory"
+        )
     use_store_models(store)
     return Path(store)
 

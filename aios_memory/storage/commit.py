@@ -205,6 +205,8 @@ class Storage:
         try:
             nbytes, digest = self.backend.write_new(rel, chunks)
         except FileExistsError:  # left by an attempt that did not commit: reused if it holds the same
+            if not self.backend.is_local:  # (hosts share no lock: another's cleanup may be removing it)
+                raise
             data = b"".join(bytes(c) for c in chunks)
             if self.backend.map(rel).tobytes() != data:
                 raise
