@@ -120,7 +120,8 @@ FAST = settings(
 def test_add_stores_exactly_what_it_was_given(fuzz_store, content, namespace, meta, source):
     before = snapshot(fuzz_store)
     mid = unchanged_or_typed(
-        fuzz_store, lambda: fuzz_store.add(content, namespace=namespace, metadata=meta, source=source)
+        fuzz_store,
+        lambda: fuzz_store.add(content, namespace=namespace, metadata=meta, source=source, dedupe=False),
     )
     if mid is None:
         return
@@ -141,7 +142,7 @@ def test_add_stores_exactly_what_it_was_given(fuzz_store, content, namespace, me
 def test_add_many_commits_all_or_nothing(fuzz_store, items, namespace, meta):
     before = snapshot(fuzz_store)
     got = unchanged_or_typed(
-        fuzz_store, lambda: fuzz_store.add_many(items, namespace=namespace, metadata=meta)
+        fuzz_store, lambda: fuzz_store.add_many(items, namespace=namespace, metadata=meta, dedupe=False)
     )
     if got is None:
         return
@@ -152,6 +153,26 @@ def test_add_many_commits_all_or_nothing(fuzz_store, items, namespace, meta):
     ] == items
     if got:
         fuzz_store.delete(got)
+
+
+@FAST
+@given(
+    items=st.lists(st.sampled_from(["seed one", "a", "a ", "b"]) | contents, max_size=6), namespace=namespaces
+)
+def test_exact_repeats_are_stored_once(fuzz_store, items, namespace):
+    """The default rule: equal contents (in one namespace) get one id, different ones never share one."""
+    before = snapshot(fuzz_store)
+    got = unchanged_or_typed(fuzz_store, lambda: fuzz_store.add_many(items, namespace=namespace))
+    if got is None:
+        return
+    assert len(got) == len(items)
+    assert all((got[i] == got[j]) == (items[i] == items[j]) for i in range(len(items)) for j in range(i))
+    stored = {r["id"]: r["content"] for r in snapshot(fuzz_store)[1]}
+    assert all(stored[id_] == item for id_, item in zip(got, items, strict=True))
+    new = {id_ for id_ in got if id_ not in {r["id"] for r in before[1]}}
+    assert len(stored) == len(before[1]) + len(new)  # only what was not held is new
+    if new:
+        fuzz_store.delete(new)
 
 
 @FAST
