@@ -7,6 +7,7 @@ import dataclasses
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +37,24 @@ class _Plugin:
 
 
 @pytest.fixture()
-def counted(tmp_path: Path) -> MemoryStore:
-    from aios_memory.plugins import get_providers, register_plugin
+def plugins() -> Iterator[Callable[[object, str], None]]:
+    """Register test plugins for one test only: another module's default providers stay as they were."""
+    from aios_memory.plugins import register_plugin, unregister_plugin
 
-    if CountingProvider.name not in get_providers():
-        register_plugin(_Plugin(), name="counting-test-plugin")
+    mine: list[object] = []
+
+    def use(plugin: object, name: str) -> None:
+        register_plugin(plugin, name=name)
+        mine.append(plugin)
+
+    yield use
+    for plugin in mine:
+        unregister_plugin(plugin)
+
+
+@pytest.fixture()
+def counted(tmp_path: Path, plugins: Callable[[object, str], None]) -> MemoryStore:
+    plugins(_Plugin(), "counting-test-plugin")
     CountingProvider.embedded = 0
     return MemoryStore(tmp_path / "s", providers={"text": CountingProvider.name})
 
@@ -135,7 +149,7 @@ def test_a_damaged_digest_sidecar_is_not_trusted(counted, tmp_path):
     assert not fresh.verify()["ok"]
 
 
-def test_images_are_the_same_memory_only_when_their_bytes_are(tmp_path):
+def test_images_are_the_same_memory_only_when_their_bytes_are(tmp_path, plugins):
     """Image digests are taken over the stored bytes (no CLIP weights needed to check: a provider of
     our own embeds image bytes by their length)."""
 
@@ -150,10 +164,7 @@ def test_images_are_the_same_memory_only_when_their_bytes_are(tmp_path):
         def register_embedding_providers(self, register):  # type: ignore[no-untyped-def]
             register(Bytes())
 
-    from aios_memory.plugins import get_providers, register_plugin
-
-    if "bytes-len" not in get_providers():
-        register_plugin(Plugin(), name="bytes-len-plugin")
+    plugins(Plugin(), "bytes-len-plugin")
     store = MemoryStore(tmp_path / "img", providers={"image": "bytes-len"})
     cat = png_bytes()
     a = store.add(cat)
@@ -227,7 +238,7 @@ def test_copies_stored_on_purpose_in_one_batch_give_one_id(counted):
     assert len(ids) == 3 and counted.get(ids[2]).content == "y"
 
 
-def test_a_pinned_handle_or_a_delete_meanwhile_never_returns_a_deleted_id(counted):
+def test_a_pinned_handle_or_a_delete_meanwhile_never_returns_a_deleted_id(counted, plugins):
     gone = counted.add("remember this")
     pinned = counted.version
     counted.delete([gone])
@@ -255,10 +266,7 @@ def test_a_pinned_handle_or_a_delete_meanwhile_never_returns_a_deleted_id(counte
         def register_embedding_providers(self, register):  # type: ignore[no-untyped-def]
             register(Deleting())
 
-    from aios_memory.plugins import get_providers, register_plugin
-
-    if Deleting.name not in get_providers():
-        register_plugin(P(), name="deleting-test-plugin")
+    plugins(P(), "deleting-test-plugin")
     store = MemoryStore(race, providers={"text": Deleting.name})
     old = store.add("old fact")
     Deleting.victim = old
@@ -267,7 +275,7 @@ def test_a_pinned_handle_or_a_delete_meanwhile_never_returns_a_deleted_id(counte
     assert store.get(first).content == "old fact" and store.get(second).content == "new fact"
 
 
-def test_a_recordings_windows_come_back_in_window_order(tmp_path):
+def test_a_recordings_windows_come_back_in_window_order(tmp_path, plugins):
     """Audio split into windows (a provider of our own: three windows per clip, no Whisper needed)."""
     from conftest import wav_bytes
 
@@ -285,10 +293,7 @@ def test_a_recordings_windows_come_back_in_window_order(tmp_path):
         def register_embedding_providers(self, register):  # type: ignore[no-untyped-def]
             register(Windows())
 
-    from aios_memory.plugins import get_providers, register_plugin
-
-    if Windows.name not in get_providers():
-        register_plugin(P(), name="three-windows-plugin")
+    plugins(P(), "three-windows-plugin")
     trigram_provider.register()
     store = MemoryStore(tmp_path / "a", providers={"audio": Windows.name, "text": trigram_provider.NAME})
     clip = wav_bytes(0.5)
