@@ -93,7 +93,7 @@ def stored_copies(
                 pass
         hit = np.flatnonzero(np.isin(table.view("<u8")[:, 0], firsts))
         if hit.size:
-            hit = np.intersect1d(hit, namespace_rows(storage, frag, namespace))
+            hit = namespace_rows(storage, frag, namespace, among=hit)
         rows: dict[bytes, list[int]] = {}
         for r in hit.tolist():
             d = table[r].tobytes()

@@ -234,8 +234,11 @@ def fragment_digests(storage: Storage, frag: Fragment) -> np.ndarray:
     return CACHE.get((storage.uri(frag.path), "col:digest"), decode, frag.rows * 16)
 
 
-def namespace_rows(storage: Storage, frag: Fragment, namespace: str) -> np.ndarray:
-    """Row positions of ``frag`` that belong to ``namespace`` (its namespace column, cached encoded)."""
+def namespace_rows(
+    storage: Storage, frag: Fragment, namespace: str, among: np.ndarray | None = None
+) -> np.ndarray:
+    """Row positions of ``frag`` that belong to ``namespace`` (its namespace column, cached encoded);
+    with ``among``, only those of these rows (a lookup of a few rows, not a pass over all)."""
     path = storage.uri(frag.path)
 
     def decode() -> tuple[dict[str, int], np.ndarray]:
@@ -251,6 +254,8 @@ def namespace_rows(storage: Storage, frag: Fragment, namespace: str) -> np.ndarr
     code = codes.get(namespace)
     if code is None:
         return np.zeros(0, np.int64)
+    if among is not None:
+        return among[indices[among] == code]
     return np.flatnonzero(indices == code)
 
 
