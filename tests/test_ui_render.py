@@ -246,40 +246,26 @@ def test_cards_of_images_and_audio_match_the_script():
 def test_search_results_never_outlive_their_query(ssr):
     """A search with results, then an empty query: the results go (the listing below stays); then a
     search nothing matches: a 'no memories match' message, never the previous results."""
-    need("chromium", CHROMIUM.exists(), "apt-get install chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        need("playwright", False, 'pip install -e ".[test]"')
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            page = browser.new_context(viewport=VIEWPORT).new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{ssr['url']}?token={ssr['owner']}")
-            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
-            page.fill("#q", "which pet does agent A have?")
-            page.click("#search-button")
-            page.wait_for_selector("#results .card")
-            assert page.locator("#results .card .body").first.inner_text() == A_NOTES[0]
-            page.fill("#q", "   ")
-            page.click("#search-button")
-            page.wait_for_function("() => !document.querySelector('#results .card')", timeout=5_000)
-            assert page.inner_text("#results") == ""
-            assert page.inner_text("#status").startswith("Type something to search for")
-            assert page.locator("#grid .card").count() == 5  # the default listing is still there
-            page.fill("#q", "which pet does agent A have?")
-            page.click("#search-button")
-            page.wait_for_selector("#results .card")
-            page.select_option("#search-modality", "audio")  # this store has no audio: nothing can match
-            page.click("#search-button")
-            page.wait_for_selector("#results .no-match", timeout=30_000)
-            assert page.locator("#results .card").count() == 0
-            assert (
-                page.inner_text("#results .no-match") == "No memories match “which pet does agent A have?”."
-            )
-            assert page.inner_text("#status") == "0 results for “which pet does agent A have?”."
-            assert not errors, errors
-        finally:
-            browser.close()
+    with no_script_page(ssr, ssr["owner"], script=True) as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.fill("#q", "which pet does agent A have?")
+        page.click("#search-button")
+        page.wait_for_selector("#results .card")
+        assert page.locator("#results .card .body").first.inner_text() == A_NOTES[0]
+        page.fill("#q", "   ")
+        page.click("#search-button")
+        page.wait_for_function("() => !document.querySelector('#results .card')", timeout=5_000)
+        assert page.inner_text("#results") == ""
+        assert page.inner_text("#status").startswith("Type something to search for")
+        assert page.locator("#grid .card").count() == 5  # the default listing is still there
+        page.fill("#q", "which pet does agent A have?")
+        page.click("#search-button")
+        page.wait_for_selector("#results .card")
+        page.select_option("#search-modality", "audio")  # this store has no audio: nothing can match
+        page.click("#search-button")
+        page.wait_for_selector("#results .no-match", timeout=30_000)
+        assert page.locator("#results .card").count() == 0
+        assert page.inner_text("#results .no-match") == "No memories match “which pet does agent A have?”."
+        assert page.inner_text("#status") == "0 results for “which pet does agent A have?”."
+        assert not errors, errors
