@@ -145,7 +145,8 @@ def test_encoder_matches_transformers(native, hf, clips):
         cos, err = frame_cosines(ours, ref), np.abs(ours - ref).max()
         worst_cos, worst_err = min(worst_cos, cos.min()), max(worst_err, err)
         assert ours.shape == ref.shape == (1500, 512)
-        assert cos.min() >= 0.9999, f"{name}: min per-frame cosine {cos.min():.7f}"
+        # the project's bar; measured: min 0.99999988, max abs error 0 (same fp32 weights, same ops)
+        assert cos.min() >= 0.99999 and err <= 1e-5, f"{name}: cosine {cos.min():.8f}, abs {err:.2e}"
     print(
         f"\nWhisper encoder vs transformers on {len(clips)} real clips x 1500 frames: "
         f"min per-frame cosine {worst_cos:.8f}, max abs error {worst_err:.2e}"
@@ -162,7 +163,8 @@ def test_encoder_matches_ctranslate2(native, ct2, clips):
         ours = native.encode(audio)
         cos, err = frame_cosines(ours, ref), np.abs(ours - ref).max()
         worst_cos, worst_err = min(worst_cos, cos.min()), max(worst_err, err)
-        assert cos.min() >= 0.9999, f"{name}: min per-frame cosine {cos.min():.7f}"
+        # measured: min 0.99999964, max abs error 9.8e-4 (CTranslate2 computes in its own kernels)
+        assert cos.min() >= 0.99999 and err <= 5e-3, f"{name}: cosine {cos.min():.8f}, abs {err:.2e}"
     print(
         f"\nWhisper encoder vs CTranslate2 (shipped model.bin) on {len(clips)} real clips: "
         f"min per-frame cosine {worst_cos:.8f}, max abs error {worst_err:.2e}"
@@ -186,7 +188,7 @@ def test_pooled_embedding_covers_only_real_audio(native, hf, clips):
     print(
         f"\npooled vs transformers (first {n} frames): cosine {cos:.8f}; vs whole window {ours @ whole:.4f}"
     )
-    assert cos >= 0.9999 and float(ours @ whole) < 0.999
+    assert cos >= 0.99999 and np.abs(ours - want).max() <= 1e-5 and float(ours @ whole) < 0.999
 
 
 def test_batch_equals_one_by_one(native, clips):
