@@ -1,20 +1,18 @@
-"""Every benchmark of issue "Fast" in one table: ours, the reference measured in the same run, the ratio
-(how many times better ours is), and the machine's floor.
+"""Every benchmark in one table: ours, the reference measured in the same run, the ratio (how many
+times better ours is), and the machine's floor.
 
-    python bench/run_all.py                # full run (about 45 minutes on 2 cores)
-    python bench/run_all.py --quick        # smaller sizes (search stops at 100k memories)
-    python bench/run_all.py --only search,load --write-docs
-    python bench/run_all.py --only longrun --quick   # issue 14: add latency as a store ages, soak plot
-    python bench/run_all.py --only daemon --quick    # issue 15: attach time and memory, daemon vs standalone
-    python bench/run_all.py --only s3 --quick        # issue 16: commits on S3 (SeaweedFS), S3 vs local disk
-    python bench/run_all.py --only ray --quick       # issue 16: ingest_ray, 1 actor, vs import (per-actor rate)
-    python bench/run_all.py --only dedupe --quick    # issue 19: the exact-duplicate check on add, and a repeat
+    python bench/run_all.py --quick --write-docs   # every section of docs/benchmarks.md, one run (~35 min on 2 cores)
+    python bench/run_all.py --write-docs           # the full sizes (search to 1M memories: a few hours on 2 cores)
+    python bench/run_all.py --only search,load --write-docs   # rewrites those sections, keeps the others
+    python bench/run_all.py --check                # which sections are stale (their code changed since they ran)
 
 Each bench module runs in its own fresh process (so one's memory or threads do not colour another's)
 and returns rows ``{"area","measure","ours","reference","ratio","floor","unit","note"}`` from
-``run(quick)``. ``--write-docs`` writes the generated block of docs/benchmarks.md: one section per bench,
-each stamped with when and how it ran; ``--only`` replaces just the sections of the benches it ran and
-keeps the others as they were (every ratio compares figures from one and the same run of one bench).
+``run(quick)``. ``--write-docs`` stores each bench's rows in docs/benchmarks.json with a stamp (time,
+machine, commit, command) and the sha256 of every project file the run could execute (the modules its
+process imported; and every product module when it starts processes of its own), then renders the
+generated block of docs/benchmarks.md from that file (bench/evidence.py). tests/test_run_all.py fails
+when a section's files changed since it ran, or when a doc quotes a figure that no section holds.
 """
 
 from __future__ import annotations
@@ -23,20 +21,38 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DOC = HERE.parent / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
+sys.path.insert(0, str(HERE))
+import evidence  # noqa: E402
+
 MODULES = [
     "floors", "load", "text", "clip", "whisper", "ingest", "search", "longrun", "daemon", "s3", "ray", "dedupe",
 ]  # fmt: skip
 FILES = {"floors": "floors"}  # module file of each bench; the rest are bench_<name>.py
 MARK = "@@ROWS@@"
+# The child reports its rows and the project files it imported (a bench that starts processes of its own
+# may run any product module in them: run_module adds them all for such a bench).
+CHILD = """\
+import json, subprocess, sys
+sys.path.insert(0, {here!r})
+import evidence
+started = []
+_popen_init = subprocess.Popen.__init__
+def _init(self, *a, **k):
+    started.append(1)
+    _popen_init(self, *a, **k)
+subprocess.Popen.__init__ = _init
+import {module} as b
+rows = b.run(quick={quick!r})
+files = {{evidence.project_file(getattr(m, "__file__", None)) for m in list(sys.modules.values())}}
+print({mark!r} + json.dumps({{"rows": rows, "files": sorted(f for f in files if f), "spawned": bool(started)}},
+      default=float))
+"""
 
 
 def machine() -> str:
@@ -57,103 +73,101 @@ def machine() -> str:
     )
 
 
-def run_module(name: str, quick: bool) -> tuple[list[dict], str]:
-    code = (
-        "import json, sys\n"
-        f"sys.path.insert(0, {str(HERE)!r})\n"
-        f"import {FILES.get(name, 'bench_' + name)} as b\n"
-        f"rows = b.run(quick={quick!r})\n"
-        f"print({MARK!r} + json.dumps(rows, default=float))\n"
-    )
+def git(*args: str) -> str:
+    p = subprocess.run(["git", *args], capture_output=True, text=True, cwd=evidence.ROOT)
+    return p.stdout.strip() if p.returncode == 0 else ""
+
+
+def run_module(name: str, quick: bool) -> tuple[dict | None, str]:
+    """Run one bench in a fresh process: ({"rows", "code"}, how long) or (None, why it failed)."""
+    module = FILES.get(name, "bench_" + name)
+    code = CHILD.format(here=str(HERE), module=module, quick=quick, mark=MARK)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE.parent)
     took = time.perf_counter() - t0
     for line in proc.stdout.splitlines():
         if line.startswith(MARK):
-            return json.loads(line[len(MARK) :]), f"{took:.0f} s"
+            got = json.loads(line[len(MARK) :])
+            files = set(got["files"]) | {f"bench/{module}.py", "bench/harness.py", "bench/evidence.py"}
+            if got["spawned"]:
+                files |= set(evidence.product_files())
+            return {"rows": got["rows"], "code": evidence.code_stamp(files)}, f"{took:.0f} s"
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return [], f"FAILED after {took:.0f} s: {' / '.join(tail)}"
+    return None, f"FAILED after {took:.0f} s: {' / '.join(tail)}"
 
 
-def _fmt(v: object) -> str:
-    if v is None or v == "":
-        return "—"
-    if isinstance(v, float):
-        if abs(v) >= 100:
-            return f"{v:,.0f}"
-        if abs(v) >= 1:
-            return f"{v:.2f}"
-        return f"{v:.3g}"
-    return str(v)
+def stamp(name: str, code: dict[str, str], took: str, quick: bool) -> dict:
+    dirty = bool(git("status", "--porcelain", "--", *code))
+    return {
+        "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "commit": git("rev-parse", "--short=10", "HEAD") or "unknown",
+        "dirty": dirty,
+        "command": f"python bench/run_all.py --only {name}{' --quick' if quick else ''}",
+        "quick": quick,
+        "took": took,
+    }
 
 
-def table(rows: list[dict]) -> str:
-    head = "| area | measure | ours | reference | ratio | floor | unit | note |\n|---|---|---|---|---|---|---|---|"
-    body = [
-        "| "
-        + " | ".join(
-            _fmt(r.get(k)) if k != "ratio" or r.get(k) in (None, "") else f"{float(r[k]):.2f}×"
-            for k in ("area", "measure", "ours", "reference", "ratio", "floor", "unit", "note")
-        )
-        + " |"
-        for r in rows
-    ]
-    return "\n".join([head, *body])
-
-
-SECTION = re.compile(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->\n", re.S)
-
-
-def section(name: str, rows: list[dict], how: str, quick: bool) -> str:
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    cmd = f"python bench/run_all.py --only {name}{' --quick' if quick else ''}"
-    return (
-        f"<!-- bench:{name} -->\n### bench_{name}\n\nMeasured {stamp} on {machine()}; `{cmd}`; "
-        f"{len(rows)} rows, {how}.\n\n{table(rows)}\n\n<!-- /bench:{name} -->\n"
-    )
-
-
-def write_docs(fresh: dict[str, str]) -> None:
-    """Replace the sections in ``fresh`` inside the generated block; keep every other bench's section."""
-    text = DOC.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOC} has no {BEGIN} ... {END} block to replace")
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    kept = {m.group(1): m.group(0) for m in SECTION.finditer(text[start:end])}
-    kept.update(fresh)
-    block = "\n".join(kept[name] for name in MODULES if name in kept)
-    DOC.write_text(text[:start] + "\n" + block + text[end:])
-    print(f"wrote {DOC} ({', '.join(fresh)})", file=sys.stderr)
+def check() -> int:
+    """Print the stale and missing sections; 1 when any."""
+    data = evidence.load()
+    bad = 0
+    for name in MODULES:
+        sec = data["sections"].get(name)
+        if sec is None:
+            print(f"{name}: no section; run python bench/run_all.py --only {name} --write-docs")
+            bad += 1
+            continue
+        moved = evidence.changed(sec["code"])
+        if moved:
+            bad += 1
+            print(
+                f"{name}: stale, {len(moved)} of its files changed since {sec['stamp']['time']}: {', '.join(moved[:6])}"
+            )
+        else:
+            print(f"{name}: current ({sec['stamp']['time']}, commit {sec['stamp']['commit']})")
+    return 1 if bad else 0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes for a 2-core machine")
     ap.add_argument(
         "--only", default=",".join(MODULES), help="comma-separated subset of " + ",".join(MODULES)
     )
     ap.add_argument(
         "--write-docs",
         action="store_true",
-        help="replace the sections of the benches run in the generated block of docs/benchmarks.md",
+        help="store the rows in docs/benchmarks.json and re-render the generated block of docs/benchmarks.md",
     )
+    ap.add_argument("--check", action="store_true", help="list the sections whose code changed; run nothing")
     args = ap.parse_args()
+    if args.check:
+        sys.exit(check())
     wanted = [m.strip() for m in args.only.split(",") if m.strip()]
     unknown = set(wanted) - set(MODULES)
     if unknown:
         ap.error(f"unknown bench {sorted(unknown)}; choose from {MODULES}")
-    fresh: dict[str, str] = {}
+    data = evidence.load()
     failed = False
     for name in wanted:
         print(f"running bench_{name} ...", file=sys.stderr, flush=True)
         got, how = run_module(name, args.quick)
-        failed |= "FAILED" in how
-        print(f"bench_{name}: {len(got)} rows, {how}", file=sys.stderr, flush=True)
+        failed |= got is None
+        print(f"bench_{name}: {len(got['rows']) if got else 0} rows, {how}", file=sys.stderr, flush=True)
         if got:
-            fresh[name] = section(name, got, how, args.quick)
-            print(fresh[name], flush=True)
-    if args.write_docs and fresh:
-        write_docs(fresh)
+            sec = {
+                "rows": got["rows"],
+                "code": got["code"],
+                "stamp": stamp(name, got["code"], how, args.quick),
+            }
+            print(evidence.render_section(name, sec), flush=True)
+            if args.write_docs:  # written as each bench ends: a later failure keeps the ones before it
+                data["sections"][name] = sec
+                evidence.save(data)
+                evidence.write_page(data, MODULES)
+                print(f"wrote {evidence.DOC} and {evidence.DATA} (bench_{name})", file=sys.stderr)
     if failed:
         sys.exit(1)
 
