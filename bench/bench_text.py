@@ -114,7 +114,8 @@ def run(quick: bool = False) -> list[dict]:
                 False,
                 "s",
                 read_floor,
-                f"vs {label}; floor: page-cache read",
+                f"vs {label}; unlike work: ours sha256-checks every tensor as it loads, the reference checks "
+                "nothing; floor: page-cache read",
             )
         )
 

@@ -29,7 +29,7 @@ def peak_rss_mb(code: str) -> float:
         code + "\nprint([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0])"
     )
     out = subprocess.run([sys.executable, "-c", wrapper], check=True, capture_output=True, text=True).stdout
-    return int(out.strip().splitlines()[-1]) / 1024  # kB -> MB
+    return int(out.strip().splitlines()[-1]) / 1024  # kB -> MiB
 
 
 def hf_folder(weights: Path, dst: Path) -> Path:
@@ -77,7 +77,8 @@ def run(quick: bool = False) -> list[dict]:
     rows.append(
         (
             "weight load (s)",
-            "ours (Parquet) vs WhisperModel.from_pretrained",
+            "unlike work: ours reads the Parquet weights, sha256-checks every tensor and widens fp16 to fp32; "
+            "WhisperModel.from_pretrained maps fp32 safetensors and checks nothing",
             ours_load,
             hf_load,
             "lower is better",
@@ -97,7 +98,13 @@ def run(quick: bool = False) -> list[dict]:
             ours = median_time(lambda m=mel: provider._model.encode(m), reps)
             ref = median_time(lambda m=mel: hf.encoder(m), reps)
         rows.append(
-            (f"encoder, {seconds} s clip (s)", "ours vs transformers encoder", ours, ref, "same 30 s window")
+            (
+                f"encoder, {seconds} s clip (s)",
+                "ours vs transformers encoder",
+                ours,
+                ref,
+                "both encode the padded 30 s window",
+            )
         )
     s3 = np.resize(speech, 3 * SAMPLE_RATE).astype(np.float32)
     ours = median_time(lambda: log_mel(s3), reps)
@@ -142,7 +149,7 @@ def run(quick: bool = False) -> list[dict]:
         f"with torch.inference_mode(): m.encoder(x.input_features)"
     )
     rows.append(
-        ("peak RSS: load + embed 1 clip (MB)", "ours vs transformers", ours_rss, hf_rss, "fresh process")
+        ("peak RSS: load + embed 1 clip (MiB)", "ours vs transformers", ours_rss, hf_rss, "fresh process")
     )
     ours_rss = peak_rss_mb(
         f"from pathlib import Path\nfrom aios_memory_whisper.provider import WhisperProvider\n"
@@ -156,19 +163,25 @@ def run(quick: bool = False) -> list[dict]:
         f"m.generate(ctranslate2.StorageView.from_array(x.input_features), [{json.dumps(prompt)}], beam_size=1)"
     )
     rows.append(
-        ("peak RSS: load + transcribe 1 clip (MB)", "ours vs ctranslate2", ours_rss, ct2_rss, "fresh process")
+        (
+            "peak RSS: load + transcribe 1 clip (MiB)",
+            "ours vs ctranslate2",
+            ours_rss,
+            ct2_rss,
+            "fresh process",
+        )
     )
 
     shutil.rmtree(tmp, ignore_errors=True)
     return [
         {
             "area": "whisper",
-            "measure": measure,
+            "measure": measure.rsplit(" (", 1)[0],
             "ours": o,
             "reference": r,
             "ratio": r / o,
             "floor": None,
-            "unit": "",
+            "unit": measure.rsplit(" (", 1)[1].rstrip(")"),
             "note": f"{comp}; {note}",
         }
         for measure, comp, o, r, note in rows
