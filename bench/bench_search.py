@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import median_time  # noqa: E402
+from harness import median_time, print_rows  # noqa: E402
 
 DIM = 512
 CENTRES = 1000
@@ -376,7 +376,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     try:
         for n in sizes:
             out += measure(n, root, ann=os.environ.get("AIOSM_BENCH_ANN", "1") == "1")
-            print_table(out)
+            print_rows(out)
             sys.stdout.flush()
             shutil.rmtree(root / f"store-{n}", ignore_errors=True)
     finally:
@@ -384,23 +384,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     return out
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "-"
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    print(f"{'area':8} {'measure':44} {'ours':>10} {'reference':>10} {'ratio':>7} {'floor':>10} unit    note")
-    for r in rows:
-        print(
-            f"{r['area']:8} {r['measure']:44} {fmt(r['ours']):>10} {fmt(r['reference']):>10} "
-            f"{fmt(r['ratio']):>7} {fmt(r['floor']):>10} {r['unit']:7} {r['note']}"
-        )
-
-
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
     t0 = time.perf_counter()
-    rows = run(quick)
-    print_table(rows)
-    print(f"machine: {os.cpu_count()} cores; bench took {time.perf_counter() - t0:.0f} s")
+    print_rows(run(quick), f"machine: {os.cpu_count()} cores; bench took {time.perf_counter() - t0:.0f} s")
