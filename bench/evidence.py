@@ -47,8 +47,14 @@ def project_file(name: str | None) -> str | None:
 
 
 def product_files() -> list[str]:
-    """Every Python file of the product (what a child process of a bench may import)."""
-    out = []
+    """Every Python file of the product that git tracks (what a child process of a bench may import)."""
+    import subprocess
+
+    got = subprocess.run(["git", "ls-files", "--", *(f"{t}/*.py" for t in PRODUCT)], cwd=ROOT,
+                         capture_output=True, text=True)  # fmt: skip
+    if got.returncode == 0 and got.stdout.strip():
+        return sorted(got.stdout.split())
+    out = []  # not a git checkout (an sdist): every Python file under the product's folders
     for top in PRODUCT:
         for p in (ROOT / top).rglob("*.py"):
             rel = p.relative_to(ROOT)
