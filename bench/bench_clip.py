@@ -2,69 +2,34 @@
 transformers; and the opt-in reduced-precision modes (bf16, dynamic int8) vs our fp32.
 
 Run: python bench/bench_clip.py [--quick] [--compile]
-No package ships CLIP weights, so both sides load the same seeded full-size checkpoint, saved by
-``transformers`` (safetensors) and converted once by our converter: the figures measure speed and numeric
-agreement, not semantic quality. Everything is measured in this one run, on this machine; each time is
-the best of several interleaved repeats (PyTorch eager mode, CPU). "floor" is the GEMM floor of
-bench/floors.py (the model's matmuls alone at the measured speed of those shapes); "% floor" = floor /
-ours. Peak RSS is measured in a fresh subprocess per side. ``--compile`` also times ``torch.compile``
-(compile time and steady state). ``run(quick)`` returns the rows for bench/run_all.py.
+No package ships CLIP weights, so both sides load the same seeded full-size checkpoint
+(``harness.clip_checkpoint``: tests/test_clip_model.py's ``make_clip_folder``, weights drawn at unit scale
+so that distinct photos get distinct vectors; a row reports their spread), saved by ``transformers``
+(safetensors) and converted once by our converter: the figures measure speed and numeric agreement, not
+semantic quality. Everything is measured in this one run, on this machine; each tower time is the best of
+several interleaved repeats (PyTorch eager mode, CPU). "floor" is the GEMM floor of bench/floors.py (the
+model's matmuls alone at the measured speed of those shapes); "% floor" = floor / ours. Weight load and
+peak RSS use bench_load's method (harness): the median of interleaved repeats of a load that hashes every
+tensor, and VmHWM (MiB) of fresh processes. ``--compile`` also times ``torch.compile`` (compile time and
+steady state). ``run(quick)`` returns the rows for bench/run_all.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import SKIMAGE_NAMES
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import SKIMAGE_NAMES, children, clip_checkpoint, full_load, median_interleaved  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 IMAGES = SKIMAGE_NAMES
-
-PEAK = """
-import resource
-def peak_mb():
-    # VmHWM: this process's own peak. ru_maxrss also counts the pages of the (large) parent at fork time
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-"""
-RSS_OURS = (
-    PEAK
-    + """
-import sys, json, torch
-from pathlib import Path
-from aios_memory_clip.provider import ClipProvider
-images = [Path(p).read_bytes() for p in sys.argv[2:]]
-p = ClipProvider(Path(sys.argv[1]))
-p.load()
-p.encode_image(images)
-print(json.dumps(peak_mb()))
-"""
-)
-RSS_HF = (
-    PEAK
-    + """
-import sys, json, torch
-from pathlib import Path
-from PIL import Image
-from transformers import CLIPImageProcessorPil, CLIPModel
-images = [Image.open(p) for p in sys.argv[2:]]
-m = CLIPModel.from_pretrained(sys.argv[1]).eval()
-with torch.inference_mode():
-    m.get_image_features(pixel_values=CLIPImageProcessorPil()(images=images, return_tensors="pt")["pixel_values"])
-print(json.dumps(peak_mb()))
-"""
-)
 
 
 def race(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -79,11 +44,6 @@ def race(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]
             fn()
             best[name] = min(best[name], time.perf_counter() - t)
     return best
-
-
-def peak_rss_mb(code: str, args: list[str]) -> float:
-    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
-    return float(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def bench_vision(weights: Path, hf_dir: Path, pixels, reps: int) -> list[tuple]:
@@ -121,7 +81,15 @@ def bench_vision(weights: Path, hf_dir: Path, pixels, reps: int) -> list[tuple]:
     for ref, label in (("sdpa", "transformers (sdpa attn)"), ("eager", "transformers (eager attn)")):
         note = f"vs {label}; ours at {f1 / b1['ours']:.0%} of the GEMM floor"
         rows.append(
-            ("vision latency, batch 1", b1["ours"] * 1e3, b1[ref] * 1e3, False, "ms/image", f1 * 1e3, note)
+            (
+                f"vision latency, batch 1: ours vs {label}",
+                b1["ours"] * 1e3,
+                b1[ref] * 1e3,
+                False,
+                "ms/image",
+                f1 * 1e3,
+                note,
+            )
         )
     for ref, label in (("sdpa", "transformers (sdpa attn)"), ("eager", "transformers (eager attn)")):
         note = (
@@ -129,7 +97,15 @@ def bench_vision(weights: Path, hf_dir: Path, pixels, reps: int) -> list[tuple]:
             f"min cosine to transformers {cos:.7f}"
         )
         rows.append(
-            ("vision throughput, batch 32", 32 / b32["ours"], 32 / b32[ref], True, "images/s", 32 / f32, note)
+            (
+                f"vision throughput, batch 32: ours vs {label}",
+                32 / b32["ours"],
+                32 / b32[ref],
+                True,
+                "images/s",
+                32 / f32,
+                note,
+            )
         )
     return rows
 
@@ -156,7 +132,14 @@ def bench_precision(weights: Path, pixels, reps: int) -> list[tuple]:
             reps,
         )
     top32 = top_k(*emb["fp32"], k=4)
-    rows = []
+    q = emb["fp32"][0] / np.linalg.norm(emb["fp32"][0], axis=1, keepdims=True)  # the distinct photos
+    pair = (q @ q.T)[np.triu_indices(len(q), 1)]
+    rows = [
+        (f"image-vector spread: mean pairwise cosine, {len(q)} distinct photos (fp32)", float(pair.mean()),
+         None, False, "cosine", None,
+         f"max {pair.max():.4f}, min {pair.min():.4f}: the vectors do not collapse (transformers' default "
+         "init gave mean 0.86, max 0.997); seeded weights: numeric agreement only"),
+    ]  # fmt: skip
     for m in ("bf16", "int8"):
         cos = cosines(np.concatenate(emb[m]), np.concatenate(emb["fp32"]))
         top = top_k(*emb[m], k=4)
@@ -166,9 +149,17 @@ def bench_precision(weights: Path, pixels, reps: int) -> list[tuple]:
             f"top-4 overlap {overlap_at_k(top, top32):.3f}; seeded weights: numeric agreement only"
         )
         rows.append(
-            (f"{m} vision throughput, batch 32", 32 / b32[m], 32 / b32["fp32"], True, "images/s", None, note)
+            (
+                f"vision throughput, batch 32: our {m} vs our fp32",
+                32 / b32[m],
+                32 / b32["fp32"],
+                True,
+                "images/s",
+                None,
+                note,
+            )
         )
-        rows.append((f"{m} vision latency, batch 1", b1[m] / len(pixels) * 1e3, b1["fp32"] / len(pixels) * 1e3,
+        rows.append((f"vision latency, batch 1: our {m} vs our fp32", b1[m] / len(pixels) * 1e3, b1["fp32"] / len(pixels) * 1e3,
                      False, "ms/image", None, "vs our fp32"))  # fmt: skip
     return rows
 
@@ -192,7 +183,7 @@ def bench_compile(weights: Path, pixels, reps: int) -> list[tuple]:
     note = f"compiled vs our eager; first call (compile) {took:.1f} s"
     return [
         (
-            "torch.compile vision, batch 32",
+            "vision throughput, batch 32: torch.compile of ours vs our eager",
             32 / b32["compiled"],
             32 / b32["eager"],
             True,
@@ -209,19 +200,14 @@ def run(quick: bool = False, with_compile: bool = False) -> list[dict]:
     import torch
     from aios_memory_clip.preprocess import preprocess_batch
     from aios_memory_clip.provider import ClipProvider
-    from aios_memory_converters.clip import convert_clip
     from PIL import Image
     from skimage import data
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPModel
+
+    from aios_memory.weights import read_weights
 
     root = Path(tempfile.mkdtemp(prefix="aios-bench-clip-"))
-    torch.manual_seed(0)
-    CLIPModel(CLIPConfig(projection_dim=512)).eval().save_pretrained(root / "hf")  # ViT-B/32 defaults
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from test_clip_model import write_clip_tokenizer_files
-
-    write_clip_tokenizer_files(root / "hf")
-    weights = convert_clip(root / "hf", root / "native")
+    weights = clip_checkpoint(root / "hf", root / "home" / "models" / "clip")  # seeded, unit scale
     files = []
     for name in IMAGES:
         arr = getattr(data, name)()
@@ -231,25 +217,20 @@ def run(quick: bool = False, with_compile: bool = False) -> list[dict]:
 
     rows: list[tuple] = []  # measure, ours, reference, higher is better, unit, floor, note
 
-    # --- weight loading (imports done; page cache warm) ------------------------------------------------
-    load = race(
+    # --- weight loading (imports done; page cache warm), bench_load's method ---------------------------
+    load = median_interleaved(
         {
-            "ours": lambda: ClipProvider(weights.parent).load(),
+            "ours": lambda: full_load(ClipProvider, weights.parent),
             "hf": lambda: CLIPModel.from_pretrained(str(root / "hf")),
         },
         reps,
     )
-    rows.append(
-        (
-            "weight load",
-            load["ours"],
-            load["hf"],
-            False,
-            "s",
-            None,
-            "ours (Parquet, sha256) vs from_pretrained",
-        )
+    note = (
+        f"provider _load + both towers' sha256 (every tensor checked; by default the text tower is hashed "
+        f"on the first text) vs CLIPModel.from_pretrained; median of {reps} interleaved repeats, as bench_load"
     )
+    rows.append(("weight load, every tensor hashed: provider vs from_pretrained", load["ours"], load["hf"],
+                 False, "s", None, note))  # fmt: skip
 
     # --- vision tower: same preprocessed pixels ----------------------------------------------------------
     pixels = torch.from_numpy(preprocess_batch([Path(f).read_bytes() for f in files]))  # (8, 3, 224, 224)
@@ -258,15 +239,24 @@ def run(quick: bool = False, with_compile: bool = False) -> list[dict]:
     if with_compile:
         rows += bench_compile(weights, pixels, reps)
 
-    # --- end to end (preprocess + tower) and peak memory, each in a fresh process ------------------------
-    rss_ours = peak_rss_mb(RSS_OURS, [str(weights.parent), *files])
-    rss_hf = peak_rss_mb(RSS_HF, [str(root / "hf"), *files])
-    rows.append(
-        ("peak RSS: load + embed 8 images", rss_ours, rss_hf, False, "MB", None, "ours vs transformers")
+    # --- peak memory: fresh processes, bench_load's child and measure (VmHWM, MiB) ----------------------
+    env = {**os.environ, "AIOS_MEMORY_HOME": str(root / "home"), "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # import from bytecode caches, as an installed package does
+    ours = children(["provider", files[0], "clip-vit-b-32", *files[1:]], env, reps)
+    ref = children(["clip-hf", str(root / "hf"), *files], env, reps)
+    mb = read_weights(weights, verify=False).nbytes / 2**20
+    note = (
+        f"VmHWM of a fresh process: get_provider('clip-vit-b-32').embed_batch of the {len(files)} photos vs "
+        f"CLIPModel.from_pretrained + CLIPImageProcessorPil + get_image_features on them; median of {reps} "
+        f"processes; above RSS after import torch: ours {ours['peak_mb'] - ours['base_mb']:.0f}, "
+        f"transformers {ref['peak_mb'] - ref['base_mb']:.0f} MiB; floor = weight MiB. bench_load's cold "
+        "start rows measure the same with 1 image (and through a store)"
     )
+    rows.append((f"peak RSS (VmHWM), load + embed {len(files)} images: provider vs transformers",
+                 ours["peak_mb"], ref["peak_mb"], False, "MiB", mb, note))  # fmt: skip
     return [
-        {"area": "clip", "measure": m, "ours": o, "reference": r, "ratio": o / r if higher else r / o,
-         "floor": floor, "unit": unit, "note": note}
+        {"area": "clip", "measure": m, "ours": o, "reference": r,
+         "ratio": None if r is None else o / r if higher else r / o, "floor": floor, "unit": unit, "note": note}
         for m, o, r, higher, unit, floor, note in rows
     ]  # fmt: skip
 
@@ -288,8 +278,10 @@ def main() -> None:
     print(f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 8}|{'-' * 11}|{'-' * 10}|------")
     for r in rows:
         floor = "" if r["floor"] is None else f"{r['floor']:9.3f}"
+        ref = "" if r["reference"] is None else f"{r['reference']:9.3f}"
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:5.2f}x"
         print(
-            f"| {r['measure']:<36} | {r['ours']:>9.3f} | {r['reference']:>9.3f} | {r['ratio']:5.2f}x | {floor:>9} "
+            f"| {r['measure']:<36} | {r['ours']:>9.3f} | {ref:>9} | {ratio:>6} | {floor:>9} "
             f"| {r['unit']:<8} | {r['note']}"
         )
     print(

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_ingest import make_images  # noqa: E402
-from harness import print_rows  # noqa: E402
+from harness import clip_checkpoint, print_rows  # noqa: E402
 
 RAY_ENV = {  # loopback only, no usage reports; Ray's workers inherit these
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -79,20 +79,11 @@ def sizes(quick: bool, args: dict[str, Any]) -> dict[str, Any]:
 
 def setup_home(root: Path) -> Path:
     """CLIP ViT-B/32 with seeded full-size weights and the real MiniLM, converted into a model home."""
-    import torch
     from aios_memory_converters.bert import convert_bert
-    from aios_memory_converters.clip import convert_clip
     from aios_memory_text.provider import packaged_source
-    from transformers import CLIPConfig, CLIPModel
-
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_clip_model import write_clip_tokenizer_files
 
     home = root / "home"
-    torch.manual_seed(0)
-    CLIPModel(CLIPConfig(projection_dim=512)).eval().save_pretrained(root / "clip-hf")
-    write_clip_tokenizer_files(root / "clip-hf")
-    convert_clip(root / "clip-hf", home / "models" / "clip")
+    clip_checkpoint(root / "clip-hf", home / "models" / "clip")  # seeded, unit scale (harness)
     shutil.rmtree(root / "clip-hf")
     if packaged_source() is not None:
         convert_bert(packaged_source(), home / "models" / "text", model="all-MiniLM-L6-v2")
