@@ -5,9 +5,14 @@ of it, or raises an ``AiosMemoryError`` subclass and leaves the store exactly as
 same rows): never another exception type, never a partial commit. The text provider is a real, cheap one
 (hashed character trigrams, registered in-process) so that hundreds of commits run in seconds.
 
-Input classes with a known defect outside this file's owner (lone surrogates in namespaces, metadata, ids
-and SQL text; ``params`` that are not a list or dict; ``add_many`` of a non-iterable) are left out of the
-strategies here: each is a strict xfail in tests/test_hostile_input.py, listed in docs/reliability.md.
+Nothing is left out of the strategies: lone surrogates (U+D800–U+DFFF, which cannot be encoded as UTF-8)
+are drawn in every text (content, namespaces, metadata keys and values, sources, ids, SQL and its
+parameters), SQL ``params`` may be a scalar, a string, bytes or a set, and ``add_many`` may be given a
+non-iterable, a string or bytes. Those inputs have one right outcome, asserted here: a lone surrogate is
+refused (``InvalidInputError`` from writes and reads, ``QueryError`` from SQL and its parameters), params
+that are not a list, tuple or dict are a ``QueryError``, and ``add_many`` of anything but an iterable of
+items (or with metadata that is neither a dict nor a list of them) is an ``InvalidInputError``; the store
+is unchanged after each.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from trigram_provider import NAME
 
 from aios_memory import MemoryStore
-from aios_memory.errors import AiosMemoryError
+from aios_memory.errors import AiosMemoryError, InvalidInputError, MemoryNotFoundError, QueryError
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,6 +73,35 @@ def unchanged_or_typed(store: MemoryStore, call: Callable[[], Any]) -> Any:
     # any other exception propagates: hypothesis reports it as a falsifying example
 
 
+def refused(
+    store: MemoryStore,
+    call: Callable[[], Any],
+    error: type[AiosMemoryError] | tuple[type[AiosMemoryError], ...],
+) -> None:
+    """``call`` must raise ``error`` (or a subclass) and leave the store exactly as it was."""
+    before = snapshot(store)
+    with pytest.raises(error):
+        call()
+    assert snapshot(store) == before, "a refused call changed the store"
+
+
+def has_surrogate(value: Any) -> bool:
+    """Whether a lone surrogate is anywhere in ``value`` (a str, or the keys and values of dicts, lists
+    and tuples). A Python str never pairs surrogates: each one is lone and cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        return any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return any(has_surrogate(k) or has_surrogate(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(has_surrogate(v) for v in value)
+    return False
+
+
+def params_shape_ok(p: Any) -> bool:
+    """What ``query.check_params`` accepts: None, a mapping, or a list/tuple (not a str or bytes)."""
+    return p is None or isinstance(p, (dict, list, tuple))
+
+
 # --- strategies ----------------------------------------------------------------------------------------
 SQL_WORDS = [
     "SELECT", "*", "id", "content", "namespace", "metadata", "FROM", "text_memories", "image_memories",
@@ -75,17 +109,35 @@ SQL_WORDS = [
     "DROP", "TABLE", "INSERT", "INTO", "VALUES", "COPY", "TO", "ATTACH", "PRAGMA", "SET", "read_text",
     "'/etc/passwd'", "embed_text('x')", "json_extract_string(metadata, '$.k')", "LIMIT", "ORDER BY", "NULL",
 ]  # fmt: skip
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+# hypothesis's default alphabet never draws a surrogate (category Cs): half of all texts here come from an
+# alphabet where half the characters are lone surrogates.
+SURROGATES = st.characters(categories=["Cs"])
+
+
+def texts(max_size: int, min_size: int = 0) -> st.SearchStrategy[str]:
+    return st.text(min_size=min_size, max_size=max_size) | st.text(
+        st.characters() | SURROGATES, min_size=min_size, max_size=max_size
+    )
+
+
+def one_branch(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``a | b`` flattens a union into its members, each drawn as often: a union of invalid kinds would
+    crowd out the valid inputs. Behind a flatmap it stays one branch of the union it joins."""
+    return st.just(strategy).flatmap(lambda inner: inner)
+
+
+with_a_surrogate = st.tuples(st.text(max_size=5), SURROGATES, st.text(max_size=5)).map("".join)
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | texts(20)
 json_values = st.recursive(
     json_scalars,
-    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(texts(8), c, max_size=3),
     max_leaves=8,
 )
-metadata_dicts = st.dictionaries(st.text(max_size=10), json_values, max_size=4)
+metadata_dicts = st.dictionaries(texts(10), json_values, max_size=4)
 metadata = st.none() | metadata_dicts | json_scalars
-namespaces = st.sampled_from(["a", "b", "default"]) | st.text(max_size=300) | st.integers() | st.none()
+namespaces = st.sampled_from(["a", "b", "default"]) | texts(300) | st.integers() | st.none()
 contents = (
-    st.text(max_size=200)
+    texts(200)
     | st.binary(max_size=64)
     | st.sampled_from([b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x00\x00\x00WAVEfmt ", b"GIF89a", b"fLaC"]).flatmap(
         lambda magic: st.binary(max_size=64).map(lambda tail: magic + tail)
@@ -95,16 +147,24 @@ contents = (
     | st.lists(st.integers(), max_size=3)
     | st.tuples(st.lists(st.floats(), max_size=5), st.integers())
 )
-sources = st.none() | st.text(max_size=50) | st.integers()
-sql_text = st.lists(st.sampled_from(SQL_WORDS) | st.text(max_size=8), max_size=12).map(" ".join)
-param_values = st.lists(
-    st.none() | st.integers() | st.floats() | st.text(max_size=20) | st.booleans(), max_size=3
+sources = st.none() | texts(50) | st.integers()
+sql_text = st.lists(st.sampled_from(SQL_WORDS) | texts(8), max_size=12).map(" ".join)
+param_values = st.lists(st.none() | st.integers() | st.floats() | texts(20) | st.booleans(), max_size=3)
+# params that are neither None, a list/tuple nor a dict: a QueryError, never iterated as values
+bad_params = (
+    st.integers() | st.floats() | st.booleans() | texts(5) | st.binary(max_size=5) | st.sets(st.integers())
 )
 params = (
-    st.none() | param_values | st.dictionaries(st.sampled_from(["x", "y", "k"]), json_scalars, max_size=2)
+    st.none()
+    | param_values
+    | param_values.map(tuple)
+    | st.dictionaries(st.sampled_from(["x", "y", "k"]), json_scalars, max_size=2)
+    | one_branch(bad_params)
 )
 ks = st.integers(min_value=-5, max_value=20_000) | st.floats() | st.text(max_size=3) | st.none()
-ids = st.text(max_size=40) | st.integers() | st.none() | st.lists(st.text(max_size=40), max_size=3)
+ids = texts(40) | st.integers() | st.none() | st.lists(texts(40), max_size=3)
+# add_many's items: a list, or what is not one (a scalar, None; a str or bytes is refused, not iterated)
+not_item_lists = st.none() | st.integers() | st.floats() | st.booleans() | texts(5) | st.binary(max_size=5)
 
 FAST = settings(
     max_examples=60,
@@ -119,10 +179,14 @@ FAST = settings(
 @given(content=contents, namespace=namespaces, meta=metadata, source=sources)
 def test_add_stores_exactly_what_it_was_given(fuzz_store, content, namespace, meta, source):
     before = snapshot(fuzz_store)
-    mid = unchanged_or_typed(
-        fuzz_store,
-        lambda: fuzz_store.add(content, namespace=namespace, metadata=meta, source=source, dedupe=False),
-    )
+
+    def call():
+        return fuzz_store.add(content, namespace=namespace, metadata=meta, source=source, dedupe=False)
+
+    if has_surrogate((content, namespace, meta, source)):  # refused before any provider runs
+        refused(fuzz_store, call, InvalidInputError)
+        return
+    mid = unchanged_or_typed(fuzz_store, call)
     if mid is None:
         return
     version, rows = snapshot(fuzz_store)
@@ -135,15 +199,24 @@ def test_add_stores_exactly_what_it_was_given(fuzz_store, content, namespace, me
 
 @FAST
 @given(
-    items=st.lists(contents, max_size=5),
+    items=st.lists(contents, max_size=5) | one_branch(not_item_lists),
     namespace=namespaces,
-    meta=st.none() | metadata_dicts | st.lists(metadata, max_size=5),  # a scalar: xfail in the catalogue
+    meta=st.none() | metadata_dicts | st.lists(metadata, max_size=5) | one_branch(json_scalars),
 )
 def test_add_many_commits_all_or_nothing(fuzz_store, items, namespace, meta):
     before = snapshot(fuzz_store)
-    got = unchanged_or_typed(
-        fuzz_store, lambda: fuzz_store.add_many(items, namespace=namespace, metadata=meta, dedupe=False)
-    )
+
+    def call():
+        return fuzz_store.add_many(items, namespace=namespace, metadata=meta, dedupe=False)
+
+    if (
+        not isinstance(items, list)  # a non-iterable, a str or bytes: not a list of items
+        or not (meta is None or isinstance(meta, (dict, list)))  # a scalar (a str too): not per-item metadata
+        or has_surrogate((items, namespace, meta))
+    ):
+        refused(fuzz_store, call, InvalidInputError)
+        return
+    got = unchanged_or_typed(fuzz_store, call)
     if got is None:
         return
     version, rows = snapshot(fuzz_store)
@@ -162,6 +235,9 @@ def test_add_many_commits_all_or_nothing(fuzz_store, items, namespace, meta):
 def test_exact_repeats_are_stored_once(fuzz_store, items, namespace):
     """The default rule: equal contents (in one namespace) get one id, different ones never share one."""
     before = snapshot(fuzz_store)
+    if has_surrogate((items, namespace)):
+        refused(fuzz_store, lambda: fuzz_store.add_many(items, namespace=namespace), InvalidInputError)
+        return
     got = unchanged_or_typed(fuzz_store, lambda: fuzz_store.add_many(items, namespace=namespace))
     if got is None:
         return
@@ -183,6 +259,8 @@ def test_search_returns_ranked_rows_of_its_namespace(fuzz_store, query, k, names
     )
     if got is None:
         return
+    assert params_shape_ok(p), f"params {p!r} were accepted"
+    assert not has_surrogate((query, namespace, where, p)), "a lone surrogate was searched for"
     assert len(got) <= k
     assert all(namespace is None or m.namespace == namespace for m in got)
     scores = [m.score for m in got]
@@ -190,24 +268,78 @@ def test_search_returns_ranked_rows_of_its_namespace(fuzz_store, query, k, names
 
 
 @FAST
+@given(
+    query=texts(30, min_size=1), where=st.none() | sql_text, p=bad_params, namespace=st.none() | st.just("a")
+)
+def test_search_refuses_params_that_are_not_a_list_or_dict(fuzz_store, query, where, p, namespace):
+    """Params are checked before the query is read: a QueryError whatever the query or predicate."""
+    refused(
+        fuzz_store,
+        lambda: fuzz_store.search(query, k=5, namespace=namespace, where=where, params=p),
+        QueryError,
+    )
+
+
+@FAST
 @given(query=sql_text, p=params)
 def test_sql_is_read_only(fuzz_store, query, p):
     before = snapshot(fuzz_store)
-    unchanged_or_typed(fuzz_store, lambda: fuzz_store.sql(query, p))
+    if not params_shape_ok(p) or has_surrogate((query, p)):  # refused before (or when) DuckDB binds them
+        refused(fuzz_store, lambda: fuzz_store.sql(query, p), QueryError)
+    else:
+        unchanged_or_typed(fuzz_store, lambda: fuzz_store.sql(query, p))
     assert snapshot(fuzz_store) == before
+
+
+@FAST
+@given(bad=with_a_surrogate)
+def test_a_lone_surrogate_is_refused_wherever_it_is_given(fuzz_store, bad):
+    """Each place a string enters the API, alone with otherwise valid arguments: the typed error, the store
+    unchanged. Nothing with a lone surrogate is stored, so nothing of it can break a later read."""
+    s = fuzz_store
+    for call in (
+        lambda: s.add(bad),
+        lambda: s.add("text", namespace=bad),
+        lambda: s.add("text", metadata={bad: 1}),
+        lambda: s.add("text", metadata={"k": [bad]}),
+        lambda: s.add("text", source=bad),
+        lambda: s.add_many(["text", bad]),
+        lambda: s.add_many(["text"], sources=[bad]),
+        lambda: s.search(bad),
+        lambda: s.search("text", namespace=bad),
+        lambda: s.get(bad),
+        lambda: s.delete(bad),
+        lambda: s.delete(["no-such-id", bad]),
+        lambda: s.update(bad, "text"),
+    ):
+        refused(s, call, InvalidInputError)
+    seed = s.search("seed one", k=1, namespace="a")[0].id
+    refused(s, lambda: s.update(seed, bad), InvalidInputError)
+    refused(s, lambda: s.update(seed, metadata={"k": bad}), InvalidInputError)
+    for call in (
+        lambda: s.sql(f"SELECT '{bad}'"),
+        lambda: s.sql("SELECT ? AS x", [bad]),
+        lambda: s.sql("SELECT $x AS x", {"x": bad}),
+        lambda: s.search("text", where=f"content = '{bad}'"),
+        lambda: s.search("text", where="content = ?", params=[bad]),
+    ):
+        refused(s, call, QueryError)
 
 
 @FAST
 @given(id_=ids, meta=metadata, content=contents)
 def test_unknown_ids_change_nothing(fuzz_store, id_, meta, content):
+    """No generated id names a real (uuid4) memory: every call is refused, and the store is unchanged.
+    An id that is not a str, or holds a lone surrogate, is invalid input; a str one is not found."""
     before = snapshot(fuzz_store)
-    for call in (
-        lambda: fuzz_store.get(id_),
-        lambda: fuzz_store.delete(id_),
-        lambda: fuzz_store.update(id_, content, metadata=meta),
-    ):
-        unchanged_or_typed(fuzz_store, call)
-    assert snapshot(fuzz_store) == before  # no generated id names a real (uuid4) memory
+    error = InvalidInputError if has_surrogate(id_) else (InvalidInputError, MemoryNotFoundError)
+    refused(fuzz_store, lambda: fuzz_store.get(id_), error)
+    refused(fuzz_store, lambda: fuzz_store.update(id_, content, metadata=meta), error)
+    if id_ == []:  # no ids: nothing to delete
+        assert fuzz_store.delete(id_) == 0
+    else:
+        refused(fuzz_store, lambda: fuzz_store.delete(id_), error)
+    assert snapshot(fuzz_store) == before
 
 
 # --- a model-checked sequence of operations -------------------------------------------------------------
