@@ -240,7 +240,14 @@ def test_search_options_and_index_create(model_home, tmp_path):
     decayed = json.loads(run_cli(*s, "search", "garage code", "--half-life", "1e-3", "--json").stdout)
     assert all(h["score"] < 0.5 for h in decayed)  # both memories are many half-lives old
     built = json.loads(run_cli(*s, "index", "create", "text").stdout)
-    assert built
+    assert {k: built[k] for k in ("modality", "kind", "column", "rows", "committed")} == {
+        "modality": "text",
+        "kind": "hnsw",
+        "column": "embedding",
+        "rows": 2,
+        "committed": True,
+    }
+    assert built["bytes"] > 0 and built["version"] == json.loads(run_cli(*s, "stats").stdout)["version"]
     exact = json.loads(run_cli(*s, "search", "garage", "--exact", "--json").stdout)
     approx = json.loads(run_cli(*s, "search", "garage", "--json").stdout)
     assert [h["id"] for h in exact] == [h["id"] for h in approx]

@@ -18,7 +18,7 @@ from conftest import run_cli
 from test_vectors import DIM, NAME, _random, register, seeded, sql_ranking, write_rows
 
 from aios_memory import MemoryStore
-from aios_memory.errors import StoreCorruptError, StoreError
+from aios_memory.errors import QueryError, StoreCorruptError, StoreError
 from aios_memory.storage import Manifest, manifest_name
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -95,7 +95,7 @@ def test_damaged_index_falls_back_to_exact_and_create_index_repairs(vstore, dama
     assert [m.id for m in explain["results"]] == exact  # never [] silently
     report = store.verify()
     assert not report["ok"] and any("ANN index cannot be used" in x for x in report["problems"])
-    with pytest.raises(Exception, match="no usable ANN index"):
+    with pytest.raises(QueryError, match="no usable ANN index"):
         store.search("seed:11", k=10, exact=False)
     built = store.create_index("text")  # repairs: a full rebuild, not an extension of the damaged file
     assert built["committed"] and built["rows"] == 3000

@@ -20,7 +20,7 @@ from conftest import run_cli, wav_bytes
 from test_clip_model import TINY, make_clip_folder, real_images
 
 from aios_memory import MemoryStore
-from aios_memory.errors import UnsupportedMediaError
+from aios_memory.errors import InvalidInputError, UnsupportedMediaError
 from aios_memory.ingest import ingest
 
 TEXTS = [f"note number {i}: the {w} jumps over the fence" for i, w in enumerate("abcdefghijklmnopq")]
@@ -87,8 +87,9 @@ def test_text_files_ids_in_order_bad_files_reported(env_home, tmp_path):
         assert m.source == p.resolve().as_uri()
     hit = store.search(TEXTS[3], k=1)[0]
     assert hit.content == TEXTS[3]
-    with pytest.raises(Exception, match="not an image, audio or UTF-8 text"):
+    with pytest.raises(InvalidInputError, match="not an image, audio or UTF-8 text") as refused:
         ingest(MemoryStore(tmp_path / "strict"), paths, progress=False, strict=True)
+    assert refused.type is InvalidInputError  # the file's own error, re-raised as it was
 
 
 def _vectors(store: MemoryStore, ids: list[str]) -> np.ndarray:

@@ -47,16 +47,26 @@ QUERIES = {
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """Any attempt to open a network connection fails the test."""
+    """Any attempt to open a network connection fails the test.
+
+    The guard refuses the connection (an ``AssertionError`` inside the library's call) and records it: a
+    library that catches the error (``except Exception``) and carries on would hide the attempt, so the
+    fixture's teardown fails the test for any attempt recorded, whatever the call did with the error.
+    """
+    attempts: list[object] = []
 
     def refuse(self, address, *args, **kwargs):
         if self.family in (socket.AF_INET, socket.AF_INET6):
+            attempts.append(address)
             raise AssertionError(f"network connection attempted to {address!r}")
         return real_connect(self, address, *args, **kwargs)
 
     real_connect = socket.socket.connect
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    yield attempts
+    if attempts:
+        pytest.fail(f"network connection attempted during the test (refused): {attempts!r}")
 
 
 def _nodes() -> list[TextNode]:
@@ -222,9 +232,22 @@ def test_from_documents_offline(model_home, tmp_path):
     assert hit.node.ref_doc_id == "bio" and "mitochondria" in hit.node.text
 
 
-def test_the_network_guard_refuses_connections():
+def test_the_network_guard_refuses_connections(no_network):
     with pytest.raises(AssertionError, match="network connection attempted"):
         socket.create_connection(("127.0.0.1", 9), timeout=1)
+    assert no_network == [("127.0.0.1", 9)]
+    no_network.clear()  # this attempt was the test's own
+
+
+def test_the_network_guard_sees_attempts_a_library_swallows(no_network):
+    """A library's ``except Exception`` around a connection cannot hide it: the attempt is recorded, and
+    the fixture's teardown fails any test that leaves one there."""
+    try:
+        socket.create_connection(("127.0.0.1", 9), timeout=1)
+    except Exception:  # what a library that swallows errors does
+        pass
+    assert no_network == [("127.0.0.1", 9)]
+    no_network.clear()  # this attempt was the test's own
 
 
 def test_without_llama_index_the_import_says_what_to_install():

@@ -6,6 +6,7 @@ import math
 import threading
 import time
 
+import duckdb
 import pytest
 from conftest import run_cli
 
@@ -117,7 +118,7 @@ def test_cli_refusal_of_a_write_speaks_the_cli_user_s_language(model_home, tmp_p
 def test_explicit_connection_can_write_files_but_not_memories(filled, tmp_path):
     con = filled.connection()
     try:
-        with pytest.raises(Exception, match="disabled by configuration"):
+        with pytest.raises(duckdb.PermissionException, match="disabled by configuration"):
             con.execute(f"COPY (SELECT content FROM text_memories) TO '{tmp_path / 'blocked.csv'}'")
     finally:
         con.close()

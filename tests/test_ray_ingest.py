@@ -153,7 +153,7 @@ def test_a_job_is_one_version_equal_to_the_import(cluster, home, folder, tmp_pat
     report = ingest_ray(store.path, [folder], actors=2, batch_size=4, progress=False)
     assert (report["base_version"], report["version"], store.version) == (1, 2, 2)  # ONE new version
     assert [e["source"].rsplit("/", 1)[-1] for e in report["errors"]] == ["noise.bin"]
-    assert "UTF-8" in report["errors"][0]["error"] or "not an image" in report["errors"][0]["error"]
+    assert "not an image, audio or UTF-8 text file" in report["errors"][0]["error"]
     assert report["added"] == report["files"] - 1 == len(list(folder.rglob("*.*"))) - 1
     assert store.verify()["ok"] and not store.verify()["orphans"]
 
