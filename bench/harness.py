@@ -166,8 +166,15 @@ print(json.dumps({"import_torch": t1 - t0, "rest": t2 - t1, "base_mb": base, "pe
 
 
 def child(args: list[str], env: dict[str, str]) -> dict[str, float]:
+    """One fresh ``CHILD`` process; ``{uniq}`` in an argument becomes a new value per process (a store
+    path: every run adds to a fresh store; a repeat add to the same store is a duplicate, no model work)."""
+    uniq = str(time.time_ns())
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, *args], check=True, capture_output=True, text=True, env=env
+        [sys.executable, "-c", CHILD, *(a.replace("{uniq}", uniq) for a in args)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
