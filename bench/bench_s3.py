@@ -99,6 +99,7 @@ for i in range(n):
     print(json.dumps(rec))
 print(json.dumps({"end": time.time()}), flush=True)
 """
+CODE = ["tests/test_soak.py", "tests/s3_servers.py"]  # run in its child processes (stamped by run_all)
 BUILD = """
 from test_soak import sentence
 loc, opts, kind, n, batch = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])

@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import print_rows  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+# what the bench runs besides the product (run_all stamps these with the section)
+CODE = ["tests/test_daemon_soak.py", "tests/conftest.py", "tests/s3_servers.py", "tests/test_soak.py"]
 
 
 def run(quick: bool = False) -> list[dict]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -32,7 +33,8 @@ COLUMNS = ("area", "measure", "ours", "reference", "ratio", "floor", "unit", "no
 
 # --- the code a run measured ----------------------------------------------------------------------------
 def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    """sha256 of the file with CRLF read as LF (a checkout with core.autocrlf is the same code)."""
+    return hashlib.sha256(path.read_bytes().replace(b"\r\n", b"\n")).hexdigest()[:16]
 
 
 def project_file(name: str | None) -> str | None:
@@ -46,16 +48,16 @@ def project_file(name: str | None) -> str | None:
     return rel.as_posix() if rel.parts[0] in CODE_DIRS else None
 
 
-def product_files() -> list[str]:
-    """Every Python file of the product that git tracks (what a child process of a bench may import)."""
+def product_files(tops: tuple[str, ...] = PRODUCT) -> list[str]:
+    """Every Python file git tracks under ``tops`` (the product: what a child process of a bench may import)."""
     import subprocess
 
-    got = subprocess.run(["git", "ls-files", "--", *(f"{t}/*.py" for t in PRODUCT)], cwd=ROOT,
+    got = subprocess.run(["git", "ls-files", "-z", "--", *(f"{t}/*.py" for t in tops)], cwd=ROOT,
                          capture_output=True, text=True)  # fmt: skip
-    if got.returncode == 0 and got.stdout.strip():
-        return sorted(got.stdout.split())
-    out = []  # not a git checkout (an sdist): every Python file under the product's folders
-    for top in PRODUCT:
+    if got.returncode == 0 and got.stdout.strip("\0"):
+        return sorted(f for f in got.stdout.split("\0") if f and (ROOT / f).is_file())
+    out = []  # not a git checkout (an sdist): every Python file under those folders
+    for top in tops:
         for p in (ROOT / top).rglob("*.py"):
             rel = p.relative_to(ROOT)
             if not any(part.startswith(".") or part in ("build", "__pycache__") for part in rel.parts):
@@ -83,7 +85,7 @@ def load(path: Path = DATA) -> dict:
 
 
 def save(data: dict, path: Path = DATA) -> None:
-    path.write_text(json.dumps(data, indent=1, sort_keys=True, default=float) + "\n")
+    path.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
 def fmt(v: object) -> str:
@@ -99,7 +101,7 @@ def fmt(v: object) -> str:
         if abs(v) >= 1:
             return f"{v:.2f}"
         return f"{v:.3g}"
-    return str(v).replace("|", "\\|").replace("\n", " ")
+    return " ".join(str(v).split()).replace("|", "/")  # one line, no cell break
 
 
 def table(rows: list[dict]) -> str:
@@ -109,7 +111,8 @@ def table(rows: list[dict]) -> str:
         cells = []
         for k in COLUMNS:
             v = r.get(k)
-            cells.append(f"{float(v):.2f}×" if k == "ratio" and v not in (None, "") else fmt(v))
+            ratio = k == "ratio" and isinstance(v, (int, float)) and not isinstance(v, bool)
+            cells.append(f"{fmt(float(v))}×" if ratio else fmt(v))
         body.append("| " + " | ".join(cells) + " |")
     return "\n".join([head, *body])
 
@@ -146,8 +149,16 @@ def page_block(doc: Path = DOC) -> str:
 
 # --- do the docs' figures hold? --------------------------------------------------------------------------
 NUM = r"\d[\d,]*(?:\.\d+)?"
-UNITS = r"×|ms|s|µs|MiB|MB|GiB|GB|KiB|GB/s|GFLOP/s|%|(?:images|img|texts|files|rows|commits|sentences)/s"
-FIGURE = re.compile(rf"(?<![\w.\-/])({NUM})(?:\s?[–-]\s?({NUM}))?\s?({UNITS})(?![\w/])")
+TIME = ("ms", "s", "µs", "seconds", "second")
+SIZE = ("bytes", "KB", "KiB", "MB", "MiB", "GB", "GiB", "TB")
+UNITS = (
+    r"(?:ms|µs|s)/[a-z]+|[A-Za-z]+/s|×|seconds?|minutes?|ms|µs|s|bytes|KB|KiB|MB|MiB|GB|GiB|TB|GFLOP|GOP|%"
+)
+# one number, or a list or range of them, then its unit: "15.2 ms", "1.7–2.1×", "29.7, 30.2 and 32.6 ms",
+# "from 12 to 15 ms", "3.7x" (an x written against its number; "4 x 5,000" and "2048x2048" are not ratios)
+_SEP = r"(?:\s?[–-]\s?|\s?/\s?|,\s(?:and\s|or\s)?|\s(?:and|or|to)\s)~?"
+_LIST = rf"{NUM}(?:{_SEP}{NUM})*"
+FIGURE = re.compile(rf"(?<![\w.\-/])({_LIST})(?:\s?({UNITS})|(x))(?![\w/])")
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,7 @@ class Figure:
     line: int
     text: str  # as written, e.g. "1.7–2.1×"
     values: tuple[str, ...]  # the numbers in it, as written
+    unit: str = ""
 
 
 def prose(text: str) -> str:
@@ -170,39 +182,53 @@ def prose(text: str) -> str:
     return re.sub(r"`[^`\n]*`", "", text)
 
 
+def _found(text: str) -> list[tuple[str, tuple[str, ...], str]]:
+    return [
+        (m.group(0), tuple(re.findall(NUM, m.group(1))), m.group(2) or "×") for m in FIGURE.finditer(text)
+    ]
+
+
 def figures(page: str, text: str) -> list[Figure]:
-    out = []
-    for i, line in enumerate(prose(text).splitlines(), 1):
-        for m in FIGURE.finditer(line):
-            vals = tuple(v for v in (m.group(1), m.group(2)) if v)
-            out.append(Figure(page, i, m.group(0), vals))
-    return out
+    return [
+        Figure(page, i, t, vals, unit)
+        for i, line in enumerate(prose(text).splitlines(), 1)
+        for t, vals, unit in _found(line)
+    ]
 
 
 def numbers(data: dict) -> list[float]:
-    """Every number the sections hold: the row values and the numbers written in their labels and notes."""
+    """Every number the sections hold: the row values, and the figures (a number with a unit) written in
+    their labels and notes. A bare number in a label ("@100k", "8 images") holds nothing."""
     out: list[float] = []
     for sec in data["sections"].values():
         for r in sec["rows"]:
             for k in COLUMNS:
                 v = r.get(k)
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     out.append(float(v))
                 elif isinstance(v, str):
-                    out += [float(x.replace(",", "")) for x in re.findall(NUM, v)]
+                    out += [float(x.replace(",", "")) for _, vals, _ in _found(v) for x in vals]
     return out
 
 
-def holds(value: str, known: list[float]) -> bool:
-    """Some known number, or it in another unit (×1000, ÷1000, ×100 for a fraction), rounds to ``value``."""
+def scales(unit: str) -> tuple[float, ...]:
+    """The factors by which a figure in ``unit`` may differ from the number a section holds: the same
+    quantity in a neighbouring unit (ms and s; MB, MiB and GB; a fraction as a percentage)."""
+    if unit in TIME or unit.startswith(("ms/", "s/", "µs/")):
+        return (1.0, 1e3, 1e-3)
+    if unit in SIZE:
+        return (1.0, 1e3, 1e-3, 1024.0, 1 / 1024, 1.048576, 1 / 1.048576)
+    if unit == "%":
+        return (1.0, 100.0)
+    return (1.0,)
+
+
+def holds(value: str, known: list[float], unit: str = "") -> bool:
+    """Some known number, in ``unit`` or a neighbouring one, rounds to ``value`` as written."""
     x = float(value.replace(",", ""))
     places = len(value.split(".")[1]) if "." in value else 0
     tol = 0.5 * 10**-places + 1e-9
-    for v in known:
-        for scaled in (v, v * 1000, v / 1000, v * 100, v / 1024, v * 1024):
-            if abs(scaled - x) <= tol:
-                return True
-    return False
+    return any(abs(v * f - x) <= tol for v in known for f in scales(unit))
 
 
 def unheld(pages: dict[str, str], data: dict, settings: dict[str, set[str]]) -> list[Figure]:
@@ -213,6 +239,6 @@ def unheld(pages: dict[str, str], data: dict, settings: dict[str, set[str]]) -> 
         for f in figures(page, text):
             if f.text in settings.get(page, set()):
                 continue
-            if not all(holds(v, known) for v in f.values):
+            if not all(holds(v, known, f.unit) for v in f.values):
                 bad.append(f)
     return bad

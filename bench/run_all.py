@@ -37,9 +37,10 @@ MODULES = [
 FILES = {"floors": "floors"}  # module file of each bench; the rest are bench_<name>.py
 MARK = "@@ROWS@@"
 # The child reports its rows and the project files it imported (a bench that starts processes of its own
-# may run any product module in them: run_module adds them all for such a bench).
+# may run any product module in them: run_module adds them all for such a bench; a bench names the other
+# project files it runs, such as a test it starts, in a module-level CODE list). Non-finite figures -> null.
 CHILD = """\
-import json, subprocess, sys
+import json, math, os, subprocess, sys
 sys.path.insert(0, {here!r})
 import evidence
 started = []
@@ -50,10 +51,29 @@ def _init(self, *a, **k):
 subprocess.Popen.__init__ = _init
 import {module} as b
 rows = b.run(quick={quick!r})
+rows = [{{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}} for r in rows]
 files = {{evidence.project_file(getattr(m, "__file__", None)) for m in list(sys.modules.values())}}
-print({mark!r} + json.dumps({{"rows": rows, "files": sorted(f for f in files if f), "spawned": bool(started)}},
-      default=float))
+foreign = sorted(n for n, m in list(sys.modules.items()) if n.split(".")[0].startswith("aios_memory")
+                 and getattr(m, "__file__", None) and not evidence.project_file(m.__file__))
+print({mark!r} + json.dumps({{"rows": rows, "files": sorted(f for f in files if f), "spawned": bool(started),
+      "code": list(getattr(b, "CODE", [])), "foreign": foreign}}, default=float))
+sys.stdout.flush()
+os._exit(0)  # a thread a bench left behind must not hang the run
 """
+NOT_MEASURED = {"bench/evidence.py"}  # the stamping itself: imported by the child, measures nothing
+TIMEOUT = float(os.environ.get("AIOS_BENCH_TIMEOUT", 4 * 3600))  # seconds one bench may take
+
+
+def child_env() -> dict[str, str]:
+    """The benches run this checkout's code (plugins and converters too, whatever the editable install
+    points at), and no user setting that changes what a load does."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("AIOS_MEMORY_VERIFY", "AIOS_MEMORY_BLOCK_PLUGINS")
+    }
+    root = evidence.ROOT
+    paths = [str(root), str(root / "plugins"), str(root / "converters")]
+    env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
 
 
 def machine() -> str:
@@ -80,33 +100,70 @@ def git(*args: str) -> str:
 
 
 def run_module(name: str, quick: bool) -> tuple[dict | None, str]:
-    """Run one bench in a fresh process: ({"rows", "code"}, how long) or (None, why it failed)."""
+    """Run one bench in a fresh process: ({"rows", "code", "commit"}, how long) or (None, why it failed).
+    The code is hashed before the run and again after it: a file that changed meanwhile fails the section."""
     module = FILES.get(name, "bench_" + name)
     code = CHILD.format(here=str(HERE), module=module, quick=quick, mark=MARK)
+    before = evidence.code_stamp(evidence.product_files(evidence.CODE_DIRS))
+    head = git("rev-parse", "--short=10", "HEAD") or "unknown"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE.parent)
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE.parent,
+                              env=child_env(), timeout=TIMEOUT)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None, f"FAILED: no answer in {TIMEOUT:.0f} s (AIOS_BENCH_TIMEOUT)"
     took = time.perf_counter() - t0
     for line in proc.stdout.splitlines():
         if line.startswith(MARK):
             got = json.loads(line[len(MARK) :])
-            files = set(got["files"]) | {f"bench/{module}.py", "bench/harness.py", "bench/evidence.py"}
+            if got["foreign"]:
+                return None, f"FAILED: ran code from outside this checkout: {', '.join(got['foreign'][:5])}"
+            files = set(got["files"]) | set(got["code"]) | {f"bench/{module}.py", "bench/harness.py"}
             if got["spawned"]:
                 files |= set(evidence.product_files())
-            return {"rows": got["rows"], "code": evidence.code_stamp(files)}, f"{took:.0f} s"
+            files -= NOT_MEASURED
+            missing = sorted(f for f in files if f not in before)
+            if missing:  # imported but not tracked by git: a fresh clone would not have it
+                return None, f"FAILED: measured files git does not track: {', '.join(missing[:5])}"
+            stamped = {f: before[f] for f in sorted(files)}
+            moved = evidence.changed(stamped)
+            if moved:
+                return None, f"FAILED: code changed during the run: {', '.join(moved[:5])}"
+            return {"rows": got["rows"], "code": stamped, "commit": head}, f"{took:.0f} s"
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     return None, f"FAILED after {took:.0f} s: {' / '.join(tail)}"
 
 
-def stamp(name: str, code: dict[str, str], took: str, quick: bool) -> dict:
-    dirty = bool(git("status", "--porcelain", "--", *code))
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for dist in ("torch", "numpy", "pyarrow", "duckdb", "transformers", "sentence-transformers", "ctranslate2",
+                 "usearch", "ray", "obstore", "mcp"):  # fmt: skip
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def stamp(name: str, got: dict, took: str, quick: bool) -> dict:
+    dirty = bool(git("status", "--porcelain", "--", *got["code"]))
+    sizes = {
+        k: v
+        for k, v in sorted(os.environ.items())
+        if k.startswith("AIOS_BENCH_") and k != "AIOS_BENCH_TIMEOUT"
+    }
+    env = "".join(f"{k}={v} " for k, v in sizes.items())
     return {
         "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
-        "commit": git("rev-parse", "--short=10", "HEAD") or "unknown",
+        "commit": got["commit"],
         "dirty": dirty,
-        "command": f"python bench/run_all.py --only {name}{' --quick' if quick else ''}",
+        "command": f"{env}python bench/run_all.py --only {name}{' --quick' if quick else ''}",
         "quick": quick,
         "took": took,
+        "versions": versions(),
     }
 
 
@@ -150,7 +207,6 @@ def main() -> None:
     unknown = set(wanted) - set(MODULES)
     if unknown:
         ap.error(f"unknown bench {sorted(unknown)}; choose from {MODULES}")
-    data = evidence.load()
     failed = False
     for name in wanted:
         print(f"running bench_{name} ...", file=sys.stderr, flush=True)
@@ -158,13 +214,10 @@ def main() -> None:
         failed |= got is None
         print(f"bench_{name}: {len(got['rows']) if got else 0} rows, {how}", file=sys.stderr, flush=True)
         if got:
-            sec = {
-                "rows": got["rows"],
-                "code": got["code"],
-                "stamp": stamp(name, got["code"], how, args.quick),
-            }
+            sec = {"rows": got["rows"], "code": got["code"], "stamp": stamp(name, got, how, args.quick)}
             print(evidence.render_section(name, sec), flush=True)
             if args.write_docs:  # written as each bench ends: a later failure keeps the ones before it
+                data = evidence.load()  # again: another run may have written a section meanwhile
                 data["sections"][name] = sec
                 evidence.save(data)
                 evidence.write_page(data, MODULES)

@@ -18,11 +18,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 import evidence  # noqa: E402
 import run_all  # noqa: E402
 
-# Pages whose figures must come from a bench section. docs/reliability.md is left out: its figures are
-# what the fault and soak tests it names printed (each row gives the command), not bench figures.
-PAGES = ["README.md", "docs/benchmarks.md", "docs/concepts.md", "docs/models.md", "docs/integrations.md",
-         "docs/scale-out.md", "docs/sql.md", "docs/ui.md", "docs/cli.md", "docs/quickstart.md",
-         "docs/agents.md", "docs/plugins.md", "docs/other-engines.md"]  # fmt: skip
+# Pages whose figures must come from a bench section: the README and every page of docs/ but
+# docs/reliability.md, whose figures are what the fault and soak tests it names printed (each row gives
+# the command), not bench figures.
+PAGES = [
+    "README.md",
+    *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md") if p.name != "reliability.md"),
+]
 # Values on those pages that are settings, limits or sizes of inputs, not measurements: (page, as written).
 SETTINGS = {
     "README.md": {"235 MB"},  # the weight packages' download size (pip's figure)
@@ -43,6 +45,10 @@ def data() -> dict:
 def test_every_bench_has_a_section_rendered_from_the_data():
     got = data()
     missing = [m for m in run_all.MODULES if m not in got["sections"]]
+    orphans = sorted(set(got["sections"]) - set(run_all.MODULES))
+    assert not orphans, (
+        f"sections of no bench in run_all.MODULES (their figures would still count): {orphans}"
+    )
     assert not missing, (
         f"no section for {missing}: python bench/run_all.py --only {','.join(missing)} --write-docs"
     )
@@ -92,11 +98,19 @@ def test_a_figure_from_nowhere_is_found_and_a_rounded_one_holds():
         "Old claims: 0.301 s and 3.7× and 1.7–2.1×.\n"
         "`timeout 60 s` in code and <!-- 9.9× in a comment --> are not figures; a setting 5 s is listed.\n"
         "```\n12.5 ms in a code block\n```\n"
+        "Lists: 15.2, 8.8 and 9.1 ms; 1.92/0.58×; from 9 to 15 ms; ~2.6x; 4 x 5,000 rounds; 2048x2048.\n"
+        "Units: 8.8 ms/sentence; 44.9 ms; 86 GFLOP; 86.3 ms is 0.0863 s, but 86.3× is no ratio held.\n"
     )
     bad = evidence.unheld({"p.md": page}, d, {"p.md": {"5 s"}})
-    assert [(f.line, f.text) for f in bad] == [(2, "0.301 s"), (2, "3.7×"), (2, "1.7–2.1×")]
+    assert [(f.line, f.text) for f in bad] == [
+        (2, "0.301 s"), (2, "3.7×"), (2, "1.7–2.1×"),
+        (7, "15.2, 8.8 and 9.1 ms"), (7, "2.6x"),
+        (8, "86 GFLOP"), (8, "86.3×"),
+    ]  # fmt: skip
     assert evidence.holds("1.92", [1.92]) and not evidence.holds("1.93", [1.92])
-    assert evidence.holds("15,240", [15.24]) and evidence.holds("2", [1.6]) and not evidence.holds("2", [1.4])
+    assert evidence.holds("15,240", [15.24], "µs") and not evidence.holds("15,240", [15.24], "×")
+    assert evidence.holds("2", [1.6]) and not evidence.holds("2", [1.4])
+    assert evidence.holds("637", [0.637], "MiB") and not evidence.holds("0.64", [637.0], "×")
 
 
 def test_a_changed_or_removed_file_makes_its_section_stale(tmp_path, monkeypatch):
