@@ -31,8 +31,8 @@ sys.path.insert(0, str(HERE))
 import evidence  # noqa: E402
 
 MODULES = [
-    "floors", "load", "text", "clip", "whisper", "ingest", "search", "manifest", "longrun", "daemon", "soak", "s3",
-    "ray", "dedupe",
+    "floors", "load", "text", "clip", "whisper", "adds", "ingest", "search", "manifest", "longrun", "daemon", "soak",
+    "s3", "ray", "dedupe",
 ]  # fmt: skip
 FILES = {"floors": "floors"}  # module file of each bench; the rest are bench_<name>.py
 MARK = "@@ROWS@@"
