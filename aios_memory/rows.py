@@ -140,3 +140,40 @@ def drop_duplicates(
         else:
             keep.append(r)
     return table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64()))
+
+
+def embed_rows(
+    provider: EmbeddingProvider,
+    rows: list[tuple[int, Any, dict[str, Any]]],
+    batch: int,
+    progress: Callable[[int], object] | None = None,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Vectors and provider columns of ``rows`` ((item index, payload, extra columns), in input order).
+
+    Texts are embedded in batches of similar length, across the whole call (a batch pads to its longest
+    sentence, so batches cut in arrival order from varied sentences do up to twice the work); other
+    payloads keep their order. The result is in the order of ``rows``. ``progress(n)`` is told each time
+    ``n`` more items have all their rows embedded."""
+    order = sorted(range(len(rows)), key=lambda r: len(p) if isinstance(p := rows[r][1], str) else 0)
+    left: dict[int, int] = {}
+    for i, _, _ in rows:
+        left[i] = left.get(i, 0) + 1
+    vectors: np.ndarray | None = None
+    columns: list[dict[str, Any]] = [{} for _ in rows]
+    for start in range(0, len(order), batch):
+        chunk = order[start : start + batch]
+        vecs, cols = provider.embed_with_columns([rows[r][1] for r in chunk])
+        vecs = np.asarray(vecs)
+        if vectors is None:
+            vectors = np.empty((len(rows), *vecs.shape[1:]), dtype=vecs.dtype)
+        vectors[chunk] = vecs
+        done = 0
+        for r, c in zip(chunk, cols, strict=True):
+            columns[r] = {**rows[r][2], **c}
+            left[rows[r][0]] -= 1
+            done += left[rows[r][0]] == 0
+        if progress is not None:
+            progress(done)
+    if vectors is None:
+        vectors = np.empty((0, int(provider.dim)), dtype=np.float32)
+    return vectors, columns

@@ -31,7 +31,7 @@ from aios_memory.memory import (
 )
 from aios_memory.modality import prepare
 from aios_memory.provider import EmbeddingProvider
-from aios_memory.rows import build_rows, table_state, text_vectors
+from aios_memory.rows import build_rows, embed_rows, table_state, text_vectors
 from aios_memory.schema import TEXT_COLUMN
 from aios_memory.scope import Scope
 from aios_memory.storage import Fragment, Manifest, Storage
@@ -138,15 +138,8 @@ class WritesMixin(HistoryMixin):
             text_providers[mod] = self._text_provider_in(m, mod)
             # one item may become several rows (long audio: one per 30 s window)
             rows = [(i, payload, cols) for i in idx for payload, cols in provider.expand(prepared[i].payload)]
-            last_row = {i: r for r, (i, _, _) in enumerate(rows)}
-            vectors, columns = [], []
-            for start in range(0, len(rows), EMBED_BATCH):
-                chunk = rows[start : start + EMBED_BATCH]
-                vecs, cols = provider.embed_with_columns([payload for _, payload, _ in chunk])
-                vectors.append(vecs)
-                columns.extend({**extra, **c} for (_, _, extra), c in zip(chunk, cols, strict=True))
-                if progress is not None:
-                    progress(sum(1 for r in range(start, start + len(chunk)) if last_row[rows[r][0]] == r))
+            vecs, columns = embed_rows(provider, rows, EMBED_BATCH, progress)  # length-sorted batches
+            vectors = [vecs]
             row_items[mod] = [i for i, _, _ in rows]
             tables[mod] = build_rows(
                 mod,
