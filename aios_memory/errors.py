@@ -63,6 +63,11 @@ class StoreNotFoundError(StoreError):
     """The location holds no store (a store is created by its first write); the message names it."""
 
 
+NOT_FOUND_HINT = (  # what a StoreNotFoundError's message ends with
+    "; check the path, or create the store with `aios-memory --store PATH init` (`add` and `import` also do)"
+)
+
+
 class ObjectStoreError(StoreError, OSError):
     """A request to the object store failed (unreachable, denied, no such bucket); the message says which."""
 

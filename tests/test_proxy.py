@@ -26,6 +26,27 @@ def test_proxy_imports_neither_torch_nor_the_mcp_sdk():
     assert json.loads(out.stdout.replace("'", '"')) == []
 
 
+def test_serve_finds_the_store_without_loading_pyarrow_or_numpy(tmp_path):
+    """What ``serve`` runs before the proxy (the store's existence, its models directory) stays light:
+    a proxy that imported pyarrow and numpy held 30-44 MiB of PSS instead of 12-15 (bench_daemon)."""
+    MemoryStore(tmp_path / "store")
+    code = (
+        "import sys, click\n"
+        "from aios_memory.service.commands import _store_path\n"
+        "ctx = click.Context(click.Command('serve'), obj={'store': sys.argv[1]})\n"
+        "print(_store_path(ctx, None).name)\n"
+        "print(sorted(m for m in ('torch', 'mcp', 'duckdb', 'pyarrow', 'numpy') if m in sys.modules))\n"
+        "try:\n    _store_path(ctx, sys.argv[2])\nexcept click.ClickException as e:\n    print(e.message)\n"
+    )
+    args = [str(tmp_path / "store"), str(tmp_path / "none")]
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    name, heavy, refused = out.stdout.splitlines()
+    assert name == "store" and heavy == "[]"
+    assert (
+        refused.startswith("StoreNotFoundError: no store at") and "aios-memory --store PATH init" in refused
+    )
+
+
 def test_kill_9_mid_write_loses_nothing_committed_and_the_next_call_restarts_it(rt, tmp_path):
     store = tmp_path / "store"
 

@@ -24,10 +24,11 @@ INSTALL_HINT = 'the MCP server needs the `mcp` package: pip install "aios-memory
 def _store_path(ctx: click.Context, store_path: Path | None, *, must_exist: bool = True) -> Path:
     """The local store a service command runs on; one that does not exist is refused (``daemon``, which
     writes, may create it). Its recorded models directory applies unless the environment chose one."""
+    from aios_memory.errors import NOT_FOUND_HINT
     from aios_memory.home import default_store_path
     from aios_memory.settings import use_store_models
-    from aios_memory.storage.commit import NOT_FOUND_HINT
-    from aios_memory.storage.manifest import VERSIONS
+
+    VERSIONS = "_versions"  # storage.manifest.VERSIONS; importing that package loads pyarrow into every proxy
 
     root = ctx.find_root().obj or {}
     store = store_path or root.get("store") or default_store_path()

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from aios_memory.errors import (
+    NOT_FOUND_HINT,
     CommitConflictError,
     InvalidInputError,
     StoreCorruptError,
@@ -55,9 +56,6 @@ LOCK = ".lock"
 HINT = f"{VERSIONS}/_latest"
 STALE_BUILD = 3600.0  # seconds: an attempt whose build took longer is built again, not committed
 MAINTENANCE = "_maintenance.json"
-NOT_FOUND_HINT = (
-    "; check the path, or create the store with `aios-memory --store PATH init` (`add` and `import` also do)"
-)
 DEFAULT_RETENTION = 3600.0  # seconds a superseded version stays readable (``cleanup``'s default)
 _MANIFEST_RE = re.compile(r"^(\d{20})\.manifest\.json$")
 _DATA_FILE_RE = re.compile(r"^[0-9a-f]{32}\.")  # fragments, their sidecars and index files: <uuid>.<what>
