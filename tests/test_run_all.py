@@ -25,13 +25,14 @@ PAGES = [
     "README.md",
     *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md") if p.name != "reliability.md"),
 ]
-# Values on those pages that are settings, limits or sizes of inputs, not measurements: (page, as written).
+# Values on those pages that are settings, limits, sizes of inputs or arithmetic on them, not measurements.
 SETTINGS = {
     "README.md": {"235 MB"},  # the weight packages' download size (pip's figure)
     "docs/concepts.md": {"60 s", "30 s"},  # the writers' lock time-out; Whisper's window
     "docs/integrations.md": {"64 MiB", "30 s", "5 s"},  # upload limit; Whisper's window; systemd restart
     "docs/models.md": {"600 MB", "30 s"},  # the transformers download; Whisper's window
-    "docs/scale-out.md": {"5 ms", "1 s", "60 s", "64 MiB", "3-30 s", "1 GiB"},  # backoff, lock, fragments
+    # backoff, lock time-out, fragment sizes, input sizes, and arithmetic on them (100 M x 512 float32)
+    "docs/scale-out.md": {"5 ms", "1 s", "60 s", "64 MiB", "3-30 s", "1 GiB", "2 KB", "100-200 KB", "205 GB"},
     "docs/sql.md": {"10 s"},  # the default query time-out
     "docs/ui.md": {"30 s", "32 MiB"},  # Whisper's window; the upload limit
 }
