@@ -103,7 +103,7 @@ class Storage:
         if not create and not (self.root / VERSIONS).is_dir():  # a mistyped path is not a new store
             raise StoreNotFoundError(f"no store at {self.root}{NOT_FOUND_HINT}")
         if not self.root.exists():
-            self.root.mkdir(parents=True)
+            self.root.mkdir(parents=True, exist_ok=True)  # another thread or process may create it first
             LocalBackend(self.root.parent).fsync_dir(".")
         if not (self.root / VERSIONS).is_dir() or not (self.root / DATA).is_dir():
             self.created = not (self.root / VERSIONS).is_dir()
