@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 from aios_memory_converters.clip import convert_clip
 from conftest import png_bytes, run_cli
+from ray_jobs import held_job, texts_folder, wait_for, worker_node_back
 from test_clip_model import TINY, make_clip_folder, real_images
 
 from aios_memory import MemoryStore
@@ -174,20 +174,13 @@ def test_a_job_into_a_store_on_s3(cluster, folder, tmp_path, s3_store_uri):
 
     uri, options = s3_store_uri
     report = ingest_ray(uri, [folder / "texts", folder / "images"], storage_options=options, progress=False)
-    assert (report["base_version"], report["version"], report["rows"]) == (
-        0,
-        1,
-        len(TEXTS) + len(real_images()),
-    )
+    counts = {"text": len(TEXTS), "image": len(real_images()), "audio": 0}
+    assert (report["base_version"], report["version"], report["rows"]) == (0, 1, sum(counts.values()))
     remote = MemoryStore(uri, storage_options=options)
     assert remote.version == 1 and remote.verify()["ok"]
     local = tmp_path / "local"
     ingest_ray(local, [folder / "texts", folder / "images"], progress=False)
-    assert _same_rows(remote, MemoryStore(local)) == {
-        "text": len(TEXTS),
-        "image": len(real_images()),
-        "audio": 0,
-    }
+    assert _same_rows(remote, MemoryStore(local)) == counts
 
 
 def test_a_job_from_s3_into_s3(cluster, seaweed_s3, s3_bucket, s3_store_uri, tmp_path, tmp_path_factory):
@@ -255,61 +248,6 @@ def test_commit_refuses_fragments_of_another_provider_written_meanwhile(home, tm
     assert other.version == 1 and other.verify()["orphans"]  # the fragment: an orphan nobody reads
 
 
-def _held_job(store: MemoryStore, folder: Path, hold: Path, **options: Any) -> tuple[Any, Any, list[Any]]:
-    """A text job in a thread, whose two actors (one per node) each embed two files, then hold their next
-    call while ``hold`` exists: (thread, sink, [the exception the job raised])."""
-    from aios_memory.distributed import Embed, MemoryDatasink
-    from aios_memory.distributed.sources import list_files, plan_files
-
-    class HeldEmbed(Embed):  # defined here: Ray ships it by value to the workers
-        calls = 0
-
-        def __call__(self, batch: Any) -> Any:
-            self.calls += 1
-            while self.calls > 2 and hold.exists():
-                time.sleep(0.05)
-            return super().__call__(batch)
-
-    hold.touch()
-    sink = MemoryDatasink(store.path, modality="text", bytes_per_write=options.pop("bytes_per_write", None))
-    kwargs = {"modality": "text", "store": str(store.path), "model_home": os.environ["AIOS_MEMORY_HOME"]}
-    ds = ray.data.from_items(plan_files(list_files([folder])).items["text"]).map_batches(
-        HeldEmbed,
-        fn_constructor_kwargs=kwargs,
-        batch_size=1,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=2),
-        num_cpus=1,
-        **options,
-    )
-    failure: list[BaseException] = []
-
-    def job() -> None:
-        try:
-            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
-        except BaseException as exc:  # noqa: BLE001 - the test inspects it
-            failure.append(exc)
-
-    thread = threading.Thread(target=job)
-    thread.start()
-    return thread, sink, failure
-
-
-def _wait(condition: Any, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def _texts(tmp_path: Path, n: int = 24) -> Path:
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(n):
-        (folder / f"{i:02d}.txt").write_text(f"memory number {i} about a slow job")
-    return folder
-
-
 def test_embed_and_sink_in_process(home, folder, tmp_path, monkeypatch):
     """No cluster: an Embed call on paths and bytes (numpy batch), its failed inputs as rows the sink drops
     and reports, and the sink's write + on_write_complete committing one version."""
@@ -348,19 +286,19 @@ def test_a_lost_worker_node_commits_nothing_and_a_rerun_succeeds(cluster, tmp_pa
     the job; the fragments its write tasks already wrote are orphans no reader sees; a re-run commits once."""
     from aios_memory.distributed import ingest_ray
 
-    many = _texts(tmp_path)
+    many = texts_folder(tmp_path)
     store = MemoryStore(tmp_path / "s")
     store.add("before the job")
     data, hold = store.path / "data" / "text", tmp_path / "hold"
-    thread, sink, failure = _held_job(store, many, hold, max_restarts=0)
+    thread, sink, failure = held_job(store, many, hold, max_restarts=0)
     try:
-        _wait(
-            lambda: len(list(data.glob("*.parquet"))) >= 2, "a fragment of the job"
-        )  # written, not committed
+        wait_for(lambda: any((tmp_path / "returned").iterdir()), "a write task of the job returning")
+        assert len(list(data.glob("*.parquet"))) >= 2  # written, not committed
         cluster.remove_node(next(iter(cluster.worker_nodes)))  # its actor is inside a call
     finally:
         hold.unlink()
         thread.join(timeout=180)
+        worker_node_back(cluster)
     assert not thread.is_alive() and failure, "the job should have failed with its node"
     assert sink.error is not None and sink.committed is None and sink.result is None
     assert store.version == 1 and store.sql("SELECT content FROM text_memories").num_rows == 1
@@ -369,7 +307,6 @@ def test_a_lost_worker_node_commits_nothing_and_a_rerun_succeeds(cluster, tmp_pa
     orphans = {Path(o).name.split(".")[0] for o in report["orphans"]}
     assert orphans and store.cleanup(older_than=0)["files_removed"] == len(orphans)
 
-    cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1)  # the module's cluster again, for what follows
     again = ingest_ray(store.path, [many], actors=2, progress=False)
     assert (again["version"], again["rows"], store.version) == (2, 24, 2)
     contents = sorted(store.sql("SELECT content FROM text_memories").column("content").to_pylist())
@@ -380,17 +317,18 @@ def test_a_lost_worker_node_commits_nothing_and_a_rerun_succeeds(cluster, tmp_pa
 def test_when_ray_recovers_from_a_lost_node_every_file_is_committed_once(cluster, tmp_path):
     """Ray's default fault tolerance (actors restarted, tasks retried): the job completes, and a call that
     ran twice is committed once (the manifest names only the fragments of the attempts Ray returned)."""
-    many = _texts(tmp_path)
+    many = texts_folder(tmp_path)
     store = MemoryStore(tmp_path / "s")
     hold = tmp_path / "hold"
-    thread, sink, failure = _held_job(store, many, hold)
+    thread, sink, failure = held_job(store, many, hold)
     try:
-        _wait(lambda: len(list((store.path / "data" / "text").glob("*.parquet"))) >= 1, "a fragment")
+        wait_for(lambda: len(list((store.path / "data" / "text").glob("*.parquet"))) >= 1, "a fragment")
         cluster.remove_node(next(iter(cluster.worker_nodes)))  # its actor is inside a call
-        cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1)  # room for the restarted actor
+        worker_node_back(cluster)  # room for the restarted actor
     finally:
         hold.unlink()
         thread.join(timeout=180)
+        worker_node_back(cluster)
     assert not thread.is_alive() and not failure, failure
     assert sink.committed is not None and sink.committed.version == 1  # (2: the merge of its small fragments)
     contents = store.sql("SELECT content FROM text_memories").column("content").to_pylist()
