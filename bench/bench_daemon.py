@@ -250,7 +250,7 @@ async def memory_rows(b: Bench, clients: list[int]) -> list[dict]:
                 "ratio": s["pss"] / d["pss"],
                 "floor": None,
                 "unit": "MiB",
-                "note": f"daemon {d['daemon_pss']:.0f}, proxy {d['proxy_pss']:.1f} each; RSS sums "
+                "note": f"daemon {d['daemon_pss']:.0f} MiB, proxy {d['proxy_pss']:.1f} MiB each; RSS sums "
                 f"{d['rss']:.0f} vs {s['rss']:.0f} MiB",
             }
         )

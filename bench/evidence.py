@@ -196,39 +196,63 @@ def figures(page: str, text: str) -> list[Figure]:
     ]
 
 
-def numbers(data: dict) -> list[float]:
-    """Every number the sections hold: the row values, and the figures (a number with a unit) written in
-    their labels and notes. A bare number in a label ("@100k", "8 images") holds nothing."""
-    out: list[float] = []
+def family(unit: str) -> str:
+    """What a unit measures, so that a figure holds only against a number of the same kind: "time"
+    (ms, s, ms/image, ...), "size" (bytes to TB), "×" (a ratio), "%", or the unit itself (images/s, ...)."""
+    u = unit.strip()
+    if u in ("×", "x"):
+        return "×"
+    if u in TIME or u.startswith(("ms/", "s/", "µs/")):
+        return "time"
+    if u in SIZE:
+        return "size"
+    return u
+
+
+def numbers(data: dict) -> list[tuple[float, str]]:
+    """Every number the sections hold, with its unit: the row values (ours, reference and floor in the
+    row's unit, the ratio as ×), and the figures (a number with a unit) written in their labels and
+    notes. A bare number in a label ("@100k", "8 images") holds nothing."""
+    out: list[tuple[float, str]] = []
     for sec in data["sections"].values():
         for r in sec["rows"]:
             for k in COLUMNS:
                 v = r.get(k)
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                    out.append(float(v))
+                    out.append((float(v), "×" if k == "ratio" else str(r.get("unit") or "")))
                 elif isinstance(v, str):
-                    out += [float(x.replace(",", "")) for _, vals, _ in _found(v) for x in vals]
+                    out += [(float(x.replace(",", "")), u) for _, vals, u in _found(v) for x in vals]
     return out
 
 
 def scales(unit: str) -> tuple[float, ...]:
     """The factors by which a figure in ``unit`` may differ from the number a section holds: the same
-    quantity in a neighbouring unit (ms and s; MB, MiB and GB; a fraction as a percentage)."""
+    quantity in a neighbouring unit (ms and s; MB, MiB and GB)."""
     if unit in TIME or unit.startswith(("ms/", "s/", "µs/")):
         return (1.0, 1e3, 1e-3)
     if unit in SIZE:
         return (1.0, 1e3, 1e-3, 1024.0, 1 / 1024, 1.048576, 1 / 1.048576)
-    if unit == "%":
-        return (1.0, 100.0)
     return (1.0,)
 
 
-def holds(value: str, known: list[float], unit: str = "") -> bool:
-    """Some known number, in ``unit`` or a neighbouring one, rounds to ``value`` as written."""
+def _factors(unit: str, held: str) -> tuple[float, ...]:
+    """How a number held in unit ``held`` may be written in ``unit``: () when they measure different things.
+    A percentage may also be a fraction or ratio × 100 ("recall 0.995" as 99.5%)."""
+    fig, kind = family(unit), family(held)
+    if fig == kind:
+        return scales(unit)
+    if fig == "%" and kind in ("", "×", "cosine"):
+        return (100.0,)
+    return ()
+
+
+def holds(value: str, known: list[tuple[float, str]], unit: str = "") -> bool:
+    """Some known number of the same kind as ``unit`` (in it or a neighbouring unit) rounds to ``value``
+    as written."""
     x = float(value.replace(",", ""))
     places = len(value.split(".")[1]) if "." in value else 0
     tol = 0.5 * 10**-places + 1e-9
-    return any(abs(v * f - x) <= tol for v in known for f in scales(unit))
+    return any(abs(v * f - x) <= tol for v, held in known for f in _factors(unit, held))
 
 
 def unheld(pages: dict[str, str], data: dict, settings: dict[str, set[str]]) -> list[Figure]:

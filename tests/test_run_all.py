@@ -27,7 +27,8 @@ PAGES = [
 ]
 # Values on those pages that are settings, limits, sizes of inputs or arithmetic on them, not measurements.
 SETTINGS = {
-    "README.md": {"235 MB"},  # the weight packages' download size (pip's figure)
+    "README.md": {"235 MB", "21 minutes"},  # the weight packages' download size (pip's); the CI run's time
+    "docs/benchmarks.md": {"17 minutes"},  # 20,000 soak rounds at the soak section's rate
     "docs/concepts.md": {"60 s", "30 s"},  # the writers' lock time-out; Whisper's window
     "docs/integrations.md": {"64 MiB", "30 s", "5 s"},  # upload limit; Whisper's window; systemd restart
     "docs/models.md": {"600 MB", "30 s"},  # the transformers download; Whisper's window
@@ -108,10 +109,27 @@ def test_a_figure_from_nowhere_is_found_and_a_rounded_one_holds():
         (7, "15.2, 8.8 and 9.1 ms"), (7, "2.6x"),
         (8, "86 GFLOP"), (8, "86.3×"),
     ]  # fmt: skip
-    assert evidence.holds("1.92", [1.92]) and not evidence.holds("1.93", [1.92])
-    assert evidence.holds("15,240", [15.24], "µs") and not evidence.holds("15,240", [15.24], "×")
-    assert evidence.holds("2", [1.6]) and not evidence.holds("2", [1.4])
-    assert evidence.holds("637", [0.637], "MiB") and not evidence.holds("0.64", [637.0], "×")
+    assert evidence.holds("1.92", [(1.92, "×")], "×") and not evidence.holds("1.93", [(1.92, "×")], "×")
+    assert evidence.holds("15,240", [(15.24, "ms")], "µs") and not evidence.holds(
+        "15,240", [(15.24, "ms")], "×"
+    )
+    assert evidence.holds("2", [(1.6, "×")], "×") and not evidence.holds("2", [(1.4, "×")], "×")
+    assert evidence.holds("637", [(0.637, "GB")], "MiB") and not evidence.holds("0.64", [(637.0, "MiB")], "×")
+    assert evidence.holds("99.5", [(0.995, "")], "%") and evidence.holds("12.2", [(12.23, "ms/image")], "ms")
+
+
+def test_a_number_of_another_kind_holds_no_figure():
+    """A figure holds only against a number of its own kind: the S3 section's "writer CPU 26.8 ms/commit"
+    once let "26.8 commits/s" stand after the rate it quoted had become 16.4."""
+    d = {"sections": {"x": {"rows": ROWS}}}
+    page = (
+        "Kinds: 8.79 images/s; 0.58 ms; 15.24×; 0.97 MiB; 1.92 s.\n"  # each number is held, as another kind
+        "Same kinds: 8.79 ms; 0.58×; 15.24 ms/add; 0.97 s; 1.92×; 58%.\n"
+    )
+    bad = evidence.unheld({"p.md": page}, d, {})
+    assert [(f.line, f.text) for f in bad] == [
+        (1, "8.79 images/s"), (1, "0.58 ms"), (1, "15.24×"), (1, "0.97 MiB"), (1, "1.92 s"),
+    ]  # fmt: skip
 
 
 def test_a_changed_or_removed_file_makes_its_section_stale(tmp_path, monkeypatch):
