@@ -149,8 +149,17 @@ def page_block(doc: Path = DOC) -> str:
 
 # --- do the docs' figures hold? --------------------------------------------------------------------------
 NUM = r"\d[\d,]*(?:\.\d+)?"
-TIME = ("ms", "s", "µs", "seconds", "second")
-SIZE = ("bytes", "KB", "KiB", "MB", "MiB", "GB", "GiB", "TB")
+TIME = {"µs": 1e-6, "ms": 1e-3, "s": 1.0, "second": 1.0, "seconds": 1.0, "minute": 60.0, "minutes": 60.0}
+SIZE = {
+    "bytes": 1.0,
+    "KB": 1e3,
+    "KiB": 1024.0,
+    "MB": 1e6,
+    "MiB": 2.0**20,
+    "GB": 1e9,
+    "GiB": 2.0**30,
+    "TB": 1e12,
+}
 UNITS = (
     r"(?:ms|µs|s)/[a-z]+|[A-Za-z]+/s|×|seconds?|minutes?|ms|µs|s|bytes|KB|KiB|MB|MiB|GB|GiB|TB|GFLOP|GOP|%"
 )
@@ -196,17 +205,24 @@ def figures(page: str, text: str) -> list[Figure]:
     ]
 
 
+def _base(unit: str) -> tuple[str, float] | None:
+    """("time" or "size", the unit in seconds or bytes), or None: "ms/image" is a time in ms."""
+    head = unit.strip().split("/", 1)[0] if unit.strip().startswith(("ms/", "s/", "µs/")) else unit.strip()
+    if head in TIME:
+        return "time", TIME[head]
+    if head in SIZE:
+        return "size", SIZE[head]
+    return None
+
+
 def family(unit: str) -> str:
     """What a unit measures, so that a figure holds only against a number of the same kind: "time"
     (ms, s, ms/image, ...), "size" (bytes to TB), "×" (a ratio), "%", or the unit itself (images/s, ...)."""
     u = unit.strip()
     if u in ("×", "x"):
         return "×"
-    if u in TIME or u.startswith(("ms/", "s/", "µs/")):
-        return "time"
-    if u in SIZE:
-        return "size"
-    return u
+    base = _base(u)
+    return base[0] if base else u
 
 
 def numbers(data: dict) -> list[tuple[float, str]]:
@@ -225,29 +241,20 @@ def numbers(data: dict) -> list[tuple[float, str]]:
     return out
 
 
-def scales(unit: str) -> tuple[float, ...]:
-    """The factors by which a figure in ``unit`` may differ from the number a section holds: the same
-    quantity in a neighbouring unit (ms and s; MB, MiB and GB)."""
-    if unit in TIME or unit.startswith(("ms/", "s/", "µs/")):
-        return (1.0, 1e3, 1e-3)
-    if unit in SIZE:
-        return (1.0, 1e3, 1e-3, 1024.0, 1 / 1024, 1.048576, 1 / 1.048576)
-    return (1.0,)
-
-
 def _factors(unit: str, held: str) -> tuple[float, ...]:
-    """How a number held in unit ``held`` may be written in ``unit``: () when they measure different things.
-    A percentage may also be a fraction or ratio × 100 ("recall 0.995" as 99.5%)."""
+    """By what a number held in unit ``held`` is multiplied to be written in ``unit``: the exact conversion
+    between units of one kind (ms -> s: 1e-3, MiB -> GB: 2**20 / 1e9), 1 for a ratio or a rate in the
+    same unit, 100 for a fraction written as a percentage (a recall row's unitless 0.995 as 99.5%); ()
+    when they measure different things (a rate in another unit, a ratio as a percentage)."""
     fig, kind = family(unit), family(held)
-    if fig == kind:
-        return scales(unit)
-    if fig == "%" and kind in ("", "×", "cosine"):
-        return (100.0,)
-    return ()
+    if fig != kind:
+        return (100.0,) if fig == "%" and kind == "" else ()
+    a, b = _base(unit), _base(held)
+    return (b[1] / a[1],) if a and b else (1.0,)
 
 
 def holds(value: str, known: list[tuple[float, str]], unit: str = "") -> bool:
-    """Some known number of the same kind as ``unit`` (in it or a neighbouring unit) rounds to ``value``
+    """Some known number of the same kind as ``unit``, converted to it exactly, rounds to ``value``
     as written."""
     x = float(value.replace(",", ""))
     places = len(value.split(".")[1]) if "." in value else 0

@@ -37,11 +37,13 @@ def held_job(store: MemoryStore, folder: Path, hold: Path, **options: Any) -> tu
     class MarkedSink(MemoryDatasink):  # likewise shipped by value
         def write(self, blocks: Any, ctx: Any) -> Any:
             out = super().write(blocks, ctx)
-            (returned / uuid.uuid4().hex).touch()
+            if out.fragments:  # a write of only failed inputs wrote nothing
+                (returned / uuid.uuid4().hex).touch()
             return out
 
     hold.touch()
     sink = MarkedSink(store.path, modality="text", bytes_per_write=options.pop("bytes_per_write", None))
+    write_args = {"num_cpus": 0, **options.pop("write_args", {})}
     kwargs = {"modality": "text", "store": str(store.path), "model_home": os.environ["AIOS_MEMORY_HOME"]}
     ds = ray.data.from_items(plan_files(list_files([folder])).items["text"]).map_batches(
         HeldEmbed,
@@ -56,7 +58,7 @@ def held_job(store: MemoryStore, folder: Path, hold: Path, **options: Any) -> tu
 
     def job() -> None:
         try:
-            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+            ds.write_datasink(sink, ray_remote_args=write_args)
         except BaseException as exc:  # noqa: BLE001 - the test inspects it
             failure.append(exc)
 
@@ -75,6 +77,25 @@ def wait_for(condition: Any, what: str, timeout: float = 120) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def settled(folder: Path, quiet: float = 1.0, timeout: float = 60) -> None:
+    """Wait until no file under ``folder`` appeared, went or changed size for ``quiet`` seconds: a failed
+    Ray job returns without waiting for the tasks it cancelled, which may still be writing or removing."""
+
+    def listing() -> set[tuple[str, int]]:
+        return {(str(f), f.stat().st_size) for f in folder.rglob("*") if f.is_file()}
+
+    deadline, last, since = time.monotonic() + timeout, listing(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, f"files under {folder} kept changing for {timeout} s"
+        time.sleep(0.1)
+        try:
+            now = listing()
+        except FileNotFoundError:  # removed while listed
+            now = set()
+        if now != last:
+            last, since = now, time.monotonic()
 
 
 def texts_folder(tmp_path: Path, n: int = 24) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from aios_memory_converters.clip import convert_clip
 from conftest import png_bytes, run_cli
-from ray_jobs import held_job, texts_folder, wait_for, worker_node_back
+from ray_jobs import held_job, settled, texts_folder, wait_for, worker_node_back
 from test_clip_model import TINY, make_clip_folder, real_images
 
 from aios_memory import MemoryStore
@@ -290,7 +290,8 @@ def test_a_lost_worker_node_commits_nothing_and_a_rerun_succeeds(cluster, tmp_pa
     store = MemoryStore(tmp_path / "s")
     store.add("before the job")
     data, hold = store.path / "data" / "text", tmp_path / "hold"
-    thread, sink, failure = held_job(store, many, hold, max_restarts=0)
+    # no retries of a write task lost with its node: the job fails as a whole
+    thread, sink, failure = held_job(store, many, hold, max_restarts=0, write_args={"max_retries": 0})
     try:
         wait_for(lambda: any((tmp_path / "returned").iterdir()), "a write task of the job returning")
         assert len(list(data.glob("*.parquet"))) >= 2  # written, not committed
@@ -299,6 +300,7 @@ def test_a_lost_worker_node_commits_nothing_and_a_rerun_succeeds(cluster, tmp_pa
         hold.unlink()
         thread.join(timeout=180)
         worker_node_back(cluster)
+    settled(data)  # write tasks the failed job cancelled without waiting for them
     assert not thread.is_alive() and failure, "the job should have failed with its node"
     assert sink.error is not None and sink.committed is None and sink.result is None
     assert store.version == 1 and store.sql("SELECT content FROM text_memories").num_rows == 1
