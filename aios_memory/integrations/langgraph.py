@@ -52,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 import duckdb
 
-from aios_memory.errors import AccessDeniedError, InvalidInputError
+from aios_memory.errors import AccessDeniedError, InvalidInputError, QueryError
 from aios_memory.integrations import langgraph_items as li
 from aios_memory.provider import MODALITIES
 from aios_memory.query import run
@@ -61,7 +61,9 @@ from aios_memory.store import MemoryStore
 
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
-KEY, PART, REV, UPDATED, INDEXED = (li.field_sql(f) for f in ("key", "part", "rev", "updated_at", "indexed"))
+KEY, PART, REV, UPDATED, INDEXED, UNSCORED = (
+    li.field_sql(f) for f in ("key", "part", "rev", "updated_at", "indexed", "unscored")
+)
 
 
 def _lock(path: Any) -> threading.Lock:
@@ -100,7 +102,7 @@ class AiosMemoryStore(BaseStore):
         self.ttl_config = ttl
         self._lock = _lock(self.store.path)
         self._con: tuple[int, Any, list[str]] | None = None
-        self._con_guard = threading.Lock()
+        self._con_guard = threading.RLock()
 
     # --- the two methods BaseStore leaves abstract ----------------------------------------------
 
@@ -159,14 +161,14 @@ class AiosMemoryStore(BaseStore):
 
     def _sql(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         for attempt in range(2):
-            con, _ = self._connection()
-            try:
-                with self._con_guard:  # the views are the connection's own: one statement at a time
+            with self._con_guard:  # the views are the connection's own: one statement at a time
+                con, _ = self._connection()
+                try:
                     return run(con, sql, params).to_pylist()
-            except duckdb.IOException:  # a file of the version was cleaned up under it: reopen once
-                if attempt:
-                    raise
-                with self._con_guard:
+                except (duckdb.IOException, QueryError):  # a file of its version was cleaned up: reopen once
+                    if attempt:
+                        raise
+                    con.close()
                     self._con = None
         raise AssertionError("unreachable")
 
@@ -232,7 +234,7 @@ class AiosMemoryStore(BaseStore):
         where, params = self._where(op)
         if op.query:
             hits = self._ranked(op, tables, where, params)
-            hits += self._unranked(f"{where} AND {INDEXED} = 'false'", params, op.limit - len(hits), 0)
+            hits += self._unranked(f"{where} AND {UNSCORED} = 'true'", params, op.limit - len(hits), 0)
         else:
             hits = self._unranked(where, params, op.limit, op.offset)
         out = []

@@ -5,8 +5,9 @@ An item ``(namespace, key, value)`` becomes one or more memories in the store na
 ``".".join(namespace)`` (LangGraph forbids ``.`` inside a label, so the mapping is one to one). Every row
 carries the item in its metadata under ``"langgraph"``: ``key``, ``value`` (media leaves replaced by
 markers), ``created_at``, ``updated_at``, ``rev`` (one per put: the newest rev of a key is the item),
-``expires_at``/``ttl``, ``part`` (0: the head row; 1..: more passages) and ``indexed`` (scored by a query or
-not). Row 0 is a text memory: the first indexed text, or the key when nothing of the item is indexed.
+``expires_at``/``ttl``, ``part`` (0: the head row; 1..: more passages), ``indexed`` (this row is scored by a
+query) and ``unscored`` (no row of the item is). Row 0 is a text memory: the first indexed text, or the
+key when nothing of the item is indexed.
 Further indexed texts are more text rows; a ``bytes`` or ``pathlib.Path`` leaf (an image or audio file)
 is a row of the image or audio table, embedded by CLIP or Whisper.
 """
@@ -259,10 +260,13 @@ def item_rows(
         "expires_at": stamp(at + dt.timedelta(minutes=ttl)) if ttl else None,
     }
     key_text = str(op.key) if str(op.key).strip() else "(item)"
+    media = [
+        (part, leaf, any(indexes(path, toks) for _, toks in paths))
+        for part, (path, leaf) in enumerate(leaves, 1)
+    ]
+    meta["unscored"] = not texts and not any(indexed for _, _, indexed in media)  # no row of it is scored
     rows = [(texts[0] if texts else key_text, {**meta, "part": 0, "indexed": bool(texts)})]
-    for part, (path, leaf) in enumerate(leaves, start=1):
-        indexed = any(indexes(path, toks) for _, toks in paths)
-        rows.append((leaf, {**meta, "part": part, "indexed": indexed}))
+    rows += [(leaf, {**meta, "part": part, "indexed": indexed}) for part, leaf, indexed in media]
     for n, text in enumerate(texts[1:], start=len(leaves) + 1):
         rows.append((text, {**meta, "part": n, "indexed": True}))
     return rows
