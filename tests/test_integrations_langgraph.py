@@ -147,8 +147,7 @@ def test_bad_input_is_refused_and_nothing_changes(lg):
         lg.put(("users",), "k", {"text": {1, 2}})
     with pytest.raises(InvalidInputError):
         lg.batch([PutOp(("users",), "k", ["not", "a", "dict"])])
-    with pytest.raises(InvalidInputError):
-        lg.search(("users",), filter={"bad key'); DROP": 1})
+    assert lg.search(("users",), filter={"bad key'); DROP": 1}) == []  # any key: a JSON Pointer parameter
     with pytest.raises(InvalidInputError):
         lg.search(("users",), filter={"n": {"$regex": "x"}})
     with pytest.raises(InvalidInputError):

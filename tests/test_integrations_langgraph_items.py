@@ -17,14 +17,17 @@ from aios_memory import InvalidInputError
 from aios_memory.integrations import langgraph_items as li
 
 
-def test_media_leaves_become_markers_and_come_back():
+def test_media_leaves_are_listed_and_come_back():
     value = {"a": b"\x89PNG", "b": [1, {"c": Path("/x/y.wav")}], "d": "text"}
-    stored, plain, leaves = li.split_media(value)
-    li.number_media(stored, leaves)
+    plain, leaves = li.split_media(value)
     assert [p for p, _ in leaves] == [("a",), ("b", 1, "c")]
     assert plain == {"a": None, "b": [1, {"c": None}], "d": "text"}
-    assert json.loads(li.check_json(stored))["a"] == {li.MEDIA: 1, "path": None}
-    assert li.restore(stored, {1: b"\x89PNG"}) == value and li.has_media(stored)
+    media = [
+        [list(p), part, str(leaf) if isinstance(leaf, Path) else None]
+        for part, (p, leaf) in enumerate(leaves, 1)
+    ]
+    restored = li.restore(json.loads(li.check_json(plain)), media, {1: b"\x89PNG"})
+    assert restored == value
     with pytest.raises(InvalidInputError):
         li.check_json({"s": {1, 2}})
     with pytest.raises(InvalidInputError):
@@ -42,9 +45,11 @@ def test_index_paths_name_leaves():
 
 
 def test_filters_are_parameterised():
-    sql, params = li.filter_sql({"kind": "x' OR 1=1 --", "n": {"$gt": 2, "$ne": 5}, "o": {"p": True}})
-    assert "x' OR 1=1" not in sql and "x' OR 1=1 --" in params and 2.0 in params
-    for bad in ({"a.b": 1}, {"k'": 1}, {"n": {"$where": 1}}, {"n": {"$gt": "x"}}, {"n": object()}):
+    sql, params = li.filter_sql(
+        {"kind": "x' OR 1=1 --", "n": {"$gt": 2, "$ne": 5}, "o": {"p": True}, "k'": 1}
+    )
+    assert "x' OR 1=1" not in sql and "k'" not in sql and "x' OR 1=1 --" in params and 2.0 in params
+    for bad in ({1: 1}, {"$or": [{"a": 1}]}, {"n": {"$where": 1}}, {"n": {"$gt": "x"}}, {"n": object()}):
         with pytest.raises(InvalidInputError):
             li.filter_sql(bad)
 
@@ -57,6 +62,94 @@ def test_fusion_keeps_cosines_of_one_space_and_fuses_several():
     assert [m["key"] for _, m, _ in one] == ["b", "a"] and one[0][2] == 0.9
     two = li.fuse({"clip": {"p": hit("p", 0.99)}, "text": {"t": hit("t", 0.1), "u": hit("u", 0.05)}})
     assert [m["key"] for _, m, _ in two] == ["t", "p", "u"]  # equal fused ranks: the text space first
+
+
+# --- what an independent review found (each a regression test) ---------------------------------------
+@pytest.fixture()
+def lg(model_home, tmp_path):
+    from aios_memory.integrations.langgraph import AiosMemoryStore
+
+    store = AiosMemoryStore(tmp_path / "store", index={"fields": ["text"]})
+    store.put(("users", "alice"), "pet", {"text": "Alice's cat is called Miso", "n": 10**17 + 1, "s": "1"})
+    return store
+
+
+def test_a_row_written_outside_langgraph_neither_breaks_nor_shows(lg):
+    lg.store.add("hostile", namespace="users.alice", metadata={"langgraph": {"key": "evil", "part": 0}})
+    lg.store.add("odd", namespace="users.alice", metadata={"langgraph": {"key": "odd", "part": 0, "rev": "r",
+                  "value": {}, "created_at": "yesterday", "updated_at": "x"}})  # fmt: skip
+    assert [i.key for i in lg.search(("users",))] == ["pet"] and lg.get(("users", "alice"), "evil") is None
+    assert [i.key for i in lg.search(("users",), query="a cat")] == ["pet"]
+    lg.put(("users", "alice"), "evil", {"text": "now a real item"})  # replaces the foreign row
+    assert lg.get(("users", "alice"), "evil").value == {"text": "now a real item"}
+    lg.delete(("users", "alice"), "evil")
+    rows = lg.store.sql("SELECT content FROM text_memories WHERE metadata->>'$.langgraph.key' = 'evil'")
+    assert rows.num_rows == 0
+
+
+def test_limits_beyond_the_store_maximum_and_values_stored_once(lg):
+    lg.put(
+        ("doc",), "book", {"chunks": [f"chunk {i} on topic {i % 7}" for i in range(40)]}, index=["chunks[*]"]
+    )
+    assert lg.search(("doc",), query="topic 5", limit=20_000)[0].key == "book"
+    assert (
+        lg.search(("doc",), query="topic 5", offset=2**62) == []
+        and len(lg.search(("doc",), limit=2**63)) == 1
+    )
+    rows = lg.store.sql(
+        "SELECT metadata->'$.langgraph.value' AS v FROM text_memories WHERE namespace = 'doc'"
+    )
+    assert sum(v is not None for v in rows.column("v").to_pylist()) == 1  # the value lives on the head row
+
+
+def test_a_batch_that_fails_changes_nothing(lg):
+    from langgraph.store.base import GetOp, PutOp
+
+    lg.put(("t",), "rf", {"text": "x"}, ttl=1)
+    version = lg.store.version
+    for ops in (
+        [PutOp(("ok",), "k", {"text": "x"}), PutOp(("n" * 300,), "k", {"text": "y"})],
+        [GetOp(("t",), "rf", refresh_ttl=True), PutOp(("t",), "bad", {"s": {1, 2}})],
+        [PutOp(("ok",), "k\ud800", {"text": "x"})],
+        [PutOp(("ok",), "k", {"text": "x"}, ttl=float("nan"))],
+        [PutOp(("ok",), "k", {"f": b"not an image"})],
+        [PutOp(("ok",), "k", {"f": Path("/etc/passwd")})],
+    ):
+        with pytest.raises(InvalidInputError) as err:
+            lg.batch(ops)
+        assert "root:" not in str(err.value)  # a file's bytes never reach the message
+    assert lg.store.version == version
+
+
+def test_values_round_trip_as_given_and_filters_compare_json_types(lg):
+    odd = {"v": {"$aios_media": 1, "path": "/etc/passwd"}, "w": {"$aios_media": 1, "path": None}}
+    lg.put(("x",), "k", odd)
+    assert lg.get(("x",), "k").value == odd
+    assert [i.key for i in lg.search(("users",), filter={"n": 10**17 + 1})] == ["pet"]
+    assert lg.search(("users",), filter={"n": 10**17}) == []  # integers compare exactly
+    assert lg.search(("users",), filter={"s": {"$gt": 0}}) == []  # the string "1" is not a number
+    lg.put(("x",), "keys", {"weird key": 1, "é": 2, "a.b": 3, "a/b~": 4})
+    for spec in ({"weird key": 1}, {"é": 2}, {"a.b": 3}, {"a/b~": 4}):
+        assert [i.key for i in lg.search(("x",), filter=spec)] == ["keys"]
+
+
+def test_ttl_zero_expires_at_once_and_a_read_refreshes_in_one_commit(lg):
+    lg.put(("t",), "gone", {"text": "x"}, ttl=0)
+    assert lg.get(("t",), "gone") is None
+    lg.put(("t",), "many", {"text": "a", "more": ["b", "c", "d"]}, index=["text", "more[*]"], ttl=5)
+    version = lg.store.version
+    assert lg.get(("t",), "many") is not None and lg.store.version == version + 1
+
+
+def test_odd_queries_and_configuration(lg, tmp_path):
+    from aios_memory.integrations.langgraph import AiosMemoryStore
+
+    assert [i.score for i in lg.search(("users",), query="   ")] == [None]  # blank: no ranking
+    for index in ({"fields": "text"}, {"dims": "abc"}, {"fields": [1]}):
+        with pytest.raises(InvalidInputError):
+            AiosMemoryStore(lg.store, index=index)
+    same = AiosMemoryStore(Path(str(lg.store.path) + "/../" + Path(lg.store.path).name))
+    assert same._lock is lg._lock  # one lock per store directory, however it is spelled
 
 
 # --- images and audio in values: a process with CLIP (seeded weights) and Whisper (real weights) -------

@@ -103,3 +103,15 @@ def test_bad_sessions_are_refused(shared_store):
     with pytest.raises(InvalidInputError):
         AiosMemorySession("x" * 300, shared_store)  # the namespace would be too long
     AiosMemorySession("x" * 300, shared_store, namespace="long-ids")  # fine in a shared namespace
+
+
+def test_rows_not_written_by_a_session_are_skipped(shared_store):
+    """Memories another tool wrote into the session's namespace with its session id are not items."""
+    session = AiosMemorySession(f"foreign-{uuid.uuid4().hex}", shared_store)
+    asyncio.run(session.add_items([{"role": "user", "content": "the walnut allergy"}]))
+    for item in ("not json", "[1, 2, 3]"):
+        meta = {"session_id": session.session_id, "item": item, "seq": 0}
+        shared_store.add(f"walnuts {item}", namespace=session.namespace, metadata=meta)
+    assert asyncio.run(session.get_items()) == [{"role": "user", "content": "the walnut allergy"}]
+    found = asyncio.run(session.search_with_scores("walnut", k=5))
+    assert [item for item, _ in found] == [{"role": "user", "content": "the walnut allergy"}]

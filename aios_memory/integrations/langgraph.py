@@ -15,8 +15,9 @@ optionally ``dims``; an ``embed`` function is refused (the store embeds with its
 supported (``ttl`` minutes per put, ``TTLConfig`` defaults, refresh on read); expired items are never
 returned and :meth:`AiosMemoryStore.sweep_ttl` deletes them.
 
-Writes: a batch's puts of one namespace are one commit; replacing or deleting items is a second commit that
-removes their older rows. Puts from threads of one process are serialised. Between processes two puts of
+Writes: a batch is checked whole before anything is written (a bad value, key, namespace or ttl changes
+nothing); its puts of one namespace are then one commit, and replacing or deleting items a second commit
+that removes their older rows. Puts from threads of one process are serialised. Between processes two puts of
 one key may both land: every read takes the newest ``rev`` of a key, so each key still reads as one item
 (the last writer's), and the next put of that key removes every older row.
 """
@@ -54,9 +55,10 @@ import duckdb
 
 from aios_memory.errors import AccessDeniedError, InvalidInputError, QueryError
 from aios_memory.integrations import langgraph_items as li
+from aios_memory.memory import check_namespace
 from aios_memory.provider import MODALITIES
 from aios_memory.query import run
-from aios_memory.schema import TEXT_COLUMN
+from aios_memory.search import MAX_K
 from aios_memory.store import MemoryStore
 
 _LOCKS: dict[str, threading.Lock] = {}
@@ -64,11 +66,13 @@ _LOCKS_GUARD = threading.Lock()
 KEY, PART, REV, UPDATED, INDEXED, UNSCORED = (
     li.field_sql(f) for f in ("key", "part", "rev", "updated_at", "indexed", "unscored")
 )
+HEAD = f"{PART} = '0' AND json_type(metadata, '$.{li.META}.value') = 'OBJECT' AND {REV} IS NOT NULL"
+MAX_PAGE = 2**40  # limit and offset beyond it mean "all"
 
 
 def _lock(path: Any) -> threading.Lock:
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault(str(path), threading.Lock())
+        return _LOCKS.setdefault(str(Path(str(path)).resolve()), threading.Lock())
 
 
 class AiosMemoryStore(BaseStore):
@@ -90,9 +94,10 @@ class AiosMemoryStore(BaseStore):
                 "AiosMemoryStore embeds with the store's own models (text: MiniLM, images: CLIP, audio: "
                 "Whisper); leave out index['embed']"
             )
-        fields = list(config.get("fields") or ["$"])
-        dims = config.get("dims")
-        if dims is not None and int(dims) != int(self.store.provider_for("text").dim):
+        fields, dims = li.index_fields(config), config.get("dims")
+        if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int)):
+            raise InvalidInputError(f"index['dims'] is an integer, got {dims!r}")
+        if dims is not None and dims != int(self.store.provider_for("text").dim):
             raise InvalidInputError(
                 f"index['dims'] is {dims}, but this store's text provider embeds "
                 f"{self.store.provider_for('text').dim} dimensions"
@@ -108,25 +113,30 @@ class AiosMemoryStore(BaseStore):
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         """Run ``ops`` in order; as in LangGraph's stores, reads see the state before this batch's puts,
-        and of several puts to one key the last counts."""
+        and of several puts to one key the last counts. Every put is checked before anything is written."""
         ops = list(ops)
-        results: list[Result] = [None] * len(ops)
         puts: dict[tuple[tuple[str, ...], str], PutOp] = {}
+        for op in ops:
+            validate_op_namespace(op)
+            if isinstance(op, PutOp):
+                if not op.namespace or op.namespace[0] == "langgraph":
+                    raise InvalidInputError(f"cannot put an item in namespace {op.namespace!r}")
+                check_namespace(li.store_namespace(op.namespace))
+                if op.value is not None:
+                    li.item_rows(op, self._fields, "", li.now())  # checks it; nothing is kept
+                    li.check_media(op.value)
+                puts[(tuple(op.namespace), str(op.key))] = op
+            elif not isinstance(op, (GetOp, SearchOp, ListNamespacesOp)):
+                raise InvalidInputError(f"unknown operation {type(op).__name__}")
+        results: list[Result] = [None] * len(ops)
         refresh: dict[tuple[str, str], dict[str, Any]] = {}
         for i, op in enumerate(ops):
-            validate_op_namespace(op)
             if isinstance(op, GetOp):
                 results[i] = self._get(op, refresh)
             elif isinstance(op, SearchOp):
                 results[i] = self._search(op, refresh)
             elif isinstance(op, ListNamespacesOp):
                 results[i] = self._list_namespaces(op)
-            elif isinstance(op, PutOp):
-                if not op.namespace or op.namespace[0] == "langgraph":
-                    raise InvalidInputError(f"cannot put an item in namespace {op.namespace!r}")
-                puts[(tuple(op.namespace), str(op.key))] = op
-            else:
-                raise InvalidInputError(f"unknown operation {type(op).__name__}")
         if refresh:
             self._refresh(refresh, {(li.store_namespace(ns), k) for ns, k in puts})
         if puts:
@@ -179,31 +189,40 @@ class AiosMemoryStore(BaseStore):
                 self._con[1].close()
                 self._con = None
 
+    def _heads(self, where: str, params: list[Any], tail: str = "") -> list[tuple[str, dict[str, Any]]]:
+        """Well-formed items (their newest rev) whose head rows match ``where``, with their namespaces."""
+        rows = self._sql(
+            f"SELECT namespace, metadata FROM text_memories WHERE {HEAD} AND {where} "  # noqa: S608 - our own predicate text; values are parameters
+            f"QUALIFY row_number() OVER (PARTITION BY namespace, {KEY} ORDER BY {UPDATED} DESC, {REV} DESC) = 1 "
+            f"{tail}",
+            params,
+        )
+        return [(r["namespace"], meta) for r in rows if (meta := li.head_of(r)) is not None]
+
     def _get(self, op: GetOp, refresh: dict[tuple[str, str], dict[str, Any]]) -> Item | None:
         if "text" not in self._tables():
             return None
         live, live_params = li.live_sql(li.now())
-        rows = self._sql(
-            f"SELECT namespace, metadata FROM text_memories WHERE namespace = ? AND {KEY} = ? "  # noqa: S608 - our own field paths; values are parameters
-            f"AND {PART} = '0' AND {live} ORDER BY {UPDATED} DESC, {REV} DESC LIMIT 1",
+        found = self._heads(
+            f"namespace = ? AND {KEY} = ? AND {live}",
             [li.store_namespace(op.namespace), str(op.key), *live_params],
         )
-        if not rows:
+        if not found:
             return None
-        meta = li.meta_of(rows[0])
-        if op.refresh_ttl and meta.get("ttl"):
-            refresh[(rows[0]["namespace"], meta["key"])] = meta
-        return self._item(rows[0]["namespace"], meta)
+        namespace, meta = found[0]
+        if op.refresh_ttl and meta.get("ttl") is not None:
+            refresh[(namespace, meta["key"])] = meta
+        return self._item(namespace, meta)
 
     def _item(self, namespace: str, meta: dict[str, Any], score: Any = False) -> Item:
-        value = meta["value"]
-        media = self._media(namespace, meta) if li.has_media(value) else {}
+        media = meta.get("media") or []
+        data = self._media(namespace, meta) if any(file is None for _, _, file in media) else {}
         kw = {
             "namespace": li.item_namespace(namespace),
             "key": meta["key"],
-            "value": li.restore(value, media),
-            "created_at": dt.datetime.fromisoformat(meta["created_at"]),
-            "updated_at": dt.datetime.fromisoformat(meta["updated_at"]),
+            "value": li.restore(meta["value"], media, data),
+            "created_at": meta["_created"],
+            "updated_at": meta["_updated"],
         }
         return Item(**kw) if score is False else SearchItem(score=score, **kw)
 
@@ -221,95 +240,83 @@ class AiosMemoryStore(BaseStore):
         return found
 
     def _where(self, op: SearchOp) -> tuple[str, list[Any]]:
+        """The head rows a search selects: under the prefix, not expired, matching the filter."""
         parts = [li.prefix_sql(tuple(op.namespace_prefix)), li.live_sql(li.now()), li.filter_sql(op.filter)]
         return " AND ".join(p for p, _ in parts), [x for _, ps in parts for x in ps]
 
     def _search(self, op: SearchOp, refresh: dict[tuple[str, str], dict[str, Any]]) -> list[SearchItem]:
         for name, n in (("limit", op.limit), ("offset", op.offset)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise InvalidInputError(f"{name} must be a non-negative integer, got {n!r}")
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise InvalidInputError(f"{name} must be an integer, got {n!r}")
+        limit, offset = min(max(op.limit, 0), MAX_PAGE), min(max(op.offset, 0), MAX_PAGE)
         tables = self._tables()
-        if "text" not in tables or op.limit == 0:
+        if "text" not in tables or limit == 0:
             return []
         where, params = self._where(op)
-        if op.query:
-            hits = self._ranked(op, tables, where, params)
-            hits += self._unranked(f"{where} AND {UNSCORED} = 'true'", params, op.limit - len(hits), 0)
+        if isinstance(op.query, str) and op.query.strip():
+            if op.filter:  # the items the filter selects, by rev: ranking then scores their rows only
+                revs = self._sql(f"SELECT {REV} AS rev FROM text_memories WHERE {HEAD} AND {where}", params)  # noqa: S608 - our own predicate text; values are parameters
+                rows, row_params = (
+                    f"{INDEXED} = 'true' AND list_contains(?, {REV})",
+                    [[r["rev"] for r in revs]],
+                )
+            else:  # no subquery: the store's search maps a predicate's rows by position, in scan order
+                prefix, row_params = li.prefix_sql(tuple(op.namespace_prefix))
+                rows = f"{INDEXED} = 'true' AND {prefix}"
+            hits = self._ranked(op.query, limit, offset, tables, rows, row_params)
+            if len(hits) < limit:  # as LangGraph's stores do: unscored items fill the page
+                hits += [(ns, m, None) for ns, m in self._heads(
+                    f"{where} AND {UNSCORED} = 'true'", params, f"ORDER BY {UPDATED} DESC LIMIT {limit - len(hits)}"
+                )]  # fmt: skip
         else:
-            hits = self._unranked(where, params, op.limit, op.offset)
+            tail = f"ORDER BY {UPDATED} DESC, namespace, {KEY} LIMIT {limit} OFFSET {offset}"
+            hits = [(ns, m, None) for ns, m in self._heads(where, params, tail)]
         out = []
         for namespace, meta, score in hits:
-            if op.refresh_ttl and meta.get("ttl"):
+            if op.refresh_ttl and meta.get("ttl") is not None:
                 refresh[(namespace, meta["key"])] = meta
             out.append(self._item(namespace, meta, score))
         return out
 
-    def _unranked(
-        self, where: str, params: list[Any], limit: int, offset: int
-    ) -> list[tuple[str, dict, None]]:
-        """Items (their newest rev) matching ``where``, most recently updated first."""
-        if limit <= 0:
-            return []
-        rows = self._sql(
-            f"SELECT namespace, metadata FROM text_memories WHERE {PART} = '0' AND {where} "  # noqa: S608 - our own predicate text; values are parameters
-            f"QUALIFY row_number() OVER (PARTITION BY namespace, {KEY} ORDER BY {UPDATED} DESC, {REV} DESC) = 1 "
-            f"ORDER BY {UPDATED} DESC, namespace, {KEY} LIMIT {int(limit)} OFFSET {int(offset)}",
-            params,
-        )
-        return [(r["namespace"], li.meta_of(r), None) for r in rows]
-
-    def _space(self, modality: str) -> str:
-        """The embedding space a text query is ranked in on ``modality``'s table: the text provider's for
-        text and for tables ranked by a derived text (audio transcripts), else the table's provider's."""
-        provider = self.store.provider_for(modality)
-        if modality == "text" or ("text" not in provider.query_modalities and modality in TEXT_COLUMN):
-            return "text"
-        return provider.name
-
-    def _ranked(self, op: SearchOp, tables: list[str], where: str, params: list[Any]) -> list[Any]:
-        """Items ranked by their best-scoring row. Rows scored in one embedding space (text, transcripts)
-        merge by cosine; rankings of different spaces (CLIP's) fuse by reciprocal rank, equal fused ranks
-        going to the text space first. Scores are cosines when one space ranked, else the fused score."""
-        need = op.offset + op.limit
+    def _ranked(
+        self, query: str, limit: int, offset: int, tables: list[str], rows: str, params: list[Any]
+    ) -> list[tuple[str, dict[str, Any], float]]:
+        """Items ranked by their best-scoring row among the rows ``rows`` selects; an item counts only
+        if its head row is live (an expired item's passages may rank: it is dropped here)."""
+        need = offset + limit
         spaces: dict[str, dict[tuple[str, str], tuple[str, dict[str, Any], float]]] = {}
         for mod in tables:
-            k = max(2 * need, 10)
+            k = min(max(2 * need, 10), MAX_K)
             while True:
-                found = self.store.search(
-                    op.query, k, modality=mod, where=f"{where} AND {INDEXED} = 'true'", params=params
-                )
+                found = self.store.search(query, k, modality=mod, where=rows, params=params)
                 pooled: dict[tuple[str, str], tuple[str, dict[str, Any], float]] = {}
                 for m in found:
-                    key = (m.namespace, m.metadata[li.META]["key"])
+                    meta = m.metadata.get(li.META) or {}
+                    key = (m.namespace, meta.get("key"))
                     if key not in pooled:  # results come best first: the first row of an item is its best
-                        pooled[key] = (m.namespace, m.metadata[li.META], float(m.score))
-                if len(found) < k or len(pooled) >= need:
+                        pooled[key] = (m.namespace, meta, float(m.score))
+                if len(found) < k or len(pooled) >= need or k >= MAX_K:
                     break
-                k *= 4
-            space = spaces.setdefault(self._space(mod), {})
+                k = min(k * 4, MAX_K)
+            space = spaces.setdefault(li.space(self.store, mod), {})
             for key, hit in pooled.items():
                 if key not in space or hit[2] > space[key][2]:
                     space[key] = hit
-        ranked = li.fuse(spaces)
-        return [self._current(ns, meta, score) for ns, meta, score in ranked[op.offset : need]]
-
-    def _current(self, namespace: str, meta: dict[str, Any], score: float) -> tuple[str, dict, float]:
-        """A ranked row's item as its newest rev holds it (a row of a rev being replaced may rank)."""
-        if meta.get("part") == 0:
-            return namespace, meta, score
-        rows = self._sql(
-            f"SELECT namespace, metadata FROM text_memories WHERE namespace = ? AND {KEY} = ? AND {PART} = '0' "  # noqa: S608 - our own field paths
-            f"ORDER BY {UPDATED} DESC, {REV} DESC LIMIT 1",
-            [namespace, meta["key"]],
-        )
-        return (namespace, li.meta_of(rows[0]), score) if rows else (namespace, meta, score)
+        ranked = li.fuse(spaces)[offset:need]
+        live, live_params = li.live_sql(li.now())
+        revs = [m.get("rev") for _, m, _ in ranked]
+        heads = {  # the items as their head rows hold them (a passage row carries no value)
+            (ns, meta["key"]): meta
+            for ns, meta in self._heads(f"list_contains(?, {REV}) AND {live}", [revs, *live_params])
+        }
+        return [(ns, heads[(ns, m["key"])], score) for ns, m, score in ranked if (ns, m.get("key")) in heads]
 
     def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
         if "text" not in self._tables():
             return []
         live, live_params = li.live_sql(li.now())
         rows = self._sql(
-            f"SELECT DISTINCT namespace FROM text_memories WHERE {KEY} IS NOT NULL AND {PART} = '0' AND {live}",  # noqa: S608 - our own field paths
+            f"SELECT DISTINCT namespace FROM text_memories WHERE {HEAD} AND {KEY} IS NOT NULL AND {live}",  # noqa: S608 - our own field paths
             live_params,
         )
         names = [li.item_namespace(r["namespace"]) for r in rows]
@@ -321,23 +328,25 @@ class AiosMemoryStore(BaseStore):
     # --- writes ---------------------------------------------------------------------------------
 
     def _existing(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
-        """Every row of the items ``(store namespace, key)``: ``{"ids": [...], "created_at": ...}``."""
+        """Every row of the items ``(store namespace, key)`` (well-formed or not: a put replaces them all),
+        and the creation time of the live item: ``{"ids": [...], "created_at": ...}``."""
         found: dict[tuple[str, str], dict[str, Any]] = {}
         live = li.stamp(li.now())
         for mod in self._tables():
             rows = self._sql(
-                f"SELECT id, namespace, metadata FROM {mod}_memories WHERE {KEY} IS NOT NULL "  # noqa: S608 - a fixed table name and our own field paths
+                f"SELECT id, namespace, {KEY} AS key, metadata FROM {mod}_memories WHERE {KEY} IS NOT NULL "  # noqa: S608 - a fixed table name and our own field paths
                 f"AND list_contains(?, namespace) AND list_contains(?, {KEY})",
                 [sorted({ns for ns, _ in keys}), sorted({k for _, k in keys})],
             )
             for r in rows:
-                meta = li.meta_of(r)
-                k = (r["namespace"], meta["key"])
-                if k in keys:
-                    entry = found.setdefault(k, {"ids": [], "created_at": None})
-                    entry["ids"].append(r["id"])
-                    if meta.get("expires_at") is None or meta["expires_at"] > live:
-                        entry["created_at"] = entry["created_at"] or meta["created_at"]
+                k = (r["namespace"], r["key"])
+                if k not in keys:
+                    continue
+                entry = found.setdefault(k, {"ids": [], "created_at": None})
+                entry["ids"].append(r["id"])
+                head = li.head_of(r) if mod == "text" else None
+                if head is not None and (head.get("expires_at") is None or head["expires_at"] > live):
+                    entry["created_at"] = entry["created_at"] or head["created_at"]
         return found
 
     def _put(self, puts: list[PutOp]) -> None:
@@ -361,31 +370,29 @@ class AiosMemoryStore(BaseStore):
                 self.store.delete(doomed, missing_ok=True)
 
     def _refresh(self, items: dict[tuple[str, str], dict[str, Any]], being_put: set[tuple[str, str]]) -> None:
-        """Move the expiry of items read with ``refresh_ttl`` (one metadata update per row)."""
+        """Move the expiry of items read with ``refresh_ttl``: one metadata update of each head row."""
         at = li.now()
         with self._lock:
             for (ns, key), meta in items.items():
                 if (ns, key) in being_put:
                     continue
-                expires = li.stamp(at + dt.timedelta(minutes=meta["ttl"]))
-                for mod in self._tables():
-                    for r in self._sql(
-                        f"SELECT id, metadata FROM {mod}_memories WHERE namespace = ? AND {KEY} = ? AND {REV} = ?",  # noqa: S608 - a fixed table name and our own field paths
-                        [ns, key, meta["rev"]],
-                    ):
-                        m = li.meta_of(r)
-                        self.store.update(r["id"], metadata={li.META: {**m, "expires_at": expires}})
+                for r in self._sql(
+                    f"SELECT id, metadata FROM text_memories WHERE namespace = ? AND {KEY} = ? AND {REV} = ? "  # noqa: S608 - our own field paths
+                    f"AND {PART} = '0'",
+                    [ns, key, meta["rev"]],
+                ):
+                    m = li.meta_of(r)
+                    m["expires_at"] = li.stamp(at + dt.timedelta(minutes=meta["ttl"]))
+                    self.store.update(r["id"], metadata={li.META: m})
 
     def sweep_ttl(self) -> int:
         """Delete every row of expired items; returns how many memories were deleted."""
         live, params = li.live_sql(li.now())
         with self._lock:
+            expired = f"SELECT {REV} FROM text_memories WHERE {PART} = '0' AND NOT {live}"  # noqa: S608 - our own field paths
             ids = [
                 r["id"]
                 for mod in self._tables()
-                for r in self._sql(
-                    f"SELECT id FROM {mod}_memories WHERE {KEY} IS NOT NULL AND NOT {live}",  # noqa: S608 - a fixed table name and our own field paths
-                    params,
-                )
+                for r in self._sql(f"SELECT id FROM {mod}_memories WHERE {REV} IN ({expired})", params)  # noqa: S608 - a fixed table name and our own field paths
             ]
             return self.store.delete(ids, missing_ok=True) if ids else 0

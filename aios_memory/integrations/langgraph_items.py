@@ -3,11 +3,12 @@ and the ``filter`` of ``BaseStore.search`` as a parameterised SQL predicate.
 
 An item ``(namespace, key, value)`` becomes one or more memories in the store namespace
 ``".".join(namespace)`` (LangGraph forbids ``.`` inside a label, so the mapping is one to one). Every row
-carries the item in its metadata under ``"langgraph"``: ``key``, ``value`` (media leaves replaced by
-markers), ``created_at``, ``updated_at``, ``rev`` (one per put: the newest rev of a key is the item),
-``expires_at``/``ttl``, ``part`` (0: the head row; 1..: more passages), ``indexed`` (this row is scored by a
-query) and ``unscored`` (no row of the item is). Row 0 is a text memory: the first indexed text, or the
-key when nothing of the item is indexed.
+carries ``key``, ``rev`` (one per put: the newest rev of a key is the item), ``updated_at``, ``part`` (0:
+the head row; 1..: more passages), ``indexed`` (this row is scored by a query) and ``unscored`` (no row of
+the item is) in its metadata under ``"langgraph"``; the head row also holds ``value`` (``None`` where a
+media leaf was; ``media`` lists those leaves), ``created_at`` and ``expires_at``/``ttl``, so a value is
+stored once however many rows its item has. Row 0 is a text memory: the first indexed text, or the key
+when nothing of the item is indexed.
 Further indexed texts are more text rows; a ``bytes`` or ``pathlib.Path`` leaf (an image or audio file)
 is a row of the image or audio table, embedded by CLIP or Whisper.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,13 +25,14 @@ from typing import Any
 from langgraph.store.base import get_text_at_path, tokenize_path
 
 from aios_memory.errors import InvalidInputError
+from aios_memory.memory import check_utf8
 
 META = "langgraph"
-MEDIA = "$aios_media"  # marker of a media leaf in a stored value
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"  # fixed width: ISO strings order as the times do
-FILTER_KEY = re.compile(r"[A-Za-z0-9_\-]+")
 OPERATORS = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"}
 _CMP = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_NUMBERS = "('BIGINT', 'UBIGINT', 'DOUBLE')"
+MAX_TTL_MINUTES = 60 * 24 * 366 * 100  # a century
 
 
 def now() -> dt.datetime:
@@ -72,11 +73,13 @@ def live_sql(at: dt.datetime) -> tuple[str, list[Any]]:
     return f"COALESCE({field_sql('expires_at')} > ?, TRUE)", [stamp(at)]
 
 
-def _value_path(keys: list[str]) -> str:
+def _value_path(keys: list[Any]) -> str:
+    """The JSON Pointer of a field of the value: any string key, escaped (``~`` as ``~0``, ``/`` as ``~1``)."""
     for k in keys:
-        if not isinstance(k, str) or not FILTER_KEY.fullmatch(k):
-            raise InvalidInputError(f"filter keys are names of letters, digits, '_' and '-', got {k!r}")
-    return _field("value." + ".".join(f'"{k}"' for k in keys))
+        if not isinstance(k, str):
+            raise InvalidInputError(f"filter keys are strings, got {k!r}")
+        check_utf8(k, "a filter key")
+    return f"/{META}/value/" + "/".join(k.replace("~", "~0").replace("/", "~1") for k in keys)
 
 
 def _json_text(value: Any) -> str:
@@ -93,10 +96,16 @@ def _equal(path: str, value: Any) -> tuple[str, list[Any]]:
             path,
             "true" if value else "false",
         ]
+    if isinstance(value, int) and -(2**63) < value < 2**63:  # exactly, as JSON integers compare
+        return (
+            "((json_type(metadata, ?) IN ('BIGINT', 'UBIGINT') AND "
+            "TRY_CAST(json_extract_string(metadata, ?) AS HUGEINT) = ?) OR "
+            "(json_type(metadata, ?) = 'DOUBLE' AND TRY_CAST(json_extract_string(metadata, ?) AS DOUBLE) = ?))",
+            [path, path, value, path, path, float(value)],
+        )
     if isinstance(value, (int, float)):
         return (
-            "(json_type(metadata, ?) IN ('BIGINT', 'UBIGINT', 'DOUBLE') AND "
-            "TRY_CAST(json_extract_string(metadata, ?) AS DOUBLE) = ?)",
+            f"(json_type(metadata, ?) IN {_NUMBERS} AND TRY_CAST(json_extract_string(metadata, ?) AS DOUBLE) = ?)",
             [path, path, float(value)],
         )
     if isinstance(value, str):
@@ -116,9 +125,10 @@ def _compare(path: str, op: str, value: Any) -> tuple[str, list[Any]]:
         return (f"COALESCE({sql}, FALSE)" if op == "$eq" else f"NOT COALESCE({sql}, FALSE)"), params
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInputError(f"operator {op!r} compares numbers, got {value!r}")
-    return (
-        f"COALESCE(TRY_CAST(json_extract_string(metadata, ?) AS DOUBLE) {_CMP[op]} ?, FALSE)",
-        [path, float(value)],
+    return (  # numbers only: a string "1" is not greater than 0
+        f"COALESCE(json_type(metadata, ?) IN {_NUMBERS} AND "
+        f"TRY_CAST(json_extract_string(metadata, ?) AS DOUBLE) {_CMP[op]} ?, FALSE)",
+        [path, path, float(value)],
     )
 
 
@@ -132,6 +142,10 @@ def filter_sql(spec: Mapping[str, Any] | None, keys: tuple[str, ...] = ()) -> tu
     parts: list[str] = []
     params: list[Any] = []
     for key, want in spec.items():
+        if isinstance(key, str) and key.startswith("$") and not keys:
+            raise InvalidInputError(
+                f"{key!r} is not a LangGraph filter; a filter is field -> value or {{op: value}}"
+            )
         path_keys = [*keys, key]
         if isinstance(want, Mapping) and any(str(k).startswith("$") for k in want):
             for op, operand in want.items():
@@ -154,40 +168,32 @@ def filter_sql(spec: Mapping[str, Any] | None, keys: tuple[str, ...] = ()) -> tu
 # --- values and their media leaves ---------------------------------------------------------------
 
 
-def split_media(value: Any, path: tuple[Any, ...] = ()) -> tuple[Any, Any, list[tuple[tuple[Any, ...], Any]]]:
-    """``(stored, plain, leaves)``: the value with each ``bytes``/``Path`` leaf as a marker (stored) or
-    ``None`` (plain, for text extraction), and the leaves with their paths, in order."""
+def split_media(value: Any, path: tuple[Any, ...] = ()) -> tuple[Any, list[tuple[tuple[Any, ...], Any]]]:
+    """``(plain, leaves)``: the value with each ``bytes``/``Path`` leaf as ``None``, and those leaves with
+    their paths (keys and list indexes), in order."""
     if isinstance(value, (bytes, bytearray, memoryview, Path)):
-        marker: dict[str, Any] = {MEDIA: None, "path": str(value) if isinstance(value, Path) else None}
-        return marker, None, [(path, value if isinstance(value, Path) else bytes(value))]
+        return None, [(path, value if isinstance(value, Path) else bytes(value))]
     if isinstance(value, Mapping):
-        stored, plain, leaves = {}, {}, []
+        plain, leaves = {}, []
         for k, v in value.items():
             if not isinstance(k, str):
                 raise InvalidInputError(f"item values have string keys, got {k!r}")
-            stored[k], plain[k], more = split_media(v, (*path, k))
+            plain[k], more = split_media(v, (*path, k))
             leaves += more
-        return stored, plain, leaves
+        return plain, leaves
     if isinstance(value, (list, tuple)):
-        triples = [split_media(v, (*path, i)) for i, v in enumerate(value)]
-        return [t[0] for t in triples], [t[1] for t in triples], [x for t in triples for x in t[2]]
-    return value, value, []
+        pairs = [split_media(v, (*path, i)) for i, v in enumerate(value)]
+        return [p for p, _ in pairs], [x for _, more in pairs for x in more]
+    return value, []
 
 
-def number_media(stored: Any, leaves: list[tuple[tuple[Any, ...], Any]]) -> None:
-    """Give each marker of ``stored`` the part number of its row (1.. in leaf order)."""
-    for part, (path, _) in enumerate(leaves, start=1):
-        node = stored
-        for step in path:
-            node = node[step]
-        node[MEDIA] = part
-
-
-def check_json(stored: Any) -> str:
+def check_json(plain: Any) -> str:
     try:
-        return _json_text(stored)
+        return _json_text(plain)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"an item's value must be JSON (plus bytes or Path leaves): {exc}") from None
+    except RecursionError:
+        raise InvalidInputError("an item's value is nested too deeply") from None
 
 
 def indexes(path: tuple[Any, ...], tokens: list[str] | str) -> bool:
@@ -211,23 +217,23 @@ def indexes(path: tuple[Any, ...], tokens: list[str] | str) -> bool:
     return True
 
 
-def restore(stored: Any, media: Mapping[int, bytes]) -> Any:
-    """The value as it was put: markers become ``Path``s or the bytes of their rows."""
-    if isinstance(stored, dict):
-        if MEDIA in stored and set(stored) == {MEDIA, "path"}:
-            return Path(stored["path"]) if stored["path"] is not None else media.get(stored[MEDIA])
-        return {k: restore(v, media) for k, v in stored.items()}
-    if isinstance(stored, list):
-        return [restore(v, media) for v in stored]
-    return stored
+def restore(value: Any, media: list[list[Any]], data: Mapping[int, bytes]) -> Any:
+    """The value as it was put: each media leaf (``[path, part, file]``) back as its ``Path`` or the bytes
+    of its row (``data[part]``)."""
+    for path, part, file in media:
+        node = value
+        for step in path[:-1]:
+            node = node[step]
+        node[path[-1]] = Path(file) if file is not None else data.get(part)
+    return value
 
 
-def has_media(stored: Any) -> bool:
-    if isinstance(stored, dict):
-        return (MEDIA in stored and stored.get("path") is None) or any(has_media(v) for v in stored.values())
-    if isinstance(stored, list):
-        return any(has_media(v) for v in stored)
-    return False
+def check_ttl(ttl: Any) -> float | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 <= ttl <= MAX_TTL_MINUTES:
+        raise InvalidInputError(f"ttl is a number of minutes from 0 to {MAX_TTL_MINUTES}, got {ttl!r}")
+    return float(ttl)
 
 
 def new_rev() -> str:
@@ -241,34 +247,42 @@ def tokens(paths: Any) -> list[tuple[str, Any]]:
 def item_rows(
     op: Any, fields: list[tuple[str, Any]], created_at: str, at: dt.datetime
 ) -> list[tuple[Any, dict[str, Any]]]:
-    """The (content, metadata) of each row of the item ``op`` puts."""
-    if not isinstance(op.value, dict) and not hasattr(op.value, "items"):
+    """The (content, metadata) of each row of the item ``op`` puts; ``InvalidInputError`` for a value,
+    key or ttl the store cannot keep (before anything is written)."""
+    if not isinstance(op.value, Mapping):
         raise InvalidInputError(f"an item's value is a dict, got {type(op.value).__name__}")
-    stored, plain, leaves = split_media(dict(op.value))
-    number_media(stored, leaves)
-    check_json(stored)
+    key = check_utf8(str(op.key), "an item key")
+    for label in op.namespace:
+        check_utf8(label, "a namespace label")
+    plain, leaves = split_media(dict(op.value))
+    check_json(plain)
     paths = fields if op.index is None else ([] if op.index is False else tokens(op.index))
     texts = [t for _, toks in paths for t in get_text_at_path(plain, toks) if t.strip()]
-    ttl = op.ttl
-    meta = {
-        "key": str(op.key),
-        "value": stored,
-        "created_at": created_at,
-        "updated_at": stamp(at),
-        "rev": new_rev(),
-        "ttl": ttl,
-        "expires_at": stamp(at + dt.timedelta(minutes=ttl)) if ttl else None,
-    }
-    key_text = str(op.key) if str(op.key).strip() else "(item)"
+    ttl = check_ttl(op.ttl)
     media = [
         (part, leaf, any(indexes(path, toks) for _, toks in paths))
         for part, (path, leaf) in enumerate(leaves, 1)
     ]
-    meta["unscored"] = not texts and not any(indexed for _, _, indexed in media)  # no row of it is scored
-    rows = [(texts[0] if texts else key_text, {**meta, "part": 0, "indexed": bool(texts)})]
-    rows += [(leaf, {**meta, "part": part, "indexed": indexed}) for part, leaf, indexed in media]
+    common = {"key": key, "rev": new_rev(), "updated_at": stamp(at)}
+    common["unscored"] = not texts and not any(indexed for _, _, indexed in media)  # no row of it is scored
+    head = {
+        **common,
+        "value": plain,
+        "media": [[list(path), part, str(leaf) if isinstance(leaf, Path) else None]
+                  for part, (path, leaf) in enumerate(leaves, 1)],
+        "created_at": created_at,
+        "ttl": ttl,
+        "expires_at": stamp(at + dt.timedelta(minutes=ttl)) if ttl is not None else None,
+    }  # fmt: skip
+    rows = [
+        (
+            texts[0] if texts else (key if key.strip() else "(item)"),
+            {**head, "part": 0, "indexed": bool(texts)},
+        )
+    ]
+    rows += [(leaf, {**common, "part": part, "indexed": indexed}) for part, leaf, indexed in media]
     for n, text in enumerate(texts[1:], start=len(leaves) + 1):
-        rows.append((text, {**meta, "part": n, "indexed": True}))
+        rows.append((text, {**common, "part": n, "indexed": True}))
     return rows
 
 
@@ -298,6 +312,36 @@ def meta_of(row: dict[str, Any]) -> dict[str, Any]:
     return (json.loads(meta) if isinstance(meta, str) else meta)[META]
 
 
+def head_of(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The item a head row holds, or ``None`` for a row that is not a well-formed item (written by hand
+    through SQL-less APIs, MCP or another tool): such rows are never returned, and a put of their key
+    replaces them."""
+    try:
+        meta = meta_of(row)
+        ok = isinstance(meta["value"], dict) and isinstance(meta["key"], str) and isinstance(meta["rev"], str)
+        ok = ok and all(_valid_media(m, meta["value"]) for m in meta.get("media") or [])
+        meta["_created"] = dt.datetime.fromisoformat(meta["created_at"])
+        meta["_updated"] = dt.datetime.fromisoformat(meta["updated_at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return meta if ok else None
+
+
+def _valid_media(entry: Any, value: Any) -> bool:
+    try:
+        path, part, file = entry
+        node = value
+        for step in path[:-1]:
+            node = node[step]
+        return (
+            isinstance(part, int)
+            and (file is None or isinstance(file, str))
+            and path[-1] in (node if isinstance(node, dict) else range(len(node)))
+        )
+    except (TypeError, ValueError, KeyError, IndexError):
+        return False
+
+
 def matches(condition: Any, namespace: tuple[str, ...]) -> bool:
     path = tuple(condition.path)
     if len(namespace) < len(path):
@@ -305,3 +349,37 @@ def matches(condition: Any, namespace: tuple[str, ...]) -> bool:
     if condition.match_type == "suffix":
         namespace, path = namespace[::-1], path[::-1]
     return all(p == "*" or n == p for n, p in zip(namespace, path, strict=False))
+
+
+def index_fields(config: dict[str, Any]) -> list[str]:
+    fields = config.get("fields") or ["$"]
+    if isinstance(fields, str) or not all(isinstance(f, str) and f for f in fields):
+        raise InvalidInputError(f"index['fields'] is a list of paths such as ['text'], got {fields!r}")
+    return list(fields)
+
+
+def check_media(value: Any) -> None:
+    """Each ``bytes``/``Path`` leaf must be an image or audio file the store can keep; the error names
+    the leaf, never the file's bytes."""
+    from aios_memory.errors import AiosMemoryError
+    from aios_memory.modality import prepare
+
+    for path, leaf in split_media(value)[1]:
+        try:
+            prepare(leaf)
+        except (AiosMemoryError, OSError) as exc:
+            raise InvalidInputError(
+                f"the value's leaf at {list(path)} is not an image or audio file the store can keep "
+                f"({type(exc).__name__}); bytes and Path leaves are media"
+            ) from None
+
+
+def space(store: Any, modality: str) -> str:
+    """The embedding space a text query is ranked in on ``modality``'s table: the text provider's for
+    text and for tables ranked by a derived text (audio transcripts), else the table's provider's."""
+    from aios_memory.schema import TEXT_COLUMN
+
+    provider = store.provider_for(modality)
+    if modality == "text" or ("text" not in provider.query_modalities and modality in TEXT_COLUMN):
+        return "text"
+    return str(provider.name)

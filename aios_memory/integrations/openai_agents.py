@@ -152,25 +152,16 @@ class AiosMemorySession:
         hits = self.store.search(
             query, k=k, modality="text", namespace=self.namespace, filter={"session_id": self.session_id}
         )
-        out = []
-        for hit in hits:
-            text = hit.metadata.get("item")
-            if isinstance(text, str):
-                out.append((json.loads(text), float(hit.score or 0.0)))
-        return out
+        pairs = ((_parse(hit.metadata.get("item")), float(hit.score or 0.0)) for hit in hits)
+        return [(item, score) for item, score in pairs if item is not None]  # a row not ours is skipped
 
     # --- synchronous forms -------------------------------------------------------------------------
     def get_items_sync(self, limit: int | None = None) -> list[TResponseInputItem]:
         """``get_items`` for synchronous code."""
         limit = resolve_session_limit(limit, self.session_settings)
         rows = self._rows(limit if limit is not None and limit >= 0 else None)  # < 0: all, as in SQLite
-        items = []
-        for row in reversed(rows):
-            try:
-                items.append(json.loads(row["item"]))
-            except (json.JSONDecodeError, TypeError):  # not ours: skipped, as SQLiteSession skips
-                continue
-        return items
+        items = [_parse(row["item"]) for row in reversed(rows)]
+        return [item for item in items if item is not None]  # not ours: skipped, as SQLiteSession skips
 
     def add_items_sync(self, items: list[TResponseInputItem]) -> None:
         """``add_items`` for synchronous code."""
@@ -187,10 +178,9 @@ class AiosMemorySession:
                     return None
                 # the delete is the claim: a popper in another process that took it first leaves 0
                 if self.store.delete([rows[0]["id"]], missing_ok=True):
-                    try:
-                        return json.loads(rows[0]["item"])
-                    except (json.JSONDecodeError, TypeError):
-                        continue  # a damaged item is dropped and the next one popped, as in SQLite
+                    item = _parse(rows[0]["item"])
+                    if item is not None:
+                        return item  # a damaged item is dropped and the next one popped, as in SQLite
 
     def clear_session_sync(self) -> None:
         """``clear_session`` for synchronous code."""
@@ -241,3 +231,12 @@ class AiosMemorySession:
         if limit is None:
             return self.store.sql(sql, self._params()).to_pylist()
         return self.store.sql(f"{sql} LIMIT ?", [*self._params(), int(limit)]).to_pylist()
+
+
+def _parse(text: Any) -> Any:
+    """A stored item (a JSON object), or ``None`` for a row that holds none (not written by a session)."""
+    try:
+        item = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    return item if isinstance(item, dict) else None
