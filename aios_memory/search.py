@@ -193,9 +193,10 @@ def select_rows(
     """Per fragment, the row positions the namespaces and ``where`` select (``None``: every row).
 
     The namespace comes from each fragment's namespace column. ``where`` runs in DuckDB on the sandboxed
-    connection whose views hold only those namespaces' rows (the store's scope), as one boolean per row
-    of that view, in scan order (DuckDB keeps insertion order for a plain projection); the user's values
-    stay parameters.
+    connection whose views hold only those namespaces' rows (the store's scope). Each row of the view is
+    numbered in scan order (DuckDB keeps insertion order for a plain scan) *before* the predicate runs, and
+    the predicate returns those numbers: a predicate whose subquery joins or reorders rows still selects
+    exactly the rows it names. The user's values stay parameters.
     """
     if namespaces is None and where is None:
         return None
@@ -211,23 +212,25 @@ def select_rows(
     view = view_name(modality)
     con = store._connect(m, namespaces[0] if namespaces is not None and len(namespaces) == 1 else None)
     # the views hold only the scope's (or the one asked for) namespaces: where cannot reach others
+    numbered = f"(SELECT *, row_number() OVER () - 1 AS aiosm_pos FROM {view}) AS {view}"  # noqa: S608
     try:
         # first as a WHERE clause, so that what a WHERE refuses (aggregates, windows) is refused here too
         run(con, f"SELECT 1 FROM {view} WHERE ({where}) LIMIT 0", params, timeout=deadline)  # noqa: S608 - the caller's predicate by contract; values are parameters
-        mask_sql = f"SELECT COALESCE(CAST(({where}) AS BOOLEAN), false) AS aiosm_keep FROM {view}"  # noqa: S608
-        mask = (
-            run(con, mask_sql, params, timeout=deadline).column("aiosm_keep").to_numpy(zero_copy_only=False)
+        pos_sql = f"SELECT aiosm_pos FROM {numbered} WHERE COALESCE(CAST(({where}) AS BOOLEAN), false)"  # noqa: S608
+        picked = (
+            run(con, pos_sql, params, timeout=deadline).column("aiosm_pos").to_numpy(zero_copy_only=False)
         )
     finally:
         con.close()
-    expected = sum(s.size for s in selections)
-    if len(mask) != expected:
-        raise QueryError("where must be a predicate on each row (it returned one value per group)")
-    out, at = [], 0
-    for s in selections:
-        out.append(s[np.asarray(mask[at : at + s.size], bool)])
-        at += s.size
-    return out
+    sizes = np.array([s.size for s in selections], dtype=np.int64)
+    picked = np.unique(np.asarray(picked, dtype=np.int64))
+    if picked.size and (picked[0] < 0 or picked[-1] >= sizes.sum()):
+        raise QueryError("where selected rows outside the table")
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    return [
+        s[picked[(picked >= lo) & (picked < hi)] - lo]
+        for s, lo, hi in zip(selections, bounds[:-1], bounds[1:], strict=True)
+    ]
 
 
 def fetch_rows(
