@@ -358,10 +358,10 @@ def test_each_tower_is_hashed_before_its_first_use(tiny, images, tmp_path):
         ref = p.encode_image(good_arg) if tower == "text" else p.encode_text(good_arg)
         assert np.abs(good(good_arg) - ref).max() == 0.0
         for _ in range(2):
-            with pytest.raises(WeightFileError, match=f"sha256 mismatch in tensor '{bad_name}'"):
+            with pytest.raises(WeightFileError, match=f"blake3 mismatch in tensor '{bad_name}'"):
                 bad(bad_arg)
     with_bf16 = ClipProvider(
         tmp_path / "clip-text", precision="bf16"
     )  # converts every weight: hashes all now
-    with pytest.raises(WeightFileError, match="sha256 mismatch"):
+    with pytest.raises(WeightFileError, match="blake3 mismatch"):
         with_bf16.load()

@@ -7,12 +7,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from aios_memory.digests import FORMATS
 from aios_memory.errors import WeightFileError
-from aios_memory.weights import ALIGN, data_spans, read_weights, write_weights
+from aios_memory.weights import ALIGN, data_spans, read_meta, read_weights, write_weights
 
 
-@pytest.fixture()
-def sample(tmp_path):
+@pytest.fixture(params=sorted(FORMATS))  # format 1 (sha256) and 2 (blake3): both mapped, both checked
+def sample(tmp_path, request):
     rng = np.random.default_rng(1)
     tensors = {
         "a.weight": rng.standard_normal((70, 50)).astype(np.float32),
@@ -22,7 +23,11 @@ def sample(tmp_path):
         "e.empty": np.zeros((0, 4), dtype=np.float32),
         "f.big": rng.standard_normal((600, 700)).astype(np.float32),  # > 1 MiB: several pages' worth
     }
-    return write_weights(tmp_path / "w.parquet", tensors, model="toy", config={}), tensors
+    return write_weights(tmp_path / "w.parquet", tensors, model="toy", config={}, algo=request.param), tensors
+
+
+def _algo(path) -> str:
+    return read_meta(path)["algo"]
 
 
 def _equal(wf, tensors) -> None:
@@ -129,7 +134,7 @@ def test_tampered_tensor_is_named_through_the_map(sample):
     raw[spans[2][0] + 5] ^= 0xFF  # a byte inside c.ids, in place: the layout is unchanged
     path.write_bytes(bytes(raw))
     assert read_weights(path, verify=False).mapped
-    with pytest.raises(WeightFileError, match="sha256 mismatch in tensor 'c.ids'"):
+    with pytest.raises(WeightFileError, match=f"{_algo(path)} mismatch in tensor 'c.ids'"):
         read_weights(path)
     # the padding is not part of the tensor: flipping it changes nothing
     raw[spans[2][0] + 5] ^= 0xFF
@@ -197,7 +202,8 @@ def test_verified_once_cache_is_opt_in_and_dies_with_any_change(sample, monkeypa
     import os
     import time
 
-    from aios_memory.weights import VERIFY_ENV, _cache_key, _cache_path, _map, _row_columns, read_meta
+    from aios_memory.weights_map import _map, _row_columns
+    from aios_memory.weights_verify import VERIFY_ENV, _cache_key, _cache_path
 
     path, tensors = sample
     read_weights(path)
@@ -210,10 +216,12 @@ def test_verified_once_cache_is_opt_in_and_dies_with_any_change(sample, monkeypa
         os.close(fd)
         import pyarrow as pa
 
-        _, cols = _row_columns(path, read_meta(path), pa.BufferReader(pa.py_buffer(memoryview(m))))
-        return _cache_key(st, m, cols)
+        meta = read_meta(path)
+        _, cols = _row_columns(path, meta, pa.BufferReader(pa.py_buffer(memoryview(m))))
+        return _cache_key(st, m, cols, meta)
 
     assert json.loads(_cache_path(path).read_text()) == current_key()
+    assert current_key()["algo"] == _algo(path)  # the algorithm is part of what the cache vouches for
     _equal(read_weights(path), tensors)  # a hit: same inode, unchanged
     # an in-place change with the mtime put back: ctime still moves, so the cache no longer vouches
     spans, _ = _spans(path, None)
@@ -227,7 +235,7 @@ def test_verified_once_cache_is_opt_in_and_dies_with_any_change(sample, monkeypa
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
     assert json.loads(_cache_path(path).read_text()) != current_key()
-    with pytest.raises(WeightFileError, match="sha256 mismatch in tensor 'c.ids'"):
+    with pytest.raises(WeightFileError, match=f"{_algo(path)} mismatch in tensor 'c.ids'"):
         read_weights(path)
     # a forged cache for the tampered file is as good as rewriting the recorded hashes: out of scope,
     # but a cache from another file (the key of a different inode) never matches
@@ -243,14 +251,17 @@ def _rss_mib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
-def test_verified_load_leaves_untouched_tensors_out_of_the_resident_set(tmp_path):
+@pytest.mark.parametrize("algo", sorted(FORMATS))
+def test_verified_load_leaves_untouched_tensors_out_of_the_resident_set(tmp_path, algo):
     """Hashing reads through the descriptor (``pread``), not the map: a 96 MiB table that the model never
     reads costs no resident memory, and the pages of a tensor enter only when it is read."""
     big = np.arange(24 * 2**20, dtype=np.float32).reshape(-1, 1024)  # 96 MiB
     small = np.ones((256, 256), np.float32)
-    path = write_weights(tmp_path / "w.parquet", {"table": big, "small": small}, model="toy", config={})
+    path = write_weights(
+        tmp_path / "w.parquet", {"table": big, "small": small}, model="toy", config={}, algo=algo
+    )
     before = _rss_mib()
-    wf = read_weights(path)  # every sha256 checked
+    wf = read_weights(path)  # every digest checked
     after_load = _rss_mib()
     assert wf.mapped and after_load - before < 24, (before, after_load)
     table = wf.tensors["table"].torch()
