@@ -149,6 +149,14 @@ class KVCache:
         self.v[i, :, :, self.length : end] = v
         return self.k[i, :, :, :end], self.v[i, :, :, :end]
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row ``b`` takes the cached self-attention keys/values of row ``rows[b]`` (beam search: each
+        surviving hypothesis continues from its source beam). Cross-attention is per audio and, since a
+        beam never changes audio, stays as it is."""
+        n = self.length
+        self.k[:, :, :, :n] = self.k[:, rows, :, :n]
+        self.v[:, :, :, :n] = self.v[:, rows, :, :n]
+
 
 class Decoder(nn.Module):
     def __init__(self, cfg: WhisperConfig) -> None:

