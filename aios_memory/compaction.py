@@ -7,6 +7,8 @@ triggered it (:func:`maintain`), and a damaged fragment is merged around, not th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pyarrow as pa
 
 from aios_memory.errors import CommitConflictError, StoreCorruptError
@@ -114,3 +116,15 @@ def read_fragment(storage: Storage, frag: Fragment, columns: list[str] | None = 
         raise StoreCorruptError(
             f"fragment {frag.path} of {storage.root} is missing or unreadable ({exc})"
         ) from exc
+
+
+def has_ids(storage: Storage, frag: Fragment, ids: set[str], namespaces: Iterable[str] | None) -> bool:
+    """Whether ``frag`` holds any of ``ids`` (in ``namespaces``, when a scope limits them), reading only
+    its id and namespace columns (not the media): a fragment with none of them is left as it is."""
+    import pyarrow.compute as pc
+
+    t = read_fragment(storage, frag, columns=["id", "namespace"])
+    hit = pc.is_in(t.column("id"), pa.array(sorted(ids), pa.string()))
+    if namespaces is not None:  # another scope's memories are not there for this handle
+        hit = pc.and_(hit, pc.is_in(t.column("namespace"), pa.array(sorted(namespaces), pa.string())))
+    return bool(pc.any(hit).as_py())

@@ -144,12 +144,17 @@ def held_check(
     return check
 
 
+def item_digests(items: Sequence[Item]) -> list[bytes]:
+    """:func:`content_digest` of each item: equal to the digest of each row the item becomes."""
+    return [content_digest(it.content, it.media) for it in items]
+
+
 def known_items(
-    storage: Storage, m: Manifest, items: Sequence[Item], namespace: str
+    storage: Storage, m: Manifest, items: Sequence[Item], namespace: str, digests: list[bytes] | None = None
 ) -> tuple[dict[int, list[str]], dict[int, int]]:
     """Before embedding: ``(stored, repeats)``: the ids of the items already stored, and for an item
-    repeating an earlier one of ``items``, that one's index."""
-    digests = [content_digest(it.content, it.media) for it in items]
+    repeating an earlier one of ``items``, that one's index (``digests``: :func:`item_digests`)."""
+    digests = item_digests(items) if digests is None else digests
     stored: dict[int, list[str]] = {}
     by_modality: dict[str, list[int]] = {}
     for i, it in enumerate(items):
@@ -232,6 +237,10 @@ def ids_in_order(
     """After a commit: (input index, id) per row in input order (a recording's windows in order): new
     rows' ids, the stored copy's for items held already, the earlier item's for repeats."""
     stored, repeats, same_as = found
+    if not (stored or repeats or same_as) and len(tables) == 1:  # a plain add: the new ids, in row order
+        ((mod, table),) = tables.items()
+        pairs = zip(row_items[mod], table.column("id").to_pylist(), strict=True)
+        return sorted(pairs, key=lambda p: p[0])  # stable: a recording's windows stay in order
     ids: dict[int, list[str]] = {i: list(v) for i, v in stored.items()}
     for mod, table in tables.items():
         for row, (item, id_) in enumerate(zip(row_items[mod], table.column("id").to_pylist(), strict=True)):

@@ -52,6 +52,18 @@ def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def item_list(items: Any) -> list[Any]:
+    """``add_many``'s items as a list; a single string or bytes, or a non-iterable, is refused."""
+    if isinstance(items, (str, bytes, bytearray)):
+        raise InvalidInputError("adding many memories takes a list of items, not a single string or bytes")
+    try:
+        return list(items)
+    except TypeError:
+        raise InvalidInputError(
+            f"adding many memories takes a list of items, got {type(items).__name__}"
+        ) from None
+
+
 def check_namespace(namespace: Any) -> str:
     if not isinstance(namespace, str) or not namespace or len(namespace) > 256 or "\x00" in namespace:
         raise InvalidInputError(

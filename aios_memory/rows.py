@@ -7,7 +7,7 @@ path (``MemoryStore.add_many``, ``update``) and the import pipeline build their 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -69,9 +69,9 @@ def build_rows(
     n = len(items)
     flat = np.concatenate(vectors).reshape(-1)
     cols: dict[str, Any] = {
-        "id": [str(uuid.uuid4()) for _ in range(n)],
+        "id": new_ids(n),
         "namespace": [namespace] * n,
-        "created_at": [now] * n,
+        "created_at": _timestamps(now, n),
         "updated_at": [None] * n,
         "source": [it.source for it in items],
         "content": [it.content for it in items],
@@ -88,6 +88,32 @@ def build_rows(
             [c.get(TEXT_COLUMN[modality]) for c in columns], text_provider
         )
     return pa.table([cols[f.name] for f in schema], schema=schema)
+
+
+HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+DASHES = (8, 13, 18, 23)  # where the canonical form of a UUID has its dashes
+
+
+def new_ids(n: int) -> pa.Array:
+    """``n`` random (version 4, RFC 4122) UUIDs in canonical form as an Arrow string array: the bytes of
+    ``os.urandom``, as ``uuid.uuid4()`` takes them, formatted by numpy rather than one object per id."""
+    raw = np.frombuffer(os.urandom(16 * n), np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # the RFC 4122 variant
+    digits = np.empty((n, 32), np.uint8)
+    digits[:, 0::2], digits[:, 1::2] = HEX[raw >> 4], HEX[raw & 0x0F]
+    text = np.insert(digits, [d - i for i, d in enumerate(DASHES)], ord("-"), axis=1)  # (n, 36)
+    offsets = pa.py_buffer(np.arange(0, 36 * (n + 1), 36, dtype=np.int32))
+    return pa.StringArray.from_buffers(n, offsets, pa.py_buffer(text.tobytes()))
+
+
+def _timestamps(now: dt.datetime, n: int) -> pa.Array:
+    """``n`` copies of ``now`` as UTC microseconds (numpy; a list of datetimes converts row by row)."""
+    aware = now if now.tzinfo is not None else now.replace(tzinfo=dt.timezone.utc)  # naive: UTC
+    us = (aware - EPOCH) // dt.timedelta(microseconds=1)
+    buf = pa.py_buffer(np.full(n, us, np.int64))
+    return pa.Array.from_buffers(pa.timestamp("us", tz="UTC"), n, [None, buf])  # (a cast loads compute)
 
 
 def text_vectors(texts: list[str | None], provider: EmbeddingProvider | None) -> pa.Array:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aios_memory.errors import InvalidInputError, QueryError
+from aios_memory.given import GivenVector, check_table
 from aios_memory.memory import Memory, check_namespace, memory_from_row
 from aios_memory.modality import prepare
 from aios_memory.query import Deadline, Params, check_params, run, vector_columns, view_name
@@ -80,13 +81,16 @@ def run_search(
     if exact not in (None, True, False):
         raise InvalidInputError(f"exact must be True, False or None, got {exact!r}")
     deadline = timeout if isinstance(timeout, Deadline) else Deadline.start(timeout)
-    item = prepare(query)
-    target = modality or item.modality
+    item = None if isinstance(query, GivenVector) else prepare(query)
+    target = modality or (item.modality if item is not None else "text")
     reads = _count_reads(store._storage)
     m = store._manifest()  # the one manifest read of this search: everything below uses ``m``
     provider = store._provider_in(m, target)
     column, dim = "embedding", int(provider.dim)
-    if item.modality != target and item.modality not in provider.query_modalities and target in TEXT_COLUMN:
+    if item is None:  # a vector made elsewhere, for this table's space
+        check_table(provider, query.vector[None, :], target, None)
+        vector = query.vector
+    elif item.modality != target and item.modality not in provider.query_modalities and target in TEXT_COLUMN:
         # e.g. text -> audio: rank by the transcript's embedding from the text provider
         text = store._text_provider_in(m, target)
         if text is None or item.modality != text.modality:

@@ -27,6 +27,7 @@ from aios_memory.errors import (
     StoreCorruptError,
     VersionNotFoundError,
 )
+from aios_memory.given import query_of
 from aios_memory.home import default_store_path
 from aios_memory.memory import Memory, check_utf8, memory_from_row, with_metadata_filter
 from aios_memory.plugins import get_provider, get_providers
@@ -255,7 +256,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
 
     def search(
         self,
-        query: Any,
+        query: Any = None,
         k: int = 10,
         *,
         modality: str | None = None,
@@ -268,10 +269,11 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         exact: bool | None = None,
         filter: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        vector: Any = None,
     ) -> list[Memory]:
-        """Rank memories by cosine similarity to ``query`` (text, image or audio).
-
-        ``modality`` is the table searched (default: the query's own modality, so text searches text).
+        """Rank memories by cosine similarity to ``query`` (text, image or audio), or to a ``vector`` made
+        elsewhere (of ``modality``'s table, default text; its dimension checked). ``modality`` is the
+        table searched (default: the query's own modality, so text searches text).
         ``where`` is an SQL predicate over the table's columns whose values come from ``params``.
         ``filter`` is metadata equality, ``{"key": value or [values]}``, ANDed with ``where``.
         ``half_life`` (seconds) multiplies each score by ``0.5 ** (age / half_life)``, age counted from
@@ -285,11 +287,11 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         if where is not None:  # a predicate is SQL: a scope without the SQL right has `filter` only
             self._scope.check_sql()
         where, params = with_metadata_filter(where, params, filter)
-        deadline = Deadline.start(timeout)  # one, across retries
+        query, deadline = query_of(query, vector), Deadline.start(timeout)  # one deadline, across retries
         args = (query, k, modality, namespace, where, params, half_life, order, min_score, exact, deadline)
         return self._reading(lambda: self._search(*args))[0]
 
-    def explain_search(self, query: Any, k: int = 10, **kwargs: Any) -> dict[str, Any]:
+    def explain_search(self, query: Any = None, k: int = 10, **kwargs: Any) -> dict[str, Any]:
         """Run :meth:`search` and return what it did: ``path`` (``exact``, ``exact-selected`` or ``ann``),
         ``rows`` in the table, ``selected`` by the namespace/where filter, ``scored`` (vectors whose
         similarity was computed), ``fragments``, ``manifest_reads`` and the ``results``."""
@@ -312,6 +314,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         kw["where"], kw["params"] = with_metadata_filter(
             kw["where"], kw["params"], kwargs.pop("filter", None)
         )
+        query = query_of(query, kwargs.pop("vector", None))
         if kwargs:
             raise InvalidInputError(f"unknown search arguments: {', '.join(sorted(kwargs))}")
         kw["timeout"] = Deadline.start(kw["timeout"])

@@ -11,31 +11,35 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from aios_memory import dedupe as dup
-from aios_memory.compaction import compact_all, maintain, read_fragment
+from aios_memory.compaction import compact_all, has_ids, maintain, read_fragment
 from aios_memory.errors import (
     InvalidInputError,
     MemoryNotFoundError,
 )
+from aios_memory.given import check_table, single_modality, unit_rows
 from aios_memory.history import HistoryMixin
 from aios_memory.memory import (
     Memory,
     check_namespace,
     check_utf8,
+    item_list,
     memory_from_row,
     metadata_json,
     now_utc,
     per_item,
 )
 from aios_memory.modality import prepare
+from aios_memory.plugins import resolve_provider
 from aios_memory.provider import EmbeddingProvider
 from aios_memory.rows import build_rows, embed_rows, table_state, text_vectors
 from aios_memory.schema import TEXT_COLUMN
 from aios_memory.scope import Scope
 from aios_memory.storage import Fragment, Manifest, Storage
-from aios_memory.storage.sidecars import row_digests
+from aios_memory.storage.sidecars import digest_rows, row_digests
 
 EMBED_BATCH = 64
 
@@ -53,6 +57,7 @@ class WritesMixin(HistoryMixin):
     _manifest: Callable[[], Manifest]
     provider_for: Callable[[str], EmbeddingProvider]
     _provider_in: Callable[[Manifest, str], EmbeddingProvider]
+    _chosen: dict[str, str]
     _text_provider_in: Callable[[Manifest, str], EmbeddingProvider | None]
     get: Callable[[str], Memory]
     _nearest: Callable[..., tuple[list[str | None], Any]]  # over the memory-mapped vector sidecars
@@ -87,6 +92,8 @@ class WritesMixin(HistoryMixin):
         sources: Sequence[str | None] | None = None,
         progress: Callable[[int], None] | None = None,
         dedupe: float | bool | str | None = None,
+        embeddings: Any = None,
+        provider: str | None = None,
     ) -> list[str]:
         """Store many memories in one atomic commit: all become visible together, or none do.
 
@@ -98,18 +105,13 @@ class WritesMixin(HistoryMixin):
         whose content equals a stored memory's of the same modality and namespace (or an earlier item's)
         once and returns that memory's id; a cosine threshold (``True``: 0.97) also merges near
         duplicates (never the windows of a long recording); ``False`` stores every item.
+
+        ``embeddings`` (an ``(n, dim)`` array, one row per item, made elsewhere) are stored instead of
+        running a model, checked against the table's dimension and provider (``provider``: the name of
+        the provider that made them, checked against the table's); see :mod:`aios_memory.given`.
         """
         threshold = self._dedupe_threshold(dedupe)
-        if isinstance(items, (str, bytes, bytearray)):
-            raise InvalidInputError(
-                "adding many memories takes a list of items, not a single string or bytes"
-            )
-        try:
-            contents = list(items)
-        except TypeError:
-            raise InvalidInputError(
-                f"adding many memories takes a list of items, got {type(items).__name__}"
-            ) from None
+        contents = item_list(items)
         namespace = check_namespace(namespace)
         self._scope.check_write(namespace)
         n = len(contents)
@@ -117,11 +119,16 @@ class WritesMixin(HistoryMixin):
         if n == 0:
             return []
         prepared = [prepare(c, modality, s) for c, s in zip(contents, srcs, strict=True)]
+        given = None if embeddings is None else (unit_rows(embeddings, n), single_modality(prepared))
+        if given is None and provider is not None:
+            raise InvalidInputError("provider= names the maker of given embeddings; pass embeddings= too")
         m = self._manifest()  # one read for every provider lookup; the commit reads the newest again
         stored, repeats = {}, {}  # items held already (their ids) or repeating an earlier item: not embedded
+        digests: list[bytes] | None = None
         if threshold is not None:  # held in the newest version (not a pinned one)
             newest = m if self._pinned is None else self._storage.read_manifest()
-            stored, repeats = dup.known_items(self._storage, newest, prepared, namespace)
+            digests = dup.item_digests(prepared)  # once: the dedupe lookup, the commit and the sidecar
+            stored, repeats = dup.known_items(self._storage, newest, prepared, namespace, digests)
         by_modality: dict[str, list[int]] = {}
         for i, item in enumerate(prepared):
             if i not in stored and i not in repeats:
@@ -134,33 +141,37 @@ class WritesMixin(HistoryMixin):
         row_items: dict[str, list[int]] = {}  # input index of each row, per modality
         now = now_utc()
         for mod, idx in by_modality.items():
-            provider = providers[mod] = self._provider_in(m, mod)
-            text_providers[mod] = self._text_provider_in(m, mod)
-            # one item may become several rows (long audio: one per 30 s window)
-            rows = [(i, payload, cols) for i in idx for payload, cols in provider.expand(prepared[i].payload)]
-            vecs, columns = embed_rows(provider, rows, EMBED_BATCH, progress)  # length-sorted batches
-            vectors = [vecs]
-            row_items[mod] = [i for i, _, _ in rows]
+            if given is not None:  # vectors made elsewhere: one row per item, checked against the table
+                chosen = provider or self._chosen.get(mod)
+                maker = providers[mod] = resolve_provider(m.tables.get(mod), mod, chosen, self.path)
+                check_table(maker, given[0], mod, provider)
+                text_providers[mod], row_items[mod] = None, idx
+                vecs = given[0] if len(idx) == n else given[0][np.asarray(idx)]  # no copy when all are new
+                columns = [{}] * len(idx)  # read only: no per-row dict
+                if progress is not None:
+                    progress(len(idx))
+            else:
+                maker = providers[mod] = self._provider_in(m, mod)
+                text_providers[mod] = self._text_provider_in(m, mod)
+                # one item may become several rows (long audio: one per 30 s window)
+                rows = [(i, pay, cols) for i in idx for pay, cols in maker.expand(prepared[i].payload)]
+                vecs, columns = embed_rows(maker, rows, EMBED_BATCH, progress)  # length-sorted batches
+                row_items[mod] = [i for i, _, _ in rows]
+            at = row_items[mod]
             tables[mod] = build_rows(
-                mod,
-                provider,
-                text_providers[mod],
-                [prepared[i] for i, _, _ in rows],
-                [metas[i] for i, _, _ in rows],
-                namespace,
-                now,
-                vectors,
-                columns,
-            )
+                mod, maker, text_providers[mod], [prepared[i] for i in at], [metas[i] for i in at],
+                namespace, now, [vecs], columns,
+            )  # fmt: skip
 
         ids = {i: list(old) for i, old in stored.items()}
         if tables:
             check = dup.held_check(self._storage, prepared, stored, namespace) if stored else None
-            args = (tables, providers, text_providers, row_items, namespace, threshold, check)
+            args = (tables, providers, text_providers, row_items, namespace, threshold, check, digests)
             try:
                 pairs = self._commit_tables(f"add {n}", *args)
             except dup.HeldChanged:  # a memory found before embedding was deleted meanwhile: start again
-                kw = {"metadata": metadata, "sources": sources, "progress": progress, "dedupe": dedupe}
+                kw = {"metadata": metadata, "sources": sources, "progress": progress, "dedupe": dedupe,
+                      "embeddings": embeddings, "provider": provider}  # fmt: skip
                 return self.add_many(contents, modality=modality, namespace=namespace, **kw)
             for i, id_ in pairs:
                 ids.setdefault(i, []).append(id_)
@@ -176,6 +187,7 @@ class WritesMixin(HistoryMixin):
         namespace: str,
         dedupe: float | None = None,
         check: Callable[[Manifest], None] | None = None,
+        item_digests: list[bytes] | None = None,
     ) -> list[tuple[int, str]]:
         """Commit embedded rows atomically; (input index, id) per row, in input order (an item split
         into windows: its rows in order).
@@ -188,7 +200,10 @@ class WritesMixin(HistoryMixin):
         same_as: dict[tuple[str, int], str] = {}  # (modality, row) -> existing id
         stored: dict[int, list[str]] = {}  # item -> ids of the stored copy
         repeats: dict[int, int] = {}  # item -> the earlier item of this batch it repeats
-        digests = {mod: row_digests(t) for mod, t in tables.items()} if dedupe is not None else {}
+        digests = {  # each row's content digest: its item's (one computation serves dedupe and sidecar)
+            mod: row_digests(t) if item_digests is None else digest_rows(item_digests, row_items[mod])
+            for mod, t in tables.items()
+        }
         # A retried attempt appends the files it wrote if they are fresh and hold the same rows: a cleanup
         # with a short retention on another host may take older files for a dead writer's orphans.
         written: dict[str, tuple[Fragment, float, list[int]]] = {}
@@ -210,8 +225,11 @@ class WritesMixin(HistoryMixin):
                 if kept:
                     last = written.get(mod)
                     if last is None or last[2] != kept or time.monotonic() - last[1] >= REUSE_SECONDS:
-                        part = table if len(kept) == table.num_rows else table.take(pa.array(kept))
-                        written[mod] = (self._storage.write_fragment(mod, part), time.monotonic(), kept)
+                        part, dig = table, digests[mod]
+                        if len(kept) < table.num_rows:
+                            part, dig = table.take(pa.array(kept)), dig[kept]
+                        frag = self._storage.write_fragment(mod, part, dig)
+                        written[mod] = (frag, time.monotonic(), kept)
                     state.fragments.append(written[mod][0])
                     changed = True
             return m if changed else None
@@ -259,7 +277,7 @@ class WritesMixin(HistoryMixin):
             for mod, state in m.tables.items():
                 kept: list[Fragment] = []
                 for frag in state.fragments:
-                    if not self._has_ids(frag, wanted):
+                    if not has_ids(self._storage, frag, wanted, self._scope.namespaces):
                         kept.append(frag)
                         continue
                     table = self._read_fragment(frag)
@@ -321,7 +339,7 @@ class WritesMixin(HistoryMixin):
 
             state = m.tables.get(current.modality)
             for pos, frag in enumerate(state.fragments if state else []):
-                if not self._has_ids(frag, {id}):
+                if not has_ids(self._storage, frag, {id}, self._scope.namespaces):
                     continue
                 table = self._read_fragment(frag)
                 hit = pc.equal(table.column("id"), id)
@@ -369,18 +387,6 @@ class WritesMixin(HistoryMixin):
         (``lock_held_max_s`` reports the longest)."""
         self._scope.check_admin("clean up the store")
         return self._storage.cleanup(older_than)
-
-    def _has_ids(self, frag: Fragment, ids: set[str]) -> bool:
-        """Whether a fragment holds any of ``ids`` in this handle's scope, reading only its id and
-        namespace columns (not the media): a fragment with none of them is left as it is."""
-        import pyarrow.compute as pc
-
-        t = self._read_fragment(frag, columns=["id", "namespace"])
-        hit = pc.is_in(t.column("id"), pa.array(sorted(ids), pa.string()))
-        if self._scope.namespaces is not None:  # another scope's memories are not there for this handle
-            mine = pa.array(sorted(self._scope.namespaces), pa.string())
-            hit = pc.and_(hit, pc.is_in(t.column("namespace"), mine))
-        return bool(pc.any(hit).as_py())
 
     def _read_fragment(self, frag: Fragment, columns: list[str] | None = None) -> pa.Table:
         return read_fragment(self._storage, frag, columns)

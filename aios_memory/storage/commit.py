@@ -216,9 +216,10 @@ class Storage:
             checksums=(*frag.checksums, (suffix, digest)),
         )
 
-    def write_fragment(self, modality: str, table: pa.Table) -> Fragment:
-        """Write ``table`` as a new fragment plus its sidecars (raw vectors, created_at), all fsynced and
-        hashed. A failure (a full disk) removes what this call wrote."""
+    def write_fragment(self, modality: str, table: pa.Table, digests: Any = None) -> Fragment:
+        """Write ``table`` as a new fragment plus its sidecars (raw vectors, created_at, the content
+        ``digests`` if computed already), all fsynced and hashed. A failure (a full disk) removes what
+        this call wrote."""
         from aios_memory.storage.sidecars import sidecar_buffers
 
         name = uuid.uuid4().hex
@@ -230,7 +231,7 @@ class Storage:
                 lambda: self.backend.write_parquet(f"{stem}.parquet", table, ROW_GROUP_ROWS),
             )
         ]
-        for suffix, chunks in sidecar_buffers(table):
+        for suffix, chunks in sidecar_buffers(table, digests):
             rel = f"{derived}.{suffix}"
             jobs.append((suffix, rel, lambda rel=rel, chunks=chunks: self.backend.write_new(rel, chunks)))
         try:

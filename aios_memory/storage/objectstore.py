@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aios_memory.errors import InvalidInputError, ObjectStoreError, StoreError
+from aios_memory.storage.local import parquet_options
 from aios_memory.storage.s3config import SCHEMES, io_errors, os_error, parse_options
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
@@ -323,7 +324,7 @@ class S3Backend:
 
     def write_parquet(self, rel: str, table: pa.Table, row_group_size: int) -> tuple[int, str]:
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
+        pq.write_table(table, sink, row_group_size=row_group_size, **parquet_options(table))
         return self._put_new(rel, sink.getvalue())
 
     def write_file(self, rel: str, save: Callable[[str], None]) -> tuple[int, str]:

@@ -59,6 +59,12 @@ def row_digests(table: pa.Table) -> np.ndarray:
     return np.frombuffer(raw, np.uint8).reshape(table.num_rows, 16)
 
 
+def digest_rows(item_digests: list[bytes], rows: list[int]) -> np.ndarray:
+    """``(rows, 16)`` uint8: the digests of the items each row comes from."""
+    raw = b"".join([item_digests[i] for i in rows])
+    return np.frombuffer(raw, np.uint8).reshape(len(rows), 16)
+
+
 def _batch_digests(batch: pa.RecordBatch) -> bytes:
     """The digests of a batch's rows, hashing the media where Arrow holds them (no copy per value)."""
     texts = batch.column(0).to_pylist()
@@ -83,20 +89,22 @@ def vector_suffix(column: str) -> str:
 
 
 # --- writing ---------------------------------------------------------------------------------------
-def sidecar_buffers(table: pa.Table) -> Iterator[tuple[str, list[Any]]]:
+def sidecar_buffers(table: pa.Table, digests: np.ndarray | None = None) -> Iterator[tuple[str, list[Any]]]:
     """The sidecars of ``table``: ``(suffix, buffers)`` for each fixed-size float32 vector column, for
-    ``created_at`` and, in memory tables, the content digests. The change log gets none."""
+    ``created_at`` and, in memory tables, the content digests (``digests``: computed already, else here).
+    The change log gets none."""
     n = table.num_rows
     if {"content", "media", "embedding"} <= set(table.column_names):
-        yield DIGEST_SUFFIX, [row_digests(table)]
+        yield DIGEST_SUFFIX, [row_digests(table) if digests is None else digests]
     for f in table.schema:
         t = f.type
         if pa.types.is_fixed_size_list(t) and t.value_type == pa.float32():
             dim = t.list_size
             arr = table.column(f.name).combine_chunks()
             flat = arr.values.slice(arr.offset * dim, n * dim)
-            mat = np.array(flat.to_numpy(zero_copy_only=False), dtype="<f4").reshape(n, dim)
+            mat = np.asarray(flat.to_numpy(zero_copy_only=False), dtype="<f4").reshape(n, dim)  # no copy
             if arr.null_count:
+                mat = mat.copy()  # Arrow's buffer is read only
                 mat[np.asarray(arr.is_null())] = np.nan
             norms = np.sqrt(np.einsum("ij,ij->i", mat, mat, dtype=np.float64)).astype("<f4")
             yield vector_suffix(f.name), [np.ascontiguousarray(mat), norms]
