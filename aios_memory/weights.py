@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from aios_memory.errors import WeightFileError
 from aios_memory.weights_format import (
@@ -51,6 +52,8 @@ from aios_memory.weights_format import (
     Tensor,
     WeightFile,
     file_sha256,
+    meta_of,
+    open_parquet,
     read_meta,
     schema,
 )
@@ -106,16 +109,18 @@ def read_weights(
     write the weights can already rewrite their recorded hashes, which are integrity checks, not signatures.
     """
     path = Path(path)
-    meta = read_meta(path)
-    if model is not None and meta.get("model") != model:
-        raise WeightFileError(f"{path} holds model {meta.get('model')!r}, expected {model!r}")
     mapping = _map(path) if mmap else None
     source = None
     try:
-        # footer and small columns are read through the mapped descriptor (one and the same inode), not
-        # through the map: faulting them in would drag each row group's neighbouring tensor pages along
-        source = pa.PythonFile(os.fdopen(os.dup(mapping[2]), "rb"), mode="r") if mapping else None
-        return _build_checked(path, meta, mapping, source, verify, threads, defer)
+        # footer, metadata and small columns are read through the mapped descriptor (one and the same
+        # inode), not through the map: faulting them in would drag each row group's neighbouring tensor
+        # pages along
+        source = _descriptor_file(mapping[2]) if mapping else None
+        pf = open_parquet(path, source)
+        meta = meta_of(path, pf.schema_arrow)
+        if model is not None and meta.get("model") != model:
+            raise WeightFileError(f"{path} holds model {meta.get('model')!r}, expected {model!r}")
+        return _build_checked(path, meta, pf, mapping, verify, threads, defer)
     finally:
         if source is not None:
             source.close()
@@ -123,16 +128,30 @@ def read_weights(
             os.close(mapping[2])
 
 
+def _descriptor_file(fd: int) -> Any:
+    """An Arrow file reading the open file ``fd`` refers to. On Linux ``/proc/self/fd/<fd>`` reopens that
+    very inode (whatever its name points to now) as a native file: the footer and the ~2,000 small column
+    chunks of a CLIP file are then read without a Python call each (5.9 vs 7.8 ms). Elsewhere: the
+    descriptor wrapped in a Python file object."""
+    proc = f"/proc/self/fd/{fd}"
+    if os.path.exists(proc):
+        try:
+            return pa.OSFile(proc)
+        except (OSError, pa.ArrowException):
+            pass
+    return pa.PythonFile(os.fdopen(os.dup(fd), "rb"), mode="r")
+
+
 def _build_checked(
     path: Path,
     meta: dict[str, Any],
+    pf: pq.ParquetFile,
     mapping: Mapping_ | None,
-    source: Any,
     verify: bool,
     threads: int,
     defer: Callable[[str], bool] | None,
 ) -> WeightFile:
-    pf, cols = _row_columns(path, meta, source)
+    cols = _row_columns(path, meta, pf)
     nbytes = cols["nbytes"]
     located = _mapped_views(mapping, pf, nbytes) if mapping else None
     buffers = (

@@ -76,15 +76,18 @@ def meta_algo(path: Path, meta: dict[str, Any]) -> str:
     return algo
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The metadata of a weight file without reading its tensors; ``meta["algo"]`` always set."""
-    path = Path(path)
+def open_parquet(path: Path, source: Any = None) -> pq.ParquetFile:
+    """The Parquet file at ``path`` (or ``source``, an open file of it), or a ``WeightFileError``."""
     try:
-        sch = pq.read_schema(path)
+        return pq.ParquetFile(source if source is not None else path, memory_map=False, pre_buffer=False)
     except FileNotFoundError:
         raise WeightFileError(f"weight file not found: {path}") from None
     except (pa.ArrowException, OSError) as exc:
         raise WeightFileError(f"{path} is not a readable Parquet weight file ({exc})") from exc
+
+
+def meta_of(path: Path, sch: pa.Schema) -> dict[str, Any]:
+    """A weight file's metadata from its schema, format and algorithm checked; ``meta["algo"]`` always set."""
     raw = (sch.metadata or {}).get(META_KEY)
     if raw is None:
         raise WeightFileError(f"{path} is a Parquet file but not an aios-memory weight file")
@@ -99,6 +102,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise WeightFileError(f"{path} has weight-file format {meta.get('format')}, this build reads {known}")
     meta["algo"] = meta_algo(path, meta)
     return meta
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a weight file without reading its tensors; ``meta["algo"]`` always set."""
+    path = Path(path)
+    return meta_of(path, open_parquet(path).schema_arrow)
 
 
 @dataclass

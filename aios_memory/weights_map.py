@@ -22,17 +22,11 @@ def _bad(path: Path, why: str) -> WeightFileError:
     return WeightFileError(f"{path} is truncated or corrupt ({why}); reinstall the model")
 
 
-def _row_columns(
-    path: Path, meta: dict[str, Any], source: Any = None
-) -> tuple[pq.ParquetFile, dict[str, list[Any]]]:
-    """The open file and its small per-tensor columns (everything but ``data``), each row checked; the
-    digests are under ``cols["digest"]``. ``source``: the mapped descriptor, so footer, columns and
-    tensors come from one and the same inode."""
+def _row_columns(path: Path, meta: dict[str, Any], pf: pq.ParquetFile) -> dict[str, list[Any]]:
+    """The small per-tensor columns (everything but ``data``) of the open file ``pf`` (opened on the mapped
+    descriptor, so footer, columns and tensors come from one and the same inode), each row checked; the
+    digests are under ``cols["digest"]``."""
     algo = meta["algo"]
-    try:
-        pf = pq.ParquetFile(source if source is not None else path, memory_map=False, pre_buffer=False)
-    except (pa.ArrowException, OSError) as exc:
-        raise _bad(path, str(exc)) from exc
     if algo not in pf.schema_arrow.names:
         raise WeightFileError(f"{path}: its metadata says {algo} digests, but it has no {algo} column")
     try:
@@ -54,7 +48,7 @@ def _row_columns(
             raise WeightFileError(
                 f"{path}: tensor {name!r} has {nbytes} bytes, which does not fit shape {tuple(shape)}"
             )
-    return pf, cols
+    return cols
 
 
 def _padded(nbytes: int) -> int:

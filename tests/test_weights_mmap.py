@@ -217,8 +217,8 @@ def test_verified_once_cache_is_opt_in_and_dies_with_any_change(sample, monkeypa
         import pyarrow as pa
 
         meta = read_meta(path)
-        _, cols = _row_columns(path, meta, pa.BufferReader(pa.py_buffer(memoryview(m))))
-        return _cache_key(st, m, cols, meta)
+        pf = pq.ParquetFile(pa.BufferReader(pa.py_buffer(memoryview(m))))
+        return _cache_key(st, m, _row_columns(path, meta, pf), meta)
 
     assert json.loads(_cache_path(path).read_text()) == current_key()
     assert current_key()["algo"] == _algo(path)  # the algorithm is part of what the cache vouches for
