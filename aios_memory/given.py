@@ -55,7 +55,9 @@ def unit_rows(values: Any, n: int | None = None, what: str = "embeddings") -> np
         raise InvalidInputError(f"{what} row {int(np.flatnonzero(norms == 0)[0])} is all zeros")
     if arr.dtype == np.float32 and np.all(np.abs(norms - 1.0) <= 1e-6):
         return np.ascontiguousarray(arr)  # unit rows already (most embedding jobs normalise)
-    return np.divide(arr, norms[:, None], dtype=np.float64).astype(np.float32)
+    if arr.dtype == np.float32:
+        return arr / norms.astype(np.float32)[:, None]  # one pass; the norm was summed in float64
+    return (arr / norms[:, None]).astype(np.float32)
 
 
 def query_of(query: Any, vector: Any) -> Any:

@@ -297,6 +297,27 @@ def prepare(content: Any, modality: str | None = None, source: str | None = None
     return item
 
 
+def prepare_many(contents: list[Any], modality: str | None, sources: list[str | None]) -> list[Item]:
+    """:func:`prepare` of each item; a list of plain texts without sources is checked in bulk (one
+    join, one UTF-8 encode), and any problem is found and reported by :func:`prepare` item by item."""
+    if (
+        modality in (None, "text")
+        and all(type(c) is str for c in contents)
+        and all(s is None for s in sources)
+        and all(map(str.strip, contents))
+        and max(map(len, contents), default=0) <= MAX_TEXT_CHARS
+    ):
+        joined = "".join(contents)
+        if "\x00" not in joined:
+            try:
+                joined.encode("utf-8")
+            except UnicodeEncodeError:
+                pass
+            else:
+                return [Item("text", c, c) for c in contents]
+    return [prepare(c, modality, s) for c, s in zip(contents, sources, strict=True)]
+
+
 def _prepare(content: Any, source: str | None) -> Item:
     if isinstance(content, str):
         if not content.strip():

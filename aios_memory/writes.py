@@ -32,7 +32,7 @@ from aios_memory.memory import (
     now_utc,
     per_item,
 )
-from aios_memory.modality import prepare
+from aios_memory.modality import prepare, prepare_many
 from aios_memory.plugins import resolve_provider
 from aios_memory.provider import EmbeddingProvider
 from aios_memory.rows import build_rows, embed_rows, table_state, text_vectors
@@ -118,7 +118,7 @@ class WritesMixin(HistoryMixin):
         metas, srcs = per_item(metadata, sources, n)
         if n == 0:
             return []
-        prepared = [prepare(c, modality, s) for c, s in zip(contents, srcs, strict=True)]
+        prepared = prepare_many(contents, modality, srcs)
         given = None if embeddings is None else (unit_rows(embeddings, n), single_modality(prepared))
         if given is None and provider is not None:
             raise InvalidInputError("provider= names the maker of given embeddings; pass embeddings= too")

@@ -61,6 +61,9 @@ _MANIFEST_RE = re.compile(r"^(\d{20})\.manifest\.json$")
 _DATA_FILE_RE = re.compile(r"^[0-9a-f]{32}\.")  # fragments, their sidecars and index files: <uuid>.<what>
 
 
+PARALLEL_BYTES = 8 << 20  # a batch this big writes its Parquet file and sidecars on threads
+
+
 class Storage:
     """Versioned fragments and manifests of one store directory."""
 
@@ -231,23 +234,33 @@ class Storage:
                 lambda: self.backend.write_parquet(f"{stem}.parquet", table, ROW_GROUP_ROWS),
             )
         ]
-        for suffix, chunks in sidecar_buffers(table, digests):
-            rel = f"{derived}.{suffix}"
-            jobs.append((suffix, rel, lambda rel=rel, chunks=chunks: self.backend.write_new(rel, chunks)))
+        # Big batches (and every batch on object storage: one round trip for the puts, not several) write
+        # their files on threads: Parquet encoding, hashing and writes release the GIL, so the vectors'
+        # sidecar is computed and written while the Parquet file is. A small add stays on this thread.
+        pool = ThreadPoolExecutor(4) if not self.backend.is_local or table.nbytes >= PARALLEL_BYTES else None
+        futures = [pool.submit(jobs[0][2])] if pool is not None else []
         try:
-            if self.backend.is_local:
+            for suffix, chunks in sidecar_buffers(table, digests):
+                rel = f"{derived}.{suffix}"
+                jobs.append((suffix, rel, lambda rel=rel, chunks=chunks: self.backend.write_new(rel, chunks)))
+                if pool is not None:
+                    futures.append(pool.submit(jobs[-1][2]))
+            if pool is None:
                 done = [job() for _s, _r, job in jobs]
-            else:  # one round trip for the three puts, not three
-                with ThreadPoolExecutor(len(jobs)) as pool:
-                    futures = [pool.submit(job) for _s, _r, job in jobs]
-                    done = [f.result() for f in futures]
+            else:
+                done = [f.result() for f in futures]
         except BaseException:
+            if pool is not None:
+                pool.shutdown(wait=True)  # nothing may still be writing what is removed next
             for _s, rel, _j in jobs:  # what was written of them (a missing one is no error)
                 try:
                     self.backend.delete(rel)
                 except OSError:
                     pass  # an orphan: invisible to readers, cleanup's after the retention period
             raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
         sums = tuple((suffix, digest) for (suffix, _r, _j), (_n, digest) in zip(jobs, done, strict=True))
         nbytes, suffixes = done[0][0], tuple(s for s, _r, _j in jobs[1:])
         side = sum(n for n, _d in done[1:])
