@@ -68,14 +68,19 @@ class WhisperProvider(ConvertedModelProvider):
         beam_size: int | None = None,
         patience: float = 1.0,
     ) -> None:
-        from aios_memory_whisper.transcribe import DecodeOptions
-
         super().__init__(directory)
         self.language = language
         # checked now, so a bad value is a typed error at construction, not at the first transcript
-        self.options = DecodeOptions(
-            beam_size=beam_size_from_env() if beam_size is None else beam_size, patience=patience
-        )
+        self.beam_size = beam_size_from_env() if beam_size is None else beam_size
+        self.patience = patience
+        if (
+            isinstance(self.beam_size, bool)
+            or not isinstance(self.beam_size, int)
+            or not 1 <= self.beam_size <= 16
+        ):
+            raise InvalidInputError(f"beam_size must be an integer from 1 to 16, got {self.beam_size!r}")
+        if isinstance(patience, bool) or not isinstance(patience, (int, float)) or not 0 < patience <= 4:
+            raise InvalidInputError(f"patience must be a number in (0, 4], got {patience!r}")
         self._model: Any = None
         self._tokenizer: Any = None
         self._prompt: list[int] = []
@@ -128,6 +133,13 @@ class WhisperProvider(ConvertedModelProvider):
         self._eot = SpecialTokens.from_tokenizer(tok).eot
         self._no_speech = tok.token_to_id(NO_SPEECH)
         self._model, self._tokenizer = model, tok
+
+    @property
+    def options(self) -> Any:
+        """The ``transcribe.DecodeOptions`` this provider decodes with."""
+        from aios_memory_whisper.transcribe import DecodeOptions
+
+        return DecodeOptions(beam_size=self.beam_size, patience=self.patience)
 
     # --- audio ---------------------------------------------------------------------------------------
     def log_mel(self, audio: Any) -> Any:
