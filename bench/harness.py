@@ -54,7 +54,7 @@ def clip_checkpoint(hf_dir: Path, out_dir: Path | None = None, seed: int = 0) ->
 
 
 def full_load(provider_cls: Any, directory: Path) -> Any:
-    """A fresh provider's ``_load`` and, for CLIP, both towers' deferred sha256: every tensor checked."""
+    """A fresh provider's ``_load`` and, for CLIP, both towers' deferred hashes: every tensor checked."""
     prov = provider_cls(directory)
     prov._load()
     if hasattr(prov, "_tower"):
@@ -74,22 +74,24 @@ def median_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> di
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def hash_floor(path: Path, repeats: int, threads: int = 2, select=None) -> float:
-    """Seconds to sha256 the tensors' bytes (all, or those ``select(name)`` picks) already in memory,
-    split over ``threads`` like the loader does: the least a load that checks every hash can take."""
-    import hashlib
+def hash_floor(path: Path, repeats: int, threads: int = 2, select=None, algo: str | None = None) -> float:
+    """Seconds to hash the tensors' bytes (all, or those ``select(name)`` picks) already in memory with the
+    file's own digest (or ``algo``), split over ``threads`` like the loader does: the least a load that
+    checks every hash can take."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from aios_memory import digests
     from aios_memory.weights import read_weights
 
     wf = read_weights(path, verify=False)
+    algo = algo or wf.algo
     blobs = [bytes(t.buffer) for n, t in wf.tensors.items() if select is None or select(n)]
     blobs.sort(key=len, reverse=True)
     times = []
     with ThreadPoolExecutor(threads) as pool:
         for _ in range(repeats + 1):
             t = time.perf_counter()
-            list(pool.map(lambda b: hashlib.sha256(b).digest(), blobs))
+            list(pool.map(lambda b: digests.digest(algo, b), blobs))
             times.append(time.perf_counter() - t)
     return statistics.median(times[1:])
 

@@ -103,7 +103,7 @@ class ClipProvider(ConvertedModelProvider):
         # fp32 reads the mapped pages as they are, so each tower is hashed at its first use (an image
         # store never pays for the text tower); bf16 / int8 convert every weight now, so hash all now.
         defer = _tower_of if self.precision == "fp32" else None
-        wf = read_weights(self.weights_path, model=MODEL_ID, defer=defer)  # sha256 per tensor
+        wf = read_weights(self.weights_path, model=MODEL_ID, defer=defer)  # a digest per tensor
         cfg = ClipConfig.from_dict(wf.config)
         if cfg.projection_dim != self.dim:
             raise ProviderError(
@@ -117,7 +117,7 @@ class ClipProvider(ConvertedModelProvider):
         self._model, self._cfg, self._weights = model, cfg, wf
 
     def _tower(self, modality: str) -> None:
-        """Check the sha256 of one tower's tensors before their first use (``read_weights(defer=...)``)."""
+        """Check the digests of one tower's tensors before their first use (``read_weights(defer=...)``)."""
         wf = self._weights
         if wf.pending:
             with self._tower_lock:

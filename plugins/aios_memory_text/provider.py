@@ -66,7 +66,7 @@ class MiniLMProvider(ConvertedModelProvider):
 
         from aios_memory_text.model import BertConfig, MiniLM
 
-        wf = read_weights(self.weights_path, model=MODEL_ID)  # every tensor's sha256 checked
+        wf = read_weights(self.weights_path, model=MODEL_ID)  # every tensor's digest checked
         cfg = BertConfig.from_dict(wf.config)
         tok = Tokenizer.from_file(str(wf.check_side_file("tokenizer.json")))
         with torch.device("meta"):
