@@ -76,7 +76,8 @@ def test_damaged_manifest_is_a_clear_error(tmp_path):
     _append(s, 2)
     p = s.backend.path(manifest_name(1))
     raw = p.read_bytes()
-    p.write_bytes(raw.replace(b'"rows": 2', b'"rows": 9'))
+    assert raw.count(b'"rows":2') == 1  # compact canonical JSON (manifests before were pretty-printed)
+    p.write_bytes(raw.replace(b'"rows":2', b'"rows":9'))
     with pytest.raises(StoreCorruptError, match="checksum"):
         s.read_manifest()
     p.write_bytes(raw[: len(raw) // 2])
@@ -215,3 +216,24 @@ def test_fragments_with_sidecars_beside_them_still_read_from_the_sidecars(tmp_pa
     explain = fresh.explain_search("alpha", k=2)
     assert explain["parquet_fallback"] == 0 and explain["results"][0].content == "alpha"
     assert fresh.verify()["ok"]
+
+
+def test_manifests_written_pretty_printed_before_still_read(tmp_path):
+    """Manifests were indented JSON with the checksum among the sorted keys; they read as before, and a
+    damaged one is still refused."""
+    import hashlib
+    import json
+
+    s = Storage(tmp_path / "s")
+    m = _append(s, 2)
+    p = s.backend.path(manifest_name(m.version))
+    body = json.loads(p.read_bytes())
+    body.pop("checksum")
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    body["checksum"] = hashlib.sha256(canon.encode()).hexdigest()
+    old = json.dumps(body, sort_keys=True, indent=1).encode()
+    p.write_bytes(old)
+    assert s.read_manifest().to_bytes() == m.to_bytes()
+    p.write_bytes(old.replace(b'"rows": 2', b'"rows": 3'))
+    with pytest.raises(StoreCorruptError, match="checksum"):
+        s.read_manifest()

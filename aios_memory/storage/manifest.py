@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from aios_memory.errors import StoreCorruptError
@@ -36,6 +36,14 @@ def check_path(rel: str, where: str) -> str:
             "writes); it was refused, nothing was read"
         )
     return rel
+
+
+def _table_body(t: TableState) -> dict[str, Any]:
+    """``dataclasses.asdict(t)`` without its deep copy: the manifest is encoded and then dropped."""
+    out = dict(t.__dict__)
+    out["fragments"] = [f.__dict__ for f in t.fragments]
+    out["index"] = None if t.index is None else t.index.__dict__
+    return out
 
 
 def manifest_name(version: int) -> str:
@@ -128,26 +136,33 @@ class Manifest:
     history: list[Fragment] = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
-        body = {
+        """Compact canonical JSON (sorted keys) with its sha256 as a last ``checksum`` member: the body
+        is encoded once (no deep copy, no second pretty-printed pass), and a reader checks those bytes
+        as they are (:meth:`from_bytes`)."""
+        body: dict[str, Any] = {
             "format": STORE_FORMAT,
             "version": self.version,
             "created_at": self.created_at,
             "operation": self.operation,
-            "tables": {m: asdict(t) for m, t in sorted(self.tables.items())},
+            "tables": {m: _table_body(t) for m, t in self.tables.items()},
         }
         if self.history:  # absent when empty: stores that never changed a memory keep their manifests
-            body["history"] = [asdict(f) for f in self.history]
+            body["history"] = [f.__dict__ for f in self.history]
         canon = json.dumps(body, sort_keys=True, separators=(",", ":"))
-        body["checksum"] = hashlib.sha256(canon.encode()).hexdigest()
-        return json.dumps(body, sort_keys=True, indent=1).encode()
+        checksum = hashlib.sha256(canon.encode()).hexdigest()
+        return f'{canon[:-1]},"checksum":"{checksum}"}}'.encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes, where: str) -> Manifest:
         try:
             body = json.loads(raw)
             checksum = body.pop("checksum")
-            canon = json.dumps(body, sort_keys=True, separators=(",", ":"))
-            if hashlib.sha256(canon.encode()).hexdigest() != checksum:
+            tail = f',"checksum":"{checksum}"}}'.encode() if isinstance(checksum, str) else b"\0"
+            if raw.endswith(tail):  # written by to_bytes: the canonical bytes are the file's own
+                canon_bytes = raw[: -len(tail)] + b"}"
+            else:  # an older manifest (pretty-printed): its canonical form re-encoded
+                canon_bytes = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+            if hashlib.sha256(canon_bytes).hexdigest() != checksum:
                 raise ValueError("checksum mismatch")
             if body.get("format") != STORE_FORMAT:
                 raise ValueError(f"store format {body.get('format')}, this build reads {STORE_FORMAT}")
