@@ -124,8 +124,9 @@ class Tensor:
     offset: int = -1  # mapped tensors: where the bytes start in the file
 
     def matches(self) -> bool:
-        """Whether the bytes in memory hash to the recorded digest."""
-        return digests.digest(self.algo, self.buffer) == self.digest
+        """Whether the bytes in memory hash to the recorded digest (on this thread alone: loads spread
+        their tensors over threads of their own)."""
+        return digests.digest(self.algo, self.buffer, threaded=False) == self.digest
 
     def numpy(self) -> np.ndarray:
         np_dtype = DTYPES[self.dtype][0]

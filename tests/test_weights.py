@@ -258,3 +258,19 @@ def test_digest_column_must_be_the_one_the_metadata_names(tmp_path):
 def test_writer_refuses_an_unknown_algo(tmp_path):
     with pytest.raises(WeightFileError, match="unknown digest algorithm 'md5'"):
         write_weights(tmp_path / "w.parquet", {"w": np.ones(2, np.float32)}, model="m", config={}, algo="md5")
+
+
+def test_digests_are_the_standard_ones_threaded_or_not(tmp_path):
+    from aios_memory import digests
+
+    assert digests.digest("sha256", b"") == hashlib.sha256(b"").hexdigest()
+    assert digests.digest("blake3", b"") == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    big = np.random.default_rng(5).integers(0, 255, digests.THREADED_MIN + 12345, dtype=np.uint8)
+    for algo in ALGOS:
+        assert digests.digest(algo, big) == digests.digest(algo, big, threaded=False)
+    f = tmp_path / "f.bin"
+    f.write_bytes(big.tobytes())
+    assert digests.file_digest(f, "blake3") == digests.digest("blake3", big)
+    assert digests.file_digest(f) == hashlib.sha256(big.tobytes()).hexdigest()
+    with pytest.raises(WeightFileError, match="unknown digest algorithm 'md5'"):
+        digests.digest("md5", b"x")
