@@ -9,6 +9,8 @@ vectors that are of the wrong shape, not finite, or zero, before they reach the 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -25,6 +27,8 @@ _LIFECYCLE = frozenset({"_load_lock", "_loaded", "_busy", "_last_used", "_restor
 
 
 PRECISIONS = ("fp32", "bf16", "int8")
+DEVICE_ENV = "AIOS_MEMORY_DEVICE"  # the device of every provider not given one: cpu (default), cuda[:N], auto
+_DEVICE_RE = re.compile(r"^(cpu|auto|cuda(:[0-9]{1,2})?)$")
 
 
 class EmbeddingProvider:
@@ -44,6 +48,7 @@ class EmbeddingProvider:
     source_pip: ClassVar[str | None] = None  # a registry package that ships the weights, if any
     version: ClassVar[str] = "1"
     precision: str = "fp32"  # or an opt-in "bf16" / "int8" (see ``_use_precision``)
+    device: str = "cpu"  # where a torch model runs: cpu, cuda[:N] or auto (see ``_use_device``)
 
     def __init__(self) -> None:
         if not self.name or self.modality not in MODALITIES or int(self.dim) <= 0:
@@ -261,6 +266,36 @@ class EmbeddingProvider:
             self.name = f"{type(self).name}@{precision}"  # type: ignore[misc]
             self.precision = precision
 
+    def _use_device(self, device: str | None) -> None:
+        """Where the model runs: ``device`` if given, else ``$AIOS_MEMORY_DEVICE``, else ``cpu``; ``auto``
+        picks CUDA when torch has a device. Checked now (a bad name is a typed error at construction);
+        whether CUDA is there is checked when the model loads. Vectors are the same on any device (to the
+        encoders' tolerance; TF32 is off), so the device is not part of a table's fingerprint."""
+        chosen = device if device is not None else os.environ.get(DEVICE_ENV, "").strip() or "cpu"
+        if not isinstance(chosen, str) or not _DEVICE_RE.match(chosen):
+            where = "device" if device is not None else f"${DEVICE_ENV}"
+            raise ProviderError(f"{where} must be cpu, cuda, cuda:N or auto, got {chosen!r}")
+        if chosen != "cpu" and self.precision == "int8":
+            raise ProviderError("int8 (dynamic quantisation) runs on the CPU only; use fp32 or bf16 on CUDA")
+        self.device = chosen
+
+    def torch_device(self) -> Any:
+        """The ``torch.device`` to load the model onto (called by ``_load``)."""
+        import torch
+
+        want = self.device
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        if want.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ProviderError(
+                    f"provider {self.name!r} was asked for {want}, but torch {torch.__version__} sees no "
+                    "CUDA device (a CPU build, or no GPU); use device='cpu' or 'auto'"
+                )
+            torch.backends.cuda.matmul.allow_tf32 = False  # exact fp32 matmuls, as on the CPU
+            torch.backends.cudnn.allow_tf32 = False
+        return torch.device(want)
+
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -270,6 +305,7 @@ class EmbeddingProvider:
             "model": self.model_name,
             "installed": self.is_installed(),
             "loaded": self._loaded,
+            "device": self.device,
         }
 
     def __repr__(self) -> str:

@@ -130,3 +130,72 @@ def test_unload_waits_for_no_running_embed_call():
     release.set()
     t.join(10)
     assert p.unload() is True and not hasattr(p, "weights")  # an attribute _load added is gone again
+
+
+# --- device: cpu, cuda[:N], auto (AIOS_MEMORY_DEVICE) -------------------------------------------------
+def test_device_names_are_checked_at_construction(monkeypatch):
+    from aios_memory_clip.provider import ClipProvider
+    from aios_memory_text.provider import MiniLMProvider
+
+    assert MiniLMProvider().device == "cpu"
+    assert MiniLMProvider(device="cuda:1").device == "cuda:1"  # whether it exists is checked at load
+    for bad in ("gpu", "cuda:x", "CUDA", "", "cpu "):
+        with pytest.raises(ProviderError, match="cpu, cuda, cuda:N or auto"):
+            MiniLMProvider(device=bad)
+    with pytest.raises(ProviderError, match="CPU only"):
+        ClipProvider(precision="int8", device="cuda")
+    monkeypatch.setenv("AIOS_MEMORY_DEVICE", "tpu")
+    with pytest.raises(ProviderError, match=r"\$AIOS_MEMORY_DEVICE"):
+        MiniLMProvider()
+    monkeypatch.setenv("AIOS_MEMORY_DEVICE", "auto")
+    assert MiniLMProvider().device == "auto" and MiniLMProvider(device="cpu").device == "cpu"
+    assert MiniLMProvider().info()["device"] == "auto"
+
+
+def test_cuda_without_a_device_is_a_typed_error_and_auto_runs_on_the_cpu(model_home, tmp_path):
+    import torch
+    from aios_memory_text.provider import MiniLMProvider
+
+    from aios_memory import MemoryStore
+    from aios_memory.plugins import get_provider
+
+    texts = ["a dog runs on the beach", "quarterly revenue grew"]
+    want = get_provider("minilm-l6-v2").embed_batch(texts)
+    auto = MiniLMProvider(device="auto")
+    got = auto.embed_batch(texts)
+    if torch.cuda.is_available():  # a GPU machine: the same vectors to the encoders' bar
+        assert auto._device.type == "cuda"
+        assert float((got * want).sum(1).min()) >= 0.99999
+        cuda = MiniLMProvider(device="cuda").embed_batch(texts)
+        assert float((cuda * want).sum(1).min()) >= 0.99999
+        return
+    assert auto._device.type == "cpu"
+    np.testing.assert_array_equal(got, want)
+    missing = MiniLMProvider(device="cuda")
+    with pytest.raises(ProviderError, match="sees no CUDA device"):
+        missing.embed_batch(texts)
+    assert not missing.loaded
+    store = MemoryStore(tmp_path / "s")
+    store.add("kept")
+    before = store.version
+    from aios_memory.hookspecs import hookimpl
+    from aios_memory.plugins import register_plugin, unregister_plugin
+
+    class _CudaOnly(MiniLMProvider):
+        name = "minilm-on-cuda-test"
+
+    class _Plugin:
+        @hookimpl
+        def register_embedding_providers(self, register):  # type: ignore[no-untyped-def]
+            register(_CudaOnly(device="cuda"))
+
+    plugin = _Plugin()
+    register_plugin(plugin, name="cuda-only-test")
+    try:
+        other = MemoryStore(tmp_path / "t", providers={"text": "minilm-on-cuda-test"})
+        with pytest.raises(ProviderError, match="sees no CUDA device"):
+            other.add("never stored")
+        assert other.version == 0
+    finally:
+        unregister_plugin(plugin)
+    assert store.version == before

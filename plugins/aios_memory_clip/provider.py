@@ -70,10 +70,14 @@ class ClipProvider(ConvertedModelProvider):
     hf_required = ("config.json", "model.safetensors", "tokenizer.json|vocab.json+merges.txt")
     version = "1"
 
-    def __init__(self, directory: Path | None = None, precision: str = "fp32") -> None:
+    def __init__(
+        self, directory: Path | None = None, precision: str = "fp32", device: str | None = None
+    ) -> None:
         """``precision``: ``fp32`` (default, exact), or the opt-in ``bf16`` / ``int8`` (dynamic) modes; a
-        reduced-precision provider is named ``clip-vit-b-32@bf16`` / ``@int8`` and shares the fp32 weights."""
+        reduced-precision provider is named ``clip-vit-b-32@bf16`` / ``@int8`` and shares the fp32 weights.
+        ``device``: ``cpu``, ``cuda[:N]`` or ``auto`` (default: ``$AIOS_MEMORY_DEVICE``, else cpu)."""
         self._use_precision(precision)
+        self._use_device(device)
         super().__init__(directory)
         self._model: Any = None
         self._tokenizer: Any = None
@@ -102,7 +106,9 @@ class ClipProvider(ConvertedModelProvider):
 
         # fp32 reads the mapped pages as they are, so each tower is hashed at its first use (an image
         # store never pays for the text tower); bf16 / int8 convert every weight now, so hash all now.
-        defer = _tower_of if self.precision == "fp32" else None
+        device = self.torch_device()  # a missing CUDA device is refused before the weights are read
+        # (a model copied to a GPU is copied whole at load: every tensor is checked first)
+        defer = _tower_of if self.precision == "fp32" and device.type == "cpu" else None
         wf = read_weights(self.weights_path, model=MODEL_ID, defer=defer)  # a digest per tensor
         cfg = ClipConfig.from_dict(wf.config)
         if cfg.projection_dim != self.dim:
@@ -114,7 +120,9 @@ class ClipProvider(ConvertedModelProvider):
         model.load_state_dict(wf.torch_state_dict(), strict=True, assign=True)  # zero-copy views
         model.eval().requires_grad_(False)
         model.optimize(self.precision)  # bf16 weights or dynamic int8 Linear when asked; fp32: as loaded
-        self._model, self._cfg, self._weights = model, cfg, wf
+        if device.type != "cpu":
+            model.to(device)
+        self._model, self._cfg, self._weights, self._device = model, cfg, wf, device
 
     def _tower(self, modality: str) -> None:
         """Check the digests of one tower's tensors before their first use (``read_weights(defer=...)``)."""
@@ -155,7 +163,8 @@ class ClipProvider(ConvertedModelProvider):
         with torch.inference_mode():
             for start in range(0, len(batch), IMAGE_BATCH):
                 pixels = torch.from_numpy(batch[start : start + IMAGE_BATCH])  # (B, 3, S, S)
-                out[start : start + len(pixels)] = self._model.encode_image(pixels).numpy()
+                got = self._model.encode_image(pixels.to(self._device))
+                out[start : start + len(pixels)] = got.float().cpu().numpy()
         return out, [{} for _ in range(len(batch))]
 
     def _embed_query(self, items: list[Any], modality: str) -> np.ndarray:
@@ -182,7 +191,7 @@ class ClipProvider(ConvertedModelProvider):
                 batch = torch.full((len(idx), T), self._cfg.pad_token_id, dtype=torch.long)
                 for row, i in enumerate(idx):
                     batch[row, : len(ids[i])] = torch.tensor(ids[i])
-                out[idx] = self._model.encode_text(batch).numpy()
+                out[idx] = self._model.encode_text(batch.to(self._device)).float().cpu().numpy()
         return out
 
     # --- engine API --------------------------------------------------------------------------------------

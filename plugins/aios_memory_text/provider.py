@@ -35,10 +35,14 @@ class MiniLMProvider(ConvertedModelProvider):
     source_pip = SOURCE_PIP
     version = "1"
 
-    def __init__(self, directory: Path | None = None, precision: str = "fp32") -> None:
+    def __init__(
+        self, directory: Path | None = None, precision: str = "fp32", device: str | None = None
+    ) -> None:
         """``precision``: ``fp32`` (default, exact), or the opt-in ``bf16`` / ``int8`` (dynamic) modes; a
-        reduced-precision provider is named ``minilm-l6-v2@bf16`` / ``@int8`` and shares the fp32 weights."""
+        reduced-precision provider is named ``minilm-l6-v2@bf16`` / ``@int8`` and shares the fp32 weights.
+        ``device``: ``cpu``, ``cuda[:N]`` or ``auto`` (default: ``$AIOS_MEMORY_DEVICE``, else cpu)."""
         self._use_precision(precision)
+        self._use_device(device)
         super().__init__(directory)
         self._model: Any = None
         self._tokenizer: Any = None
@@ -66,6 +70,7 @@ class MiniLMProvider(ConvertedModelProvider):
 
         from aios_memory_text.model import BertConfig, MiniLM
 
+        device = self.torch_device()  # a missing CUDA device is refused before the weights are read
         wf = read_weights(self.weights_path, model=MODEL_ID)  # every tensor's digest checked
         cfg = BertConfig.from_dict(wf.config)
         tok = Tokenizer.from_file(str(wf.check_side_file("tokenizer.json")))
@@ -74,6 +79,9 @@ class MiniLMProvider(ConvertedModelProvider):
         model.load_state_dict(wf.torch_state_dict(), strict=True, assign=True)  # zero-copy views
         model.eval().requires_grad_(False)
         model.optimize(self.precision)  # fused QKV; bf16 weights or dynamic int8 Linear when asked
+        if device.type != "cpu":
+            model.to(device)  # a copy on the device; the mapped file stays the verified source
+        self._device = device
         tok.enable_truncation(max_length=cfg.max_seq_length)
         tok.no_padding()
         self._model, self._tokenizer, self._cfg = model, tok, cfg
@@ -97,5 +105,6 @@ class MiniLMProvider(ConvertedModelProvider):
                 for row, i in enumerate(idx):
                     input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
                     mask[row, : len(ids[i])] = 1
-                out[idx] = self._model(input_ids, mask).numpy()
+                dev = self._device
+                out[idx] = self._model(input_ids.to(dev), mask.to(dev)).float().cpu().numpy()
         return out
