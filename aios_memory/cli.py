@@ -37,6 +37,8 @@ _LAZY_COMMANDS = {
     "doctor": "aios_memory.maintenance_commands",
     "compact": "aios_memory.maintenance_commands",
     "cleanup": "aios_memory.maintenance_commands",
+    "versions": "aios_memory.maintenance_commands",
+    "retention": "aios_memory.maintenance_commands",
     "index": "aios_memory.maintenance_commands",
 }
 

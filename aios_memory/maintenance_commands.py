@@ -1,4 +1,5 @@
-"""Store maintenance commands: ``doctor``, ``compact``, ``cleanup`` and ``index create`` (loaded when run)."""
+"""Store maintenance commands: ``doctor``, ``compact``, ``cleanup``, ``index create``, ``versions`` and
+``retention`` (loaded when run)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,26 @@ def compact(ctx: click.Context, modality: str | None) -> None:
 def cleanup(ctx: click.Context, older_than: float | None) -> None:
     """Delete superseded versions and unreferenced files older than --older-than seconds."""
     _echo_json(_store(ctx).cleanup(older_than))
+
+
+@click.command()
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N versions.")
+@click.pass_context
+def versions(ctx: click.Context, limit: int | None) -> None:
+    """List the retained versions, newest first: when each was committed, by which operation, the rows of
+    each table and their change (JSON). Open one with MemoryStore(path, as_of=VERSION or a datetime)."""
+    _echo_json(_store(ctx).versions(limit))
+
+
+@click.command()
+@click.argument("seconds", type=click.FloatRange(min=0), required=False)
+@click.pass_context
+def retention(ctx: click.Context, seconds: float | None) -> None:
+    """Show the retention period (how long superseded versions stay readable), or set it to SECONDS (a
+    store setting, one commit; cleanup honours it)."""
+    store = _store(ctx)
+    if seconds is not None:
+        version = store.set_retention(seconds)
+        _echo_json({"retention": store.retention, "version": version})
+    else:
+        _echo_json({"retention": store.retention})

@@ -29,6 +29,7 @@ class Scope:
     media: bool = True
     admin: bool = True
     label: str = field(default="", compare=False)  # who holds it (a token's name), for messages and logs
+    why: str = field(default="", compare=False)  # why it is read-only, when no token made it so
 
     @classmethod
     def of(
@@ -73,6 +74,7 @@ class Scope:
             self.media and other.media,
             self.admin and other.admin,
             other.label or self.label,
+            other.why or self.why,
         )
 
     def with_media(self, media: bool) -> Scope:
@@ -93,7 +95,7 @@ class Scope:
 
     def check_write(self, namespace: str | None = None) -> None:
         if not self.write:
-            raise AccessDeniedError(f"{self._who()}is read-only; nothing was changed")
+            raise AccessDeniedError(f"{self.why or self._who() + 'is read-only'}; nothing was changed")
         if namespace is not None and not self.sees(namespace):
             raise AccessDeniedError(
                 f"{self._who()}may not write namespace {namespace!r}; nothing was changed"
@@ -105,6 +107,8 @@ class Scope:
 
     def check_admin(self, what: str) -> None:
         if not self.admin:
+            if self.why:
+                raise AccessDeniedError(f"{self.why}: it may not {what}")
             raise AccessDeniedError(f"{self._who()}may not {what} (store maintenance needs full access)")
 
     def _who(self) -> str:

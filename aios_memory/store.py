@@ -6,6 +6,7 @@ newest committed version at the time of the call unless the store is pinned with
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,14 +39,16 @@ from aios_memory.scope import FULL, Scope
 from aios_memory.settings import record_models
 from aios_memory.storage import DEFAULT_RETENTION, Manifest, Storage
 from aios_memory.storage.s3config import is_remote
+from aios_memory.timetravel import VersionsMixin
 from aios_memory.vectors import CACHE, ids_of, namespace_rows, nearest
 from aios_memory.writes import WritesMixin
 
 READ_RETRIES = 8  # a read whose version cleanup removed mid-call starts again on the newest this often
 
 
-class MemoryStore(WritesMixin, CrossModalMixin):
-    """A directory of multimodal memories. ``MemoryStore()`` opens the embedded default store."""
+class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin):
+    """A directory of multimodal memories. ``MemoryStore()`` opens the embedded default store;
+    ``as_of`` (a version or a datetime) opens it read-only as it was then."""
 
     def __init__(
         self,
@@ -56,18 +59,22 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         create: bool = True,
         lock_timeout: float = 60.0,
         dedupe: float | bool | str | None = None,
-        retention: float = DEFAULT_RETENTION,
+        retention: float | None = None,
+        as_of: int | dt.datetime | None = None,
     ) -> None:
         # a local directory, or an object-storage location kept as the URI it is ("s3://bucket/prefix")
         self.path: Path | str = path if is_remote(path) else Path(path or default_store_path())  # type: ignore[arg-type]
-        if isinstance(retention, bool) or not isinstance(retention, (int, float)) or not retention >= 0:
+        if retention is not None and (
+            isinstance(retention, bool) or not isinstance(retention, (int, float)) or not retention >= 0
+        ):
             raise InvalidInputError(f"retention must be a number of seconds >= 0, got {retention!r}")
+        self._retention = None if retention is None else float(retention)  # None: the store's setting
         self._storage = Storage(
             self.path,
             storage_options=storage_options,
             create=create,
             lock_timeout=lock_timeout,
-            retention=retention,
+            retention=DEFAULT_RETENTION if retention is None else retention,
         )
         if self._storage.created:  # where its models are, for a process given nothing but the path
             record_models(self._storage.root)
@@ -81,6 +88,8 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         self._scope: Scope = FULL
         self._dedupe = policy(dedupe, EXACT)  # the default of add(dedupe=None); validated now
         self._manifest()  # fail now, not later, on a damaged manifest
+        if as_of is not None:  # a read-only view of the store as it was (see aios_memory.timetravel)
+            self._open_as_of(as_of)
 
     # --- scope -------------------------------------------------------------------------------------
     @property
@@ -99,18 +108,7 @@ class MemoryStore(WritesMixin, CrossModalMixin):
         view._scope = self._scope.narrow(scope)
         return view
 
-    # --- versions ----------------------------------------------------------------------------------
-    @property
-    def version(self) -> int:
-        return self._manifest().version
-
-    def checkout(self, version: int | None) -> None:
-        """Pin reads to ``version`` (``None``: follow the newest again)."""
-        self._scope.check_admin("pin versions")
-        if version is not None:
-            self._storage.read_manifest(version)
-        self._pinned = version
-
+    # --- versions (and version, checkout, versions, retention: VersionsMixin) ------------------------
     def files(self, modality: str | None = None, *, version: int | None = None) -> list[str]:
         """The committed Parquet fragments of ``version`` (default: the pinned or newest one), as URIs
         other engines open (absolute paths locally, ``s3://`` on object storage): exactly the rows that

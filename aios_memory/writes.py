@@ -58,6 +58,7 @@ class WritesMixin(HistoryMixin):
     provider_for: Callable[[str], EmbeddingProvider]
     _provider_in: Callable[[Manifest, str], EmbeddingProvider]
     _chosen: dict[str, str]
+    retention: float  # (VersionsMixin)
     _text_provider_in: Callable[[Manifest, str], EmbeddingProvider | None]
     get: Callable[[str], Memory]
     _nearest: Callable[..., tuple[list[str | None], Any]]  # over the memory-mapped vector sidecars
@@ -386,7 +387,7 @@ class WritesMixin(HistoryMixin):
         removed version get a ``VersionNotFoundError``; the writers' lock is held only in short steps
         (``lock_held_max_s`` reports the longest)."""
         self._scope.check_admin("clean up the store")
-        return self._storage.cleanup(older_than)
+        return self._storage.cleanup(self.retention if older_than is None else older_than)
 
     def _read_fragment(self, frag: Fragment, columns: list[str] | None = None) -> pa.Table:
         return read_fragment(self._storage, frag, columns)

@@ -242,10 +242,15 @@ def _standalone(
     help="Also serve the web page on 127.0.0.1:PORT (0: any free port) over the daemon's models; "
     "sign in with a token from `aios-memory token create` at /?token=...",
 )
-@_seconds(
-    "--cleanup-every", 600.0, "Remove versions older than the store's retention (1 h) this often (0: never)."
+@_seconds("--cleanup-every", 600.0, "Remove versions older than the store's retention this often (0: never).")
+@click.option(
+    "--retention",
+    type=click.FloatRange(0.0),
+    default=None,
+    metavar="SECONDS",
+    help="How long a superseded version stays readable before cleanup may remove it "
+    "[default: the store's setting (aios-memory retention), else 3600].",
 )
-@_seconds("--retention", 3600.0, "How long a superseded version stays readable before cleanup may remove it.")
 @click.option("--stop", is_flag=True, help="Stop the store's running daemon (SIGTERM) and exit.")
 @click.pass_context
 def daemon(
@@ -261,7 +266,7 @@ def daemon(
     idle_exit: float = 0.0,
     ui_port: int | None = None,
     cleanup_every: float = 600.0,
-    retention: float = 3600.0,
+    retention: float | None = None,
     stop: bool = False,
 ) -> None:
     """Hold the store and its models once and serve many MCP clients: over a Unix socket (mode 0600,

@@ -58,7 +58,7 @@ class DaemonConfig:
     socket: Path | None = None  # default: runtime.socket_path(store)
     ui_port: int | None = None  # also serve the web page (service tokens only) on 127.0.0.1:ui_port
     cleanup_every: float | None = 600.0  # seconds between cleanups of versions past the store's retention
-    retention: float = 3600.0  # seconds a superseded version stays readable (MemoryStore(retention=))
+    retention: float | None = None  # seconds a superseded version stays readable; None: the store's setting
 
 
 class AlreadyRunning(RuntimeError):

@@ -134,6 +134,8 @@ class Manifest:
     tables: dict[str, TableState] = field(default_factory=dict)
     # Fragments of the change log (``history``): one row per update or delete of a memory.
     history: list[Fragment] = field(default_factory=list)
+    # Store settings that travel with the store (local or object storage): {"retention": seconds}
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         """Compact canonical JSON (sorted keys) with its sha256 as a last ``checksum`` member: the body
@@ -148,6 +150,8 @@ class Manifest:
         }
         if self.history:  # absent when empty: stores that never changed a memory keep their manifests
             body["history"] = [f.__dict__ for f in self.history]
+        if self.settings:  # absent when none: older builds read these manifests (unknown keys ignored)
+            body["settings"] = self.settings
         canon = json.dumps(body, sort_keys=True, separators=(",", ":"))
         checksum = hashlib.sha256(canon.encode()).hexdigest()
         return f'{canon[:-1]},"checksum":"{checksum}"}}'.encode()
@@ -180,7 +184,10 @@ class Manifest:
                 for m, t in body["tables"].items()
             }
             history = [Fragment(**f) for f in body.get("history", [])]
-            m = cls(body["version"], body["created_at"], body["operation"], tables, history)
+            settings = body.get("settings", {})
+            if not isinstance(settings, dict):
+                raise ValueError("settings is not an object")
+            m = cls(body["version"], body["created_at"], body["operation"], tables, history, settings)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StoreCorruptError(
                 f"manifest {where} is damaged ({exc}); run `aios-memory doctor` to inspect the store"
@@ -219,6 +226,7 @@ class Manifest:
                 for m, t in self.tables.items()
             },
             list(self.history),
+            dict(self.settings),
         )
 
     def fragment_paths(self) -> set[str]:
