@@ -37,15 +37,15 @@ def resolve_as_of(storage: Storage, as_of: Any) -> int:
             raise storage.version_gone(as_of)
         return as_of
     when = moment(as_of)
-    versions = storage.versions()
-    times = [storage.read_manifest(v).created_at for v in versions]  # ascending, as commits are
-    at = bisect.bisect_right(times, when)
+    versions = storage.versions()  # commit times ascend with versions: a binary search reads log2(n)
+    at = bisect.bisect_right(versions, when, key=lambda v: storage.read_manifest(v).created_at)
     if at == 0:  # before every retained version
         if not versions or versions[0] == 1:
             return 0  # before the first commit: the empty store
         raise VersionNotFoundError(
             f"store {storage.root} retains no version from {as_of.isoformat()}: the oldest it keeps is "
-            f"version {versions[0]}, committed {_iso(times[0])} (cleanup removed older ones)"
+            f"version {versions[0]}, committed {_iso(storage.read_manifest(versions[0]).created_at)} "
+            "(cleanup removed older ones)"
         )
     return versions[at - 1]
 
