@@ -40,6 +40,7 @@ from aios_memory.schema import TEXT_COLUMN
 from aios_memory.scope import Scope
 from aios_memory.storage import Fragment, Manifest, Storage
 from aios_memory.storage.sidecars import digest_rows, row_digests
+from aios_memory.upsert import UpsertMixin
 
 EMBED_BATCH = 64
 
@@ -47,7 +48,7 @@ EMBED_BATCH = 64
 REUSE_SECONDS = 1.0  # a retried append reuses its fragment if written this recently
 
 
-class WritesMixin(HistoryMixin):
+class WritesMixin(UpsertMixin, HistoryMixin):
     """Mixed into ``MemoryStore``, which provides the attributes annotated here (no stubs)."""
 
     _scope: Scope
