@@ -17,6 +17,7 @@ import numpy as np
 from aios_memory.errors import InvalidInputError, QueryError
 from aios_memory.given import GivenVector, check_table
 from aios_memory.memory import Memory, check_namespace, memory_from_row
+from aios_memory.mmr import check_lambda, mmr_select
 from aios_memory.modality import prepare
 from aios_memory.query import Deadline, Params, check_params, run, vector_columns, view_name
 from aios_memory.schema import TEXT_COLUMN
@@ -26,6 +27,7 @@ from aios_memory.vectors import (
     decay_weights,
     exact_scores,
     fragment_times,
+    fragment_vectors,
     namespace_rows,
     pool_map,
     rank,
@@ -52,6 +54,8 @@ def run_search(
     min_score: float | None,
     exact: bool | None,
     timeout: float | Deadline | None = None,
+    mmr: float | None = None,
+    fetch_k: int | None = None,
 ) -> tuple[list[Memory], dict[str, Any]]:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
@@ -80,6 +84,7 @@ def run_search(
         raise InvalidInputError(f"min_score must be a number, got {min_score!r}")
     if exact not in (None, True, False):
         raise InvalidInputError(f"exact must be True, False or None, got {exact!r}")
+    pool = mmr_pool(k, mmr, fetch_k, order)  # the candidates ranked: k, or fetch_k for MMR to choose from
     deadline = timeout if isinstance(timeout, Deadline) else Deadline.start(timeout)
     item = None if isinstance(query, GivenVector) else prepare(query)
     target = modality or (item.modality if item is not None else "text")
@@ -146,8 +151,8 @@ def run_search(
         raise QueryError(f"no usable ANN index for this search of {target} memories: {refusal}")
     got = None
     if index is not None and refusal is None and exact is not True:
-        got = ann_search(store._storage, index, fragments, column, dim, vector, k, selections)
-        if exact is None and selections is not None and len(got.row) < min(k, explain["selected"]):
+        got = ann_search(store._storage, index, fragments, column, dim, vector, pool, selections)
+        if exact is None and selections is not None and len(got.row) < min(pool, explain["selected"]):
             # the graph's candidates were mostly rows the filter (a namespace, a scope) leaves out: what
             # other namespaces hold must not shorten this result, so rank the selected rows exactly
             refusal, got = "the index's candidates held fewer than k selected rows", None
@@ -156,7 +161,7 @@ def run_search(
         explain.update(path="ann" if selections is None else "ann-selected", scored=got.scored)
         explain["index"] = index.kind
     else:
-        ranked = rank(store._storage, fragments, column, dim, vector, k, selections, weight, deadline)
+        ranked = rank(store._storage, fragments, column, dim, vector, pool, selections, weight, deadline)
         explain["scored"], explain["parquet_fallback"] = ranked.scored, ranked.parquet_fallback
         frag_idx, rows = ranked.frag, ranked.row
         scores = exact_scores(store._storage, fragments, column, dim, vector, frag_idx, rows)
@@ -170,18 +175,56 @@ def run_search(
     if min_score is not None:
         keep = scores >= float(min_score)
         frag_idx, rows, scores = frag_idx[keep], rows[keep], scores[keep]
-    if len(rows) > k:  # exact scores now: keep the top k and anything tied with the k-th
-        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+    if len(rows) > pool:  # exact scores now: keep the top k and anything tied with the k-th
+        kth = np.partition(scores, len(scores) - pool)[len(scores) - pool]
         keep = scores >= kth
         frag_idx, rows, scores = frag_idx[keep], rows[keep], scores[keep]
     if not len(rows):
         return [], explain
     found = fetch_rows(store, target, fragments, frag_idx, rows, scores)  # candidates: about k rows
-    out = sorted(found, key=lambda mem: (-(mem.score or 0.0), mem.id))[:k]
+    best = sorted(range(len(found)), key=lambda j: (-(found[j].score or 0.0), found[j].id))[:pool]
+    out = [found[j] for j in best]
+    if mmr is not None:  # re-rank the pool, in search order, by MMR over the sidecars' vectors
+        unit = pool_vectors(store._storage, fragments, column, dim, frag_idx[best], rows[best])
+        picked = mmr_select(vector, unit, [mem.score for mem in out], float(mmr), k)
+        out = [out[i] for i in picked]
+        explain["mmr"] = {"lambda": float(mmr), "fetch_k": pool, "pool": len(unit)}
     if order == "newest":
         out.sort(key=lambda mem: mem.id)
         out.sort(key=lambda mem: mem.created_at, reverse=True)
     return out, explain
+
+
+def mmr_pool(k: int, mmr: Any, fetch_k: Any, order: str) -> int:
+    """How many candidates a search ranks: ``k``, or for MMR (``mmr`` = lambda) ``fetch_k`` (default
+    ``max(20, 4k)`` capped at :data:`MAX_K`). Checks both; ``order="newest"`` is refused with MMR."""
+    if mmr is None:
+        if fetch_k is not None:
+            raise InvalidInputError("fetch_k is the size of the MMR candidate pool: it needs mmr=")
+        return k
+    check_lambda(mmr)
+    if order != "score":
+        raise InvalidInputError(
+            "mmr chooses the result order itself: it cannot be combined with order='newest'"
+        )
+    if fetch_k is None:
+        return min(MAX_K, max(20, 4 * k))
+    if isinstance(fetch_k, bool) or not isinstance(fetch_k, int) or not k <= fetch_k <= MAX_K:
+        raise InvalidInputError(f"fetch_k must be an integer from k ({k}) to {MAX_K}, got {fetch_k!r}")
+    return fetch_k
+
+
+def pool_vectors(
+    storage: Storage, fragments: list[Fragment], column: str, dim: int, frag_idx: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
+    """The given rows' vectors from the sidecars the ranking mapped, as float64 unit rows, in order."""
+    out = np.empty((len(rows), dim), np.float64)
+    for i in np.unique(frag_idx):
+        at = np.flatnonzero(frag_idx == i)
+        mat, _ = fragment_vectors(storage, fragments[int(i)], column, dim)
+        v = mat[rows[at]].astype(np.float64)
+        out[at] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
 
 
 def select_rows(

@@ -268,31 +268,28 @@ class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin):
         filter: Mapping[str, Any] | None = None,
         timeout: float | None = None,
         vector: Any = None,
+        mmr: float | None = None,
+        fetch_k: int | None = None,
     ) -> list[Memory]:
         """Rank memories by cosine similarity to ``query`` (text, image or audio), or to a ``vector`` made
-        elsewhere (of ``modality``'s table, default text; its dimension checked). ``modality`` is the
-        table searched (default: the query's own modality, so text searches text).
-        ``where`` is an SQL predicate over the table's columns whose values come from ``params``.
-        ``filter`` is metadata equality, ``{"key": value or [values]}``, ANDed with ``where``.
-        ``half_life`` (seconds) multiplies each score by ``0.5 ** (age / half_life)``, age counted from
-        ``created_at``; ``min_score`` drops results scoring below it (after the decay); ``order="newest"``
-        returns the top ``k`` by score newest first. ``exact=True`` never uses an ANN index,
-        ``exact=False`` requires one (see :meth:`create_index`); by default an index is used when the
-        table has one and the search can use it. :meth:`explain_search` says what a search did.
-        ``timeout`` (seconds; default none) stops a search that runs longer with ``QueryTimeoutError``:
-        the ``where`` predicate is interrupted inside DuckDB, the ranking between blocks of rows.
-        """
+        elsewhere (of ``modality``'s table, default text). ``modality``: the table (default: the query's).
+        ``where``: an SQL predicate whose values come from ``params``; ``filter``: metadata equality,
+        ``{"key": value or [values]}``, ANDed with ``where``. ``half_life`` (seconds) multiplies scores by
+        ``0.5 ** (age / half_life)``; ``min_score`` drops results below it (after the decay);
+        ``order="newest"``: the top ``k`` newest first. ``exact=True`` never uses an ANN index,
+        ``exact=False`` requires one. ``timeout`` (seconds) raises ``QueryTimeoutError`` past it.
+        ``mmr=λ`` (0..1; 1: relevance only) re-ranks the top ``fetch_k`` (default ``max(20, 4k)``) by
+        maximal marginal relevance; scores stay the exact cosines. See docs/concepts.md "Search"."""
         if where is not None:  # a predicate is SQL: a scope without the SQL right has `filter` only
             self._scope.check_sql()
         where, params = with_metadata_filter(where, params, filter)
         query, deadline = query_of(query, vector), Deadline.start(timeout)  # one deadline, across retries
         args = (query, k, modality, namespace, where, params, half_life, order, min_score, exact, deadline)
-        return self._reading(lambda: self._search(*args))[0]
+        return self._reading(lambda: self._search(*args, mmr, fetch_k))[0]
 
     def explain_search(self, query: Any = None, k: int = 10, **kwargs: Any) -> dict[str, Any]:
-        """Run :meth:`search` and return what it did: ``path`` (``exact``, ``exact-selected`` or ``ann``),
-        ``rows`` in the table, ``selected`` by the namespace/where filter, ``scored`` (vectors whose
-        similarity was computed), ``fragments``, ``manifest_reads`` and the ``results``."""
+        """Run :meth:`search` and return what it did: ``path``, ``rows``, ``selected`` by the filters,
+        ``scored`` (vectors compared), ``fragments``, ``manifest_reads``, ``mmr`` if asked, ``results``."""
         kw = {
             name: kwargs.pop(name, default)
             for name, default in [
@@ -305,6 +302,8 @@ class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin):
                 ("min_score", None),
                 ("exact", None),
                 ("timeout", None),
+                ("mmr", None),
+                ("fetch_k", None),
             ]
         }
         if kw["where"] is not None:
