@@ -197,3 +197,51 @@ def test_without_langchain_the_import_says_what_to_install():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and 'pip install "aios-memory[langchain]"' in proc.stderr
+
+
+PETS = [
+    Document(id="p-1", page_content="The user's cat is called Miso"),
+    Document(id="p-2", page_content="The user has a cat named Miso"),
+    Document(id="p-3", page_content="Miso is the name of the user's cat"),
+    Document(id="p-4", page_content="The user's cat's name is Miso"),
+    Document(id="p-5", page_content="The user adopted a beagle puppy last spring", metadata={"kind": "dog"}),
+    Document(id="p-6", page_content="The user keeps tropical fish in an aquarium"),
+    Document(id="p-7", page_content="Flight to Tokyo on April 3"),
+]
+CATS = {"p-1", "p-2", "p-3", "p-4"}
+
+
+def test_mmr_retriever_returns_the_store_mmr_selection(model_home, tmp_path):
+    vs = AiosMemoryVectorStore(tmp_path / "store", namespace="pets")
+    vs.add_documents(PETS)
+    query = "what is the name of the user's cat?"
+    lc_id = {m.id: m.metadata["lc_id"] for m in vs.store.search(query, k=len(PETS), namespace="pets")}
+
+    def store_mmr(k, fetch_k, lam):
+        return [lc_id[m.id] for m in vs.store.search(query, k=k, namespace="pets", mmr=lam, fetch_k=fetch_k)]
+
+    plain = [d.id for d in vs.similarity_search(query, k=3)]
+    assert len(CATS.intersection(plain)) == 3
+    for lam in (0.0, 0.5, 1.0):
+        want = store_mmr(3, 6, lam)
+        kwargs = {"k": 3, "fetch_k": 6, "lambda_mult": lam}
+        retriever = vs.as_retriever(search_type="mmr", search_kwargs=kwargs)
+        assert [d.id for d in retriever.invoke(query)] == want
+        assert [d.id for d in asyncio.run(retriever.ainvoke(query))] == want
+        assert [d.id for d in vs.max_marginal_relevance_search(query, **kwargs)] == want
+        vec = vs.embeddings.embed_query(query)
+        assert [d.id for d in vs.max_marginal_relevance_search_by_vector(vec, **kwargs)] == want
+        by_vec = asyncio.run(vs.amax_marginal_relevance_search_by_vector(vec, **kwargs))
+        assert [d.id for d in by_vec] == want
+    assert store_mmr(3, 6, 1.0) == plain
+    diverse = [d.id for d in vs.as_retriever(search_type="mmr", search_kwargs={"k": 3}).invoke(query)]
+    assert diverse == store_mmr(3, 20, 0.5) and len(CATS.intersection(diverse)) < 3  # LangChain's defaults
+    # k above LangChain's default pool of 20: the pool is k, not an error
+    assert len(vs.max_marginal_relevance_search(query, k=25)) == len(PETS)
+    assert [d.id for d in vs.max_marginal_relevance_search(query, k=3, filter={"kind": "dog"})] == ["p-5"]
+    with pytest.raises(InvalidInputError, match="lambda"):
+        vs.max_marginal_relevance_search(query, k=3, lambda_mult=2.0)
+    with pytest.raises(InvalidInputError, match="fetch_k"):
+        vs.max_marginal_relevance_search(query, k=3, fetch_k="6")
+    with pytest.raises(InvalidInputError, match="384"):
+        vs.max_marginal_relevance_search_by_vector([0.5] * 8, k=3)

@@ -214,7 +214,9 @@ def test_upsert_namespaces_and_query_forms(index, tmp_path):
     with pytest.raises(InvalidInputError, match="384"):
         vector_store.query(VectorStoreQuery(query_embedding=[0.5] * 8, similarity_top_k=1))
     with pytest.raises(InvalidInputError, match="mode"):
-        vector_store.query(VectorStoreQuery(query_str="x", mode=VectorStoreQueryMode.MMR))
+        vector_store.query(VectorStoreQuery(query_str="x", mode=VectorStoreQueryMode.SPARSE))
+    with pytest.raises(InvalidInputError, match="'hybrid'"):
+        vector_store.query(VectorStoreQuery(query_str="x", mode="hybrid"))
 
 
 def test_from_documents_offline(model_home, tmp_path):
@@ -257,3 +259,56 @@ def test_without_llama_index_the_import_says_what_to_install():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and 'pip install "aios-memory[llama-index]"' in proc.stderr
+
+
+PARAPHRASES = [
+    ("p-1", "The user's cat is called Miso"),
+    ("p-2", "The user has a cat named Miso"),
+    ("p-3", "Miso is the name of the user's cat"),
+    ("p-4", "The user's cat's name is Miso"),
+    ("p-5", "The user adopted a beagle puppy last spring"),
+    ("p-6", "The user keeps tropical fish in an aquarium"),
+    ("p-7", "Flight to Tokyo on April 3"),
+]
+
+
+def test_mmr_mode_returns_the_store_mmr_selection(model_home, tmp_path):
+    vector_store = AiosMemoryVectorStore(tmp_path / "store", namespace="pets")
+    index = VectorStoreIndex(
+        [TextNode(id_=i, text=t) for i, t in PARAPHRASES],
+        storage_context=StorageContext.from_defaults(vector_store=vector_store),
+        embed_model=AiosMemoryEmbedding(),
+    )
+    store, query = vector_store.client, "what is the name of the user's cat?"
+    by_id = {m.id: m.metadata["node_id"] for m in store.search(query, k=len(PARAPHRASES), namespace="pets")}
+    plain = vector_store.query(VectorStoreQuery(query_str=query, similarity_top_k=3))
+    for lam in (0.2, 0.5, 1.0):
+        expected = store.search(query, k=3, namespace="pets", mmr=lam, fetch_k=6)
+        want = [by_id[m.id] for m in expected]
+        mmr = vector_store.query(
+            VectorStoreQuery(query_str=query, similarity_top_k=3, mode="mmr", mmr_threshold=lam),
+            mmr_prefetch_k=6,
+        )
+        assert mmr.ids == want
+        assert mmr.similarities == pytest.approx([m.score for m in expected], abs=1e-12)
+        by_vec = vector_store.query(
+            VectorStoreQuery(
+                query_embedding=AiosMemoryEmbedding().get_query_embedding(query),
+                similarity_top_k=3,
+                mode=VectorStoreQueryMode.MMR,
+            ),
+            mmr_threshold=lam,  # the way LlamaIndex's own SimpleVectorStore takes it
+            mmr_prefetch_factor=2,
+        )
+        assert by_vec.ids == want
+    assert sum(i in {"p-1", "p-2", "p-3", "p-4"} for i in plain.ids) == 3
+    retriever = index.as_retriever(
+        similarity_top_k=3, vector_store_query_mode="mmr", vector_store_kwargs={"mmr_threshold": 0.5}
+    )
+    diverse = [h.node.node_id for h in retriever.retrieve(query)]
+    assert diverse == [by_id[m.id] for m in store.search(query, k=3, namespace="pets", mmr=0.5)]
+    assert sum(i in {"p-1", "p-2", "p-3", "p-4"} for i in diverse) < 3
+    with pytest.raises(InvalidInputError, match="lambda"):
+        vector_store.query(VectorStoreQuery(query_str=query, mode="mmr", mmr_threshold=1.5))
+    with pytest.raises(InvalidInputError, match="mmr_prefetch_factor"):
+        vector_store.query(VectorStoreQuery(query_str=query, mode="mmr"), mmr_prefetch_factor=0.5)

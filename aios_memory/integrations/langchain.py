@@ -5,6 +5,7 @@
     vs = AiosMemoryVectorStore("agent-memory", namespace="user-42")
     vs.add_texts(["The user's cat is called Miso"], metadatas=[{"kind": "fact"}])
     vs.as_retriever(search_kwargs={"k": 1, "filter": {"kind": "fact"}}).invoke("pets?")
+    vs.as_retriever(search_type="mmr", search_kwargs={"k": 3, "fetch_k": 20, "lambda_mult": 0.5})
 
 The store embeds texts with its own text provider: vectors are never taken from another embedding
 model. Documents live in one namespace (per agent, user or session). Ids a caller gives are kept in
@@ -193,6 +194,54 @@ class AiosMemoryVectorStore(VectorStore):
         where, params = compile_filter(dict_filter(filter)) if filter else (None, [])
         rows = vector_search(self.store, embedding, k, self.namespace, where, params)
         return [(self._document(r), float(r["score"])) for r in rows]
+
+    def max_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """``k`` documents chosen by maximal marginal relevance from the ``fetch_k`` closest to ``query``
+        (``lambda_mult``: 1 relevance only, 0 diversity only), by the store's ``search(mmr=...)``."""
+        return self._mmr(query, None, k, fetch_k, lambda_mult, filter)
+
+    def max_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """:meth:`max_marginal_relevance_search` by a query vector in the store's text space."""
+        return self._mmr(None, embedding, k, fetch_k, lambda_mult, filter)
+
+    def _mmr(
+        self,
+        query: str | None,
+        vector: list[float] | None,
+        k: int,
+        fetch_k: int,
+        lambda_mult: float,
+        filter: dict[str, Any] | None,
+    ) -> list[Document]:
+        where, params = compile_filter(dict_filter(filter)) if filter else (None, None)
+        hits = self.store.search(
+            query,
+            k=k,
+            modality="text",
+            namespace=self.namespace,
+            where=where,
+            params=params,
+            vector=vector,
+            mmr=lambda_mult,
+            fetch_k=max(k, fetch_k) if type(k) is int and type(fetch_k) is int else fetch_k,  # default 20 < k
+        )
+        return [self._document(m.__dict__) for m in hits]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         return lambda score: min(1.0, max(0.0, score))  # cosine similarity, negatives as 0

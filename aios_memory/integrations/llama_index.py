@@ -183,12 +183,22 @@ class AiosMemoryVectorStore(BasePydanticVectorStore):
         return [self._node(r) for r in select(self._store, self.namespace, where, params)]
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
-        """The ``similarity_top_k`` nodes closest to ``query_embedding`` (or, without one, ``query_str``)."""
-        if query.mode != VectorStoreQueryMode.DEFAULT:
-            raise InvalidInputError(f"query mode {query.mode.value!r} is not supported; use the default mode")
+        """The ``similarity_top_k`` nodes closest to ``query_embedding`` (or, without one, ``query_str``).
+
+        ``VectorStoreQueryMode.MMR`` re-ranks by maximal marginal relevance with λ = ``mmr_threshold``
+        (of the query, else of ``kwargs``; default 0.5, 1 = relevance only) over a pool of
+        ``mmr_prefetch_k`` (or ``mmr_prefetch_factor`` × k) candidates, default the store's; the
+        similarities stay the exact cosines."""
+        if query.mode not in (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.MMR):
+            raise InvalidInputError(
+                f"query mode {getattr(query.mode, 'value', query.mode)!r} is not supported; "
+                "use the default or the mmr mode"
+            )
         where, params = self._where(node_ids=query.node_ids, filters=query.filters, doc_ids=query.doc_ids)
         k = query.similarity_top_k
-        if query.query_embedding is not None:
+        if query.mode == VectorStoreQueryMode.MMR:
+            hits = self._mmr(query, k, where, params, kwargs)
+        elif query.query_embedding is not None:
             rows = vector_search(self._store, query.query_embedding, k, self.namespace, where, params)
             hits = [(r, float(r["score"])) for r in rows]
         elif query.query_str:
@@ -207,6 +217,31 @@ class AiosMemoryVectorStore(BasePydanticVectorStore):
         return VectorStoreQueryResult(
             nodes=nodes, similarities=[s for _, s in hits], ids=[n.node_id for n in nodes]
         )
+
+    def _mmr(
+        self, query: VectorStoreQuery, k: int, where: str | None, params: list[Any], kwargs: dict[str, Any]
+    ) -> list[tuple[dict[str, Any], float]]:
+        lam = query.mmr_threshold if query.mmr_threshold is not None else kwargs.get("mmr_threshold")
+        fetch_k = kwargs.get("mmr_prefetch_k")
+        factor = kwargs.get("mmr_prefetch_factor")
+        if fetch_k is None and factor is not None:
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
+                raise InvalidInputError(f"mmr_prefetch_factor must be a number >= 1, got {factor!r}")
+            fetch_k = int(k * factor)
+        if query.query_embedding is None and not query.query_str:
+            raise InvalidInputError("a VectorStoreQuery needs query_embedding or query_str")
+        found = self._store.search(
+            None if query.query_embedding is not None else query.query_str,
+            k=k,
+            modality="text",
+            namespace=self.namespace,
+            where=where,
+            params=params or None,
+            vector=query.query_embedding,
+            mmr=0.5 if lam is None else lam,
+            fetch_k=fetch_k,
+        )
+        return [(m.__dict__, float(m.score)) for m in found]
 
     # --- helpers -----------------------------------------------------------------------------------
     @staticmethod
