@@ -221,6 +221,7 @@ def decode(native, f, **kw):  # type: ignore[no-untyped-def]
 def test_fallback_on_a_window_built_to_fail(native):
     """Reversed speech: speech-like, so not silent, but no words: greedy's average log-probability is
     below -1.0, so the window is decoded again by sampling; the result is typed and deterministic."""
+    import torch
     from aios_memory_whisper.audio import load_audio
     from aios_memory_whisper.transcribe import WindowResult
 
@@ -232,6 +233,9 @@ def test_fallback_on_a_window_built_to_fail(native):
     assert isinstance(r, WindowResult) and isinstance(r.text, str) and r.attempts == 2
     again = decode(native, f, temperatures=(0.0, 1.0), best_of=2)[0]
     assert again == r  # seeded sampling: the same transcript every time
+    clean = window(native, load_audio(espeak(SENTENCES_70S[1])))
+    batch = decode(native, torch.cat([clean, f]), temperatures=(0.0, 1.0), best_of=2)
+    assert batch[1] == r and batch[0].attempts == 1  # the same, whatever it is batched with
 
 
 def test_fallback_when_the_compression_ratio_fails(native, clips):

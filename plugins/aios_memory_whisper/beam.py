@@ -115,7 +115,7 @@ def beam_search(
     B, K, eot = features.shape[0], beam_size, rules.eot
     assert len(prompt) + max_new_tokens <= model.cfg.n_text_ctx
     wanted = round(K * patience)
-    cache = model.new_cache(features.repeat_interleave(K, 0))
+    cache = model.new_cache(features, repeat=K)
     tokens = torch.tensor([prompt] * (B * K), dtype=torch.long)
     seqs: list[tuple[int, ...]] = [()] * (B * K)
     sums = [0.0] * (B * K)
@@ -184,7 +184,7 @@ def sample(
     """Greedy (temperature 0) or sampled decoding; with ``best_of`` > 1 the best-ranked sample per audio."""
     assert features.ndim == 3 and best_of >= 1 and temperature >= 0
     B, N, eot = features.shape[0], features.shape[0] * best_of, rules.eot
-    cache = model.new_cache(features.repeat_interleave(best_of, 0))
+    cache = model.new_cache(features, repeat=best_of)
     tokens = torch.tensor([prompt] * N, dtype=torch.long)
     seqs: list[list[int]] = [[] for _ in range(N)]
     sums = torch.zeros(N, dtype=torch.float64)

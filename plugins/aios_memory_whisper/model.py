@@ -134,10 +134,14 @@ class KVCache:
     """Keys and values of every decoder layer: self-attention ones grow in a preallocated buffer (no
     re-computation, no re-concatenation), cross-attention ones are computed once from the audio."""
 
-    def __init__(self, decoder: Decoder, xa: torch.Tensor) -> None:
-        B, H = xa.shape[0], decoder.cfg.n_head
+    def __init__(self, decoder: Decoder, xa: torch.Tensor, repeat: int = 1) -> None:
+        B, H = xa.shape[0] * repeat, decoder.cfg.n_head
         D, n = decoder.cfg.d_model // H, decoder.cfg.decoder_layers
         self.cross = [layer.encoder_attn.kv(xa) for layer in decoder.layers]  # (B, H, 1500, D) each
+        if repeat > 1:  # beams / samples of one audio share its cross-attention keys and values
+            self.cross = [
+                (k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0)) for k, v in self.cross
+            ]
         shape = (n, B, H, decoder.cfg.n_text_ctx, D)
         self.k, self.v = torch.empty(shape, dtype=xa.dtype), torch.empty(shape, dtype=xa.dtype)
         self.length = 0  # tokens already cached
@@ -195,9 +199,10 @@ class Whisper(nn.Module):
         assert mel.ndim == 3 and mel.shape[1:] == (self.cfg.n_mels, 2 * self.cfg.n_audio_ctx), mel.shape
         return self.encoder(mel.float())
 
-    def new_cache(self, xa: torch.Tensor) -> KVCache:
+    def new_cache(self, xa: torch.Tensor, repeat: int = 1) -> KVCache:
+        """A cache for ``xa`` ``(B, 1500, C)``, each audio's row repeated ``repeat`` times (beams)."""
         assert xa.ndim == 3 and xa.shape[2] == self.cfg.d_model, xa.shape
-        return KVCache(self.decoder, xa)
+        return KVCache(self.decoder, xa, repeat)
 
 
 def pooled_embedding(features: torch.Tensor, n_real: list[int]) -> torch.Tensor:

@@ -7,9 +7,10 @@ gzip compression ratio exceeds 2.4 (a repetition loop) or its average log-probab
 unless it is silent: ``<|nocaptions|>`` probability above 0.6 with that low log-probability, which then
 gives no text at all. When every temperature fails, the window keeps the try with the best average
 log-probability among those under the compression threshold (faster-whisper's choice; openai-whisper
-keeps the last, hottest try). Sampling uses a generator seeded per window, so transcripts repeat.
+keeps the last, hottest try). Sampled windows are decoded one at a time, each with a generator seeded
+the same way, so a window's transcript repeats and does not depend on the windows batched with it.
 
-Imports no torch until a window is decoded (the provider builds ``DecodeOptions`` when it is created).
+Imports no torch until a window is decoded.
 """
 
 from __future__ import annotations
@@ -176,9 +177,14 @@ def decode_windows(
     for temperature in opts.temperatures:
         if not pending:
             break
-        hyps = _decode(
-            model, features[pending], prompt, rules, opts, float(temperature), no_speech, SEED + pending[0]
-        )
+        t = float(temperature)
+        if t == 0:  # deterministic: the whole batch at once
+            hyps = _decode(model, features[pending], prompt, rules, opts, t, no_speech, SEED)
+        else:
+            hyps = [
+                _decode(model, features[i : i + 1], prompt, rules, opts, t, no_speech, SEED)[0]
+                for i in pending
+            ]
         still = []
         for i, h in zip(pending, hyps, strict=True):
             ratio = compression_ratio(decode_text(tok, h.tokens, eot))
