@@ -22,7 +22,7 @@ from aios_memory.modality import prepare_many
 from aios_memory.provider import EmbeddingProvider
 from aios_memory.rows import build_rows, embed_rows, table_state
 from aios_memory.scope import Scope
-from aios_memory.storage import Fragment, Manifest, Storage
+from aios_memory.storage import Manifest, Storage
 from aios_memory.storage.sidecars import row_digests
 
 EMBED_BATCH = 64
@@ -134,6 +134,12 @@ class UpsertMixin:
             old = self._take_out(base, set(wanted))
             if old:
                 self._log_changes(base, "update", [(mod, dict(row)) for mod, row in old.values()])
+            again = self._logged(base, set(wanted) - set(old))  # deleted earlier, added again now
+            if again:  # logged (state before: none), so that history() shows the delete, then this add
+                mods = {wanted[i]: prepared[i].modality for i in range(len(wanted))}
+                none = {"namespace": namespace, "created_at": now, "metadata": "null"}  # reads as None
+                rows = [(mods[i], {"id": i, **none}) for i in again]
+                self._log_changes(base, "add", rows)
             for mod, table in tables.items():
                 state = table_state(base, mod, providers[mod], texts[mod])
                 if old:  # a replaced memory keeps when it was created; it is updated now
@@ -147,35 +153,58 @@ class UpsertMixin:
             return base
 
         with self._storage.writer_lock():
-            committed = self._storage.commit(f"upsert {len(wanted)}", build)
+            try:
+                committed = self._storage.commit(f"upsert {len(wanted)}", build)
+            except Refused as exc:
+                raise AccessDeniedError(str(exc)) from None
             maintain(self._storage, committed, sorted(committed.tables))
         return wanted
+
+    def _logged(self, m: Manifest, ids: set[str]) -> list[str]:
+        """Those of ``ids`` that the change log of ``m`` names (memories deleted before), sorted."""
+        import pyarrow.compute as pc
+
+        if not ids or not m.history:
+            return []
+        wanted, found = pa.array(sorted(ids), pa.string()), set()
+        for frag in m.history:
+            col = self._read_fragment(frag, ["memory_id"]).column("memory_id")
+            found.update(pc.filter(col, pc.is_in(col, wanted)).to_pylist())
+        return sorted(found)
 
     def _take_out(self, m: Manifest, wanted: set[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """Inside a commit: rewrite the fragments of ``m`` holding ``wanted`` ids without those rows;
         ``{id: (modality, row)}`` of the rows taken out. A row this handle's scope cannot see is an
-        ``AccessDeniedError`` (raised before anything is committed)."""
+        ``Refused`` (raised before any file is written)."""
         import pyarrow.compute as pc
 
         out: dict[str, tuple[str, dict[str, Any]]] = {}
         ids = pa.array(sorted(wanted), pa.string())
+        hits: list[tuple[str, int, pa.Table, Any]] = []  # checked first: a refusal leaves no file behind
         for mod, state in m.tables.items():
-            kept: list[Fragment] = []
-            for frag in state.fragments:
+            for pos, frag in enumerate(state.fragments):
                 if not has_ids(self._storage, frag, wanted, None):  # every namespace: ids are store-wide
-                    kept.append(frag)
                     continue
                 table = self._read_fragment(frag)
                 hit = pc.is_in(table.column("id"), ids)
                 for row in table.filter(hit).to_pylist():
                     if not self._scope.sees(row["namespace"]):
-                        raise AccessDeniedError(
+                        raise Refused(
                             f"{self._scope._who()}may not replace memory {row['id']!r}: another "
                             "namespace holds that id; nothing was changed"
                         )
                     out[row["id"]] = (mod, row)
-                rest = table.filter(pc.invert(hit))
-                if rest.num_rows:
-                    kept.append(self._storage.write_fragment(mod, rest))
-            state.fragments = kept
+                hits.append((mod, pos, table, hit))
+        for mod, pos, table, hit in reversed(hits):  # from the end: positions stay valid
+            rest = table.filter(pc.invert(hit))
+            frags = m.tables[mod].fragments
+            if rest.num_rows:
+                frags[pos] = self._storage.write_fragment(mod, rest)
+            else:
+                del frags[pos]
         return out
+
+
+class Refused(Exception):
+    """Raised inside a commit's build (an ``AccessDeniedError`` is an ``OSError``, which the commit
+    reports as a write failure); re-raised as ``AccessDeniedError`` once the commit gave up."""
