@@ -28,7 +28,10 @@ TEXTS = [
 
 def _vectors(store: MemoryStore, table: str = "text") -> dict[str, np.ndarray]:
     t = store.sql(f"SELECT id, embedding FROM {table}_memories")  # noqa: S608 - a fixed table name
-    return {i: np.asarray(v, np.float32) for i, v in zip(t["id"].to_pylist(), t["embedding"].to_pylist())}
+    return {
+        i: np.asarray(v, np.float32)
+        for i, v in zip(t["id"].to_pylist(), t["embedding"].to_pylist(), strict=True)
+    }
 
 
 def test_given_vectors_equal_the_store_embedding(store, tmp_path):
