@@ -42,10 +42,11 @@ def check_ids(ids: Any, n: int) -> list[str]:
         check_utf8(id_, "a memory id")
     if len(out) != n:
         raise InvalidInputError(f"got {len(out)} ids for {n} items; nothing was changed")
-    if len(set(out)) != len(out):
-        seen: set[str] = set()
-        dup = next(i for i in out if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-        raise InvalidInputError(f"id {dup!r} is given twice in one upsert; nothing was changed")
+    seen: set[str] = set()
+    for id_ in out:
+        if id_ in seen:
+            raise InvalidInputError(f"id {id_!r} is given twice in one upsert; nothing was changed")
+        seen.add(id_)
     return out
 
 

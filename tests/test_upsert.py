@@ -93,7 +93,7 @@ def test_upsert_stores_duplicates_under_their_own_ids(tri):
     assert tri.add("same words") in {existing, "x", "y"}  # an add still dedupes
 
 
-def test_upsert_moves_between_namespaces_and_modalities_it_sees(tri):
+def test_upsert_moves_a_memory_between_namespaces_it_sees(tri):
     tri.upsert("m", "in one", namespace="one")
     tri.upsert("m", "in two", namespace="two")
     assert tri.get("m").namespace == "two" and ids_held(tri) == ["m"]
