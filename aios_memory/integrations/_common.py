@@ -38,6 +38,11 @@ def add_kwargs(store: Any) -> dict[str, Any]:
     return {"dedupe": False} if "dedupe" in inspect.signature(store.add_many).parameters else {}
 
 
+def store_id(framework: str, namespace: str, given: str) -> str:
+    """The memory id a framework's document id gets: ids are store-wide, a collection's ids its own."""
+    return f"{framework}:{namespace}:{given}"
+
+
 def json_path(key: Any) -> str:
     """The JSON path of a metadata key (``a.b`` is nested); keys are checked, and still passed as parameters."""
     if not isinstance(key, str) or len(key) > MAX_KEY_CHARS or not KEY.fullmatch(key):

@@ -15,6 +15,7 @@ that exists in the namespace replaces that document.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from aios_memory.integrations._common import (
     metadata_of,
     require,
     select,
+    store_id,
     vector_search,
 )
 
@@ -129,9 +131,18 @@ class AiosMemoryVectorStore(VectorStore):
                 if not isinstance(id_, str) or not id_:
                     raise InvalidInputError(f"document ids are non-empty strings, got {id_!r}")
                 meta[ID_KEY] = id_
+        if ids is not None and hasattr(self.store, "upsert_many"):
+            # one atomic upsert: the memory of a document id is f"lc:{namespace}:{id}" (ids are store-wide;
+            # a collection's document ids are its own), replaced or inserted under the writers' lock
+            keys = [store_id("lc", self.namespace, g) if g is not None else str(uuid.uuid4()) for g in given]
+            legacy = [r for r in self._resolve([g for g in given if g is not None]) if r not in set(keys)]
+            new = self.store.upsert_many(keys, texts, namespace=self.namespace, metadata=metas)
+            if legacy:  # memories written before upserts (random ids): replaced by a second commit
+                self.store.delete(legacy, missing_ok=True)
+            return [g if g is not None else s for g, s in zip(given, new, strict=True)]
         replaced = self._resolve([i for i in given if i is not None])
         new = self.store.add_many(texts, namespace=self.namespace, metadata=metas, **add_kwargs(self.store))
-        if replaced:  # upsert: the older memories with these ids go once the new ones are committed
+        if replaced:  # a store without upserts: the older memories go once the new ones are committed
             self.store.delete(replaced)
         return [g if g is not None else s for g, s in zip(given, new, strict=True)]
 

@@ -24,6 +24,7 @@ from aios_memory.integrations._common import (
     metadata_of,
     require,
     select,
+    store_id,
     vector_search,
 )
 
@@ -150,6 +151,13 @@ class AiosMemoryVectorStore(BasePydanticVectorStore):
             meta[NODE_ID_KEY] = node.node_id
             texts.append(node.get_content(metadata_mode=MetadataMode.NONE))
             metas.append(meta)
+        if hasattr(self._store, "upsert_many"):  # one atomic upsert under the writers' lock
+            keys = [store_id("li", self.namespace, n.node_id) for n in nodes]
+            legacy = [r for r in self._memory_ids(node_ids=[n.node_id for n in nodes]) if r not in set(keys)]
+            self._store.upsert_many(keys, texts, namespace=self.namespace, metadata=metas)
+            if legacy:  # nodes written before upserts (random memory ids): replaced by a second commit
+                self._store.delete(legacy, missing_ok=True)
+            return [n.node_id for n in nodes]
         old = self._memory_ids(node_ids=[n.node_id for n in nodes])
         self._store.add_many(texts, namespace=self.namespace, metadata=metas, **add_kwargs(self._store))
         if old:
