@@ -50,12 +50,14 @@ def unit_rows(values: Any, n: int | None = None, what: str = "embeddings") -> np
         arr = arr.astype(np.float64)
     norms = np.sqrt(np.einsum("ij,ij->i", arr, arr, dtype=np.float64))  # summed in float64
     if not np.isfinite(norms).all():  # a NaN or an infinity in a row makes its norm one too
-        raise InvalidInputError(f"{what} contains NaN or infinite values")
+        if not np.isfinite(arr).all():
+            raise InvalidInputError(f"{what} contains NaN or infinite values")
+        raise InvalidInputError(f"{what} has a row too large to normalise (its norm overflows float64)")
     if (norms == 0).any():
         raise InvalidInputError(f"{what} row {int(np.flatnonzero(norms == 0)[0])} is all zeros")
     if arr.dtype == np.float32 and np.all(np.abs(norms - 1.0) <= 1e-6):
         return np.ascontiguousarray(arr)  # unit rows already (most embedding jobs normalise)
-    if arr.dtype == np.float32:
+    if arr.dtype == np.float32 and 1e-30 < norms.min() and norms.max() < 1e30:
         return arr / norms.astype(np.float32)[:, None]  # one pass; the norm was summed in float64
     return (arr / norms[:, None]).astype(np.float32)
 

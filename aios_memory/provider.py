@@ -28,7 +28,7 @@ _LIFECYCLE = frozenset({"_load_lock", "_loaded", "_busy", "_last_used", "_restor
 
 PRECISIONS = ("fp32", "bf16", "int8")
 DEVICE_ENV = "AIOS_MEMORY_DEVICE"  # the device of every provider not given one: cpu (default), cuda[:N], auto
-_DEVICE_RE = re.compile(r"^(cpu|auto|cuda(:[0-9]{1,2})?)$")
+_DEVICE_RE = re.compile(r"cpu|auto|cuda(:[0-9]{1,2})?")
 
 
 class EmbeddingProvider:
@@ -272,7 +272,7 @@ class EmbeddingProvider:
         whether CUDA is there is checked when the model loads. Vectors are the same on any device (to the
         encoders' tolerance; TF32 is off), so the device is not part of a table's fingerprint."""
         chosen = device if device is not None else os.environ.get(DEVICE_ENV, "").strip() or "cpu"
-        if not isinstance(chosen, str) or not _DEVICE_RE.match(chosen):
+        if not isinstance(chosen, str) or not _DEVICE_RE.fullmatch(chosen):
             where = "device" if device is not None else f"${DEVICE_ENV}"
             raise ProviderError(f"{where} must be cpu, cuda, cuda:N or auto, got {chosen!r}")
         if chosen != "cpu" and self.precision == "int8":
@@ -292,6 +292,11 @@ class EmbeddingProvider:
                     f"provider {self.name!r} was asked for {want}, but torch {torch.__version__} sees no "
                     "CUDA device (a CPU build, or no GPU); use device='cpu' or 'auto'"
                 )
+            index = int(want.split(":")[1]) if ":" in want else 0
+            if index >= torch.cuda.device_count():
+                raise ProviderError(
+                    f"provider {self.name!r} was asked for {want}; torch sees {torch.cuda.device_count()} CUDA devices"
+                )
             torch.backends.cuda.matmul.allow_tf32 = False  # exact fp32 matmuls, as on the CPU
             torch.backends.cudnn.allow_tf32 = False
         return torch.device(want)
@@ -305,7 +310,7 @@ class EmbeddingProvider:
             "model": self.model_name,
             "installed": self.is_installed(),
             "loaded": self._loaded,
-            "device": self.device,
+            "device": str(getattr(self, "_device", None) or self.device),  # once loaded: where it runs
         }
 
     def __repr__(self) -> str:

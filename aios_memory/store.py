@@ -72,7 +72,7 @@ class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin):
         self._storage = Storage(
             self.path,
             storage_options=storage_options,
-            create=create,
+            create=create and as_of is None,  # a view of the past never creates a store
             lock_timeout=lock_timeout,
             retention=DEFAULT_RETENTION if retention is None else retention,
         )

@@ -36,9 +36,9 @@ def resolve_as_of(storage: Storage, as_of: Any) -> int:
         if not storage.has_version(as_of):
             raise storage.version_gone(as_of)
         return as_of
-    when = moment(as_of)
+    when = _utc(moment(as_of))  # compared at microseconds, as versions() prints commit times
     versions = storage.versions()  # commit times ascend with versions: a binary search reads log2(n)
-    at = bisect.bisect_right(versions, when, key=lambda v: storage.read_manifest(v).created_at)
+    at = bisect.bisect_right(versions, when, key=lambda v: _utc(storage.read_manifest(v).created_at))
     if at == 0:  # before every retained version
         if not versions or versions[0] == 1:
             return 0  # before the first commit: the empty store
@@ -105,8 +105,12 @@ def _rows(m: Manifest) -> dict[str, int]:
     return {t: s.rows for t, s in sorted(m.tables.items())}
 
 
+def _utc(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+
+
 def _iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="milliseconds")
+    return _utc(epoch).isoformat(timespec="microseconds")
 
 
 class VersionsMixin:

@@ -16,10 +16,7 @@ import pyarrow as pa
 
 from aios_memory import dedupe as dup
 from aios_memory.compaction import compact_all, has_ids, maintain, read_fragment
-from aios_memory.errors import (
-    InvalidInputError,
-    MemoryNotFoundError,
-)
+from aios_memory.errors import InvalidInputError, MemoryNotFoundError, ProviderMismatchError
 from aios_memory.given import check_table, single_modality, unit_rows
 from aios_memory.history import HistoryMixin
 from aios_memory.memory import (
@@ -146,6 +143,10 @@ class WritesMixin(UpsertMixin, HistoryMixin):
             if given is not None:  # vectors made elsewhere: one row per item, checked against the table
                 chosen = provider or self._chosen.get(mod)
                 maker = providers[mod] = resolve_provider(m.tables.get(mod), mod, chosen, self.path)
+                if provider and self._chosen.get(mod) not in (None, provider):
+                    raise ProviderMismatchError(
+                        f"this handle embeds {mod} with {self._chosen[mod]!r}, not {provider!r}"
+                    )
                 check_table(maker, given[0], mod, provider)
                 text_providers[mod], row_items[mod] = None, idx
                 vecs = given[0] if len(idx) == n else given[0][np.asarray(idx)]  # no copy when all are new
@@ -174,6 +175,7 @@ class WritesMixin(UpsertMixin, HistoryMixin):
             except dup.HeldChanged:  # a memory found before embedding was deleted meanwhile: start again
                 kw = {"metadata": metadata, "sources": sources, "progress": progress, "dedupe": dedupe,
                       "embeddings": embeddings, "provider": provider}  # fmt: skip
+                kw["progress"] = None  # every item was reported once already
                 return self.add_many(contents, modality=modality, namespace=namespace, **kw)
             for i, id_ in pairs:
                 ids.setdefault(i, []).append(id_)

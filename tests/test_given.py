@@ -134,3 +134,23 @@ def test_provider_and_modality_checks(tmp_path):
         store.explain_search(vector=vecs[0], nope=1)
     assert store.version == before
     assert store.add_many(["p", "q"], embeddings=vecs, provider=NAME)
+
+
+def test_extreme_magnitudes_and_the_handles_provider(tmp_path):
+    """Review regressions: float32 rows whose norm overflows float32 were stored as zeros; a float64 row
+    too large to normalise is named as such; provider= cannot override the handle's own choice."""
+    register()
+    store = MemoryStore(tmp_path / "s", providers={"text": NAME})
+    huge = np.full((1, 32), 1e38, np.float32)
+    tiny = np.full((1, 32), 1e-40, np.float32)
+    ids = store.add_many(["huge", "tiny"], embeddings=np.vstack([huge, tiny]))
+    got = _vectors(store)
+    for i in ids:
+        assert abs(float(np.linalg.norm(got[i])) - 1.0) < 1e-6
+    assert store.search(vector=huge[0], k=1)[0].content in ("huge", "tiny")  # both point the same way
+    with pytest.raises(InvalidInputError, match="too large to normalise"):
+        store.add_many(["x"], embeddings=np.full((1, 32), 1e200))
+    with pytest.raises(ProviderMismatchError, match="this handle embeds text"):
+        MemoryStore(tmp_path / "t", providers={"text": NAME}).add_many(
+            ["x"], embeddings=np.ones((1, 384)), provider="minilm-l6-v2"
+        )

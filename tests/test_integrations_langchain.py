@@ -272,3 +272,16 @@ def test_concurrent_upserts_of_one_id_leave_one_document(vs):
     assert len(docs) == 1 and docs[0].page_content.startswith("version ")
     held = vs.store.sql("SELECT count(*) AS n FROM text_memories WHERE content LIKE 'version %'")
     assert held["n"][0].as_py() == 1
+
+
+def test_ids_of_collections_whose_names_hold_colons_do_not_collide(tmp_path):
+    """Review regression: ("team:eng", "c") and ("team", "eng:c") made one memory id."""
+    from aios_memory import MemoryStore
+
+    store = MemoryStore(tmp_path / "s")
+    eng = AiosMemoryVectorStore(store, namespace="team:eng")
+    team = AiosMemoryVectorStore(store, namespace="team")
+    eng.add_texts(["the build server is in rack 4"], ids=["c"])
+    team.add_texts(["lunch is at noon on Fridays"], ids=["eng:c"])
+    assert [d.page_content for d in eng.get_by_ids(["c"])] == ["the build server is in rack 4"]
+    assert [d.page_content for d in team.get_by_ids(["eng:c"])] == ["lunch is at noon on Fridays"]

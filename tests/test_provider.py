@@ -139,7 +139,7 @@ def test_device_names_are_checked_at_construction(monkeypatch):
 
     assert MiniLMProvider().device == "cpu"
     assert MiniLMProvider(device="cuda:1").device == "cuda:1"  # whether it exists is checked at load
-    for bad in ("gpu", "cuda:x", "CUDA", "", "cpu "):
+    for bad in ("gpu", "cuda:x", "CUDA", "", "cpu ", "cpu\n"):
         with pytest.raises(ProviderError, match="cpu, cuda, cuda:N or auto"):
             MiniLMProvider(device=bad)
     with pytest.raises(ProviderError, match="CPU only"):
@@ -169,7 +169,7 @@ def test_cuda_without_a_device_is_a_typed_error_and_auto_runs_on_the_cpu(model_h
         cuda = MiniLMProvider(device="cuda").embed_batch(texts)
         assert float((cuda * want).sum(1).min()) >= 0.99999
         return
-    assert auto._device.type == "cpu"
+    assert auto._device.type == "cpu" and auto.info()["device"] == "cpu"  # where it runs, once loaded
     np.testing.assert_array_equal(got, want)
     missing = MiniLMProvider(device="cuda")
     with pytest.raises(ProviderError, match="sees no CUDA device"):

@@ -157,3 +157,27 @@ def test_retention_is_a_store_setting_that_cleanup_honours(history):
     assert json.loads(cli.stdout) == {"retention": 0.2}
     with pytest.raises(InvalidInputError):
         store.set_retention(-1)
+
+
+def test_review_regressions(history, tmp_path, monkeypatch):
+    """The committed_at that versions() prints opens that version; a past view of a missing path creates
+    nothing; a clock stepped back cannot make a later version look older."""
+    from aios_memory.errors import StoreNotFoundError
+
+    path, store, _copies, _moments, _ = history
+    for entry in store.versions():
+        at = dt.datetime.fromisoformat(entry["committed_at"])
+        assert MemoryStore(path, as_of=at).version == entry["version"]
+    missing = tmp_path / "no-such-store"
+    with pytest.raises(StoreNotFoundError):
+        MemoryStore(missing, as_of=0)
+    assert not missing.exists()
+    newest = store.version
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 60)  # this process's clock, one minute behind
+    store.add("written with a slow clock")
+    monkeypatch.undo()
+    log = store.versions(limit=2)
+    assert log[0]["version"] == newest + 1 and log[0]["committed_at"] >= log[1]["committed_at"]
+    just_before = dt.datetime.fromisoformat(log[1]["committed_at"])
+    assert MemoryStore(path, as_of=just_before).version in (newest, newest + 1)

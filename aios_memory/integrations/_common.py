@@ -39,8 +39,9 @@ def add_kwargs(store: Any) -> dict[str, Any]:
 
 
 def store_id(framework: str, namespace: str, given: str) -> str:
-    """The memory id a framework's document id gets: ids are store-wide, a collection's ids its own."""
-    return f"{framework}:{namespace}:{given}"
+    """The memory id a framework's document id gets: ids are store-wide, a collection's ids its own (the
+    namespace's length makes the key unambiguous: namespaces may hold ``:``)."""
+    return f"{framework}:{len(namespace)}:{namespace}:{given}"
 
 
 def json_path(key: Any) -> str:

@@ -294,7 +294,9 @@ class Storage:
                     for folder in sorted({str(Path(p).parent) for p in fresh}):
                         self.backend.fsync_dir(folder)
                     new.version = base.version + 1
-                    new.created_at = time.time()
+                    # never before the version it follows (a clock stepped back, another host's clock):
+                    # as_of=datetime finds versions by a binary search over these times
+                    new.created_at = max(time.time(), base.created_at)
                     new.operation = operation
                     name = manifest_name(new.version)
                     # a build that took longer than STALE_BUILD (cleanup's tombstones outlive it many
