@@ -240,11 +240,16 @@ def select_rows(
     """Per fragment, the row positions the namespaces and ``where`` select (``None``: every row).
 
     The namespace comes from each fragment's namespace column. ``where`` runs in DuckDB on the sandboxed
-    connection whose views hold only those namespaces' rows (the store's scope). Each row of the view is
-    numbered in scan order (DuckDB keeps insertion order for a plain scan) *before* the predicate runs, and
-    the predicate returns those numbers: a predicate whose subquery joins or reorders rows still selects
-    exactly the rows it names. The user's values stay parameters.
+    connection whose views hold only those namespaces' rows (the store's scope) and returns the ids of
+    the rows it keeps; those ids are then found in each fragment's id column. (Row order out of DuckDB
+    is no key: a predicate whose subquery joins, e.g. ``id IN (SELECT ...)``, reorders rows, and a
+    window's numbering follows the parallel scan.) The user's values stay parameters.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from aios_memory.compaction import read_fragment
+
     if namespaces is None and where is None:
         return None
     if namespaces is not None:
@@ -259,25 +264,24 @@ def select_rows(
     view = view_name(modality)
     con = store._connect(m, namespaces[0] if namespaces is not None and len(namespaces) == 1 else None)
     # the views hold only the scope's (or the one asked for) namespaces: where cannot reach others
-    numbered = f"(SELECT *, row_number() OVER () - 1 AS aiosm_pos FROM {view}) AS {view}"  # noqa: S608
     try:
         # first as a WHERE clause, so that what a WHERE refuses (aggregates, windows) is refused here too
         run(con, f"SELECT 1 FROM {view} WHERE ({where}) LIMIT 0", params, timeout=deadline)  # noqa: S608 - the caller's predicate by contract; values are parameters
-        pos_sql = f"SELECT aiosm_pos FROM {numbered} WHERE COALESCE(CAST(({where}) AS BOOLEAN), false)"  # noqa: S608
-        picked = (
-            run(con, pos_sql, params, timeout=deadline).column("aiosm_pos").to_numpy(zero_copy_only=False)
-        )
+        ids_sql = f"SELECT id FROM {view} WHERE COALESCE(CAST(({where}) AS BOOLEAN), false)"  # noqa: S608
+        picked = run(con, ids_sql, params, timeout=deadline).column("id")
     finally:
         con.close()
-    sizes = np.array([s.size for s in selections], dtype=np.int64)
-    picked = np.unique(np.asarray(picked, dtype=np.int64))
-    if picked.size and (picked[0] < 0 or picked[-1] >= sizes.sum()):
-        raise QueryError("where selected rows outside the table")
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    return [
-        s[picked[(picked >= lo) & (picked < hi)] - lo]
-        for s, lo, hi in zip(selections, bounds[:-1], bounds[1:], strict=True)
-    ]
+    if len(picked) == 0:
+        return [s[:0] for s in selections]
+    wanted = pa.array(picked.combine_chunks() if isinstance(picked, pa.ChunkedArray) else picked, pa.string())
+    out = []
+    for f, s in zip(fragments, selections, strict=True):
+        if deadline is not None:
+            deadline.check("the search")
+        ids = read_fragment(store._storage, f, ["id"]).column("id")
+        hit = np.asarray(pc.is_in(ids, value_set=wanted).to_numpy(zero_copy_only=False), bool)
+        out.append(s[hit[s]])
+    return out
 
 
 def fetch_rows(

@@ -187,6 +187,13 @@ def test_provider_beam_option_and_env(native, monkeypatch, clips, ct2):
     assert WhisperProvider(native.directory, beam_size=3).options.beam_size == 3  # argument wins
     monkeypatch.delenv(BEAM_ENV)
     assert WhisperProvider(native.directory).options.beam_size == 1  # greedy by default
+    # greedy is one pass unless asked; beam brings the reference's temperature fallback unless refused
+    assert WhisperProvider(native.directory).options.temperatures == (0.0,)
+    assert WhisperProvider(native.directory, fallback=True).options.temperatures[-1] == 1.0
+    assert len(WhisperProvider(native.directory, beam_size=5).options.temperatures) == 6
+    assert WhisperProvider(native.directory, beam_size=5, fallback=False).options.temperatures == (0.0,)
+    with pytest.raises(InvalidInputError, match="fallback"):
+        WhisperProvider(native.directory, fallback="yes")
     for bad in ("five", "0", "17"):
         monkeypatch.setenv(BEAM_ENV, bad)
         with pytest.raises(InvalidInputError, match="(?i)beam"):

@@ -1,8 +1,9 @@
 """The audio provider: Whisper base (512-d mean-pooled encoder states) plus English transcripts.
 
-Transcripts are greedy by default; ``beam_size`` (argument, or ``$AIOS_MEMORY_WHISPER_BEAM_SIZE`` for the
-registered provider) > 1 decodes with beam search. Either way a window that fails Whisper's quality
-checks is decoded again at higher temperatures (``transcribe.py``).
+Transcripts are greedy (one pass) by default; ``beam_size`` (argument, or ``$AIOS_MEMORY_WHISPER_BEAM_SIZE``
+for the registered provider) > 1 decodes with beam search and, as openai-whisper and faster-whisper do, a
+window that fails Whisper's quality checks is decoded again at higher temperatures (``transcribe.py``;
+``fallback=`` turns that on or off for either).
 
 Imports no torch until the model loads. Items are encoded audio bytes (WAV, FLAC, OGG, MP3), a file
 path, or ``(samples, sample_rate)``. Audio longer than 30 s becomes one row per 30 s window (``expand``).
@@ -67,12 +68,17 @@ class WhisperProvider(ConvertedModelProvider):
         language: str = "en",
         beam_size: int | None = None,
         patience: float = 1.0,
+        fallback: bool | None = None,
     ) -> None:
         super().__init__(directory)
         self.language = language
         # checked now, so a bad value is a typed error at construction, not at the first transcript
         self.beam_size = beam_size_from_env() if beam_size is None else beam_size
         self.patience = patience
+        # the reference's temperature fallback comes with beam search (the option); greedy stays one pass
+        self.fallback = self.beam_size > 1 if fallback is None else fallback
+        if not isinstance(self.fallback, bool):
+            raise InvalidInputError(f"fallback must be True, False or None, got {fallback!r}")
         if (
             isinstance(self.beam_size, bool)
             or not isinstance(self.beam_size, int)
@@ -139,7 +145,9 @@ class WhisperProvider(ConvertedModelProvider):
         """The ``transcribe.DecodeOptions`` this provider decodes with."""
         from aios_memory_whisper.transcribe import DecodeOptions
 
-        return DecodeOptions(beam_size=self.beam_size, patience=self.patience)
+        temperatures = None if self.fallback else (0.0,)  # None: the reference's 0.0, 0.2, ..., 1.0
+        kw = {} if temperatures is None else {"temperatures": temperatures}
+        return DecodeOptions(beam_size=self.beam_size, patience=self.patience, **kw)
 
     # --- audio ---------------------------------------------------------------------------------------
     def log_mel(self, audio: Any) -> Any:
