@@ -25,7 +25,9 @@ def rows(tmp_path):
     out = []
     for part in range(3):
         vecs = rng.standard_normal((300, 32)).astype(np.float32)
-        meta = [{"n": part * 300 + i, "tag": ["red", "green", "blue"][(part * 300 + i) % 3]} for i in range(300)]
+        meta = [
+            {"n": part * 300 + i, "tag": ["red", "green", "blue"][(part * 300 + i) % 3]} for i in range(300)
+        ]
         ns = ["p" if i % 2 else "q" for i in range(300)]
         ids = write_rows(store, vecs, metadata=meta, namespaces=ns)
         out += list(zip(ids, vecs, meta, ns, strict=True))
