@@ -80,6 +80,14 @@ def test_exact_dedupe_applies_to_given_vectors(tmp_path):
     assert store.sql("SELECT count(*) AS n FROM text_memories")["n"][0].as_py() == 2
 
 
+def _held(tmp_path) -> tuple[MemoryStore, int]:
+    """A seeded-vector store holding one memory, and its version."""
+    register()
+    store = MemoryStore(tmp_path / "s", providers={"text": NAME})
+    store.add("kept")
+    return store, store.version
+
+
 BAD = [
     ("rows", lambda v: v[:2], InvalidInputError, "2 rows for 3 items"),
     ("dim", lambda v: v[:, :16], InvalidInputError, "16 dimensions"),
@@ -97,10 +105,7 @@ BAD = [
 
 @pytest.mark.parametrize(("name", "bad", "error", "says"), BAD, ids=[b[0] for b in BAD])
 def test_bad_vectors_are_refused_and_nothing_is_written(tmp_path, name, bad, error, says):
-    register()
-    store = MemoryStore(tmp_path / "s", providers={"text": NAME})
-    store.add("kept")
-    before = store.version
+    store, before = _held(tmp_path)
     vecs = np.stack([seeded(f"seed:{i}") for i in range(3)])
     with pytest.raises(error, match=says):
         store.add_many(["p", "q", "r"], embeddings=bad(vecs))
@@ -111,10 +116,7 @@ def test_bad_vectors_are_refused_and_nothing_is_written(tmp_path, name, bad, err
 
 
 def test_provider_and_modality_checks(tmp_path):
-    register()
-    store = MemoryStore(tmp_path / "s", providers={"text": NAME})
-    store.add("kept")
-    before = store.version
+    store, before = _held(tmp_path)
     vecs = np.stack([seeded(f"seed:{i}") for i in range(2)])
     with pytest.raises(ProviderMismatchError, match=NAME):
         store.add_many(["p", "q"], embeddings=vecs, provider="minilm-l6-v2")

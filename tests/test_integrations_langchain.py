@@ -249,25 +249,13 @@ def test_mmr_retriever_returns_the_store_mmr_selection(model_home, tmp_path):
 
 def test_concurrent_upserts_of_one_id_leave_one_document(vs):
     """Six threads add_texts(..., ids=["same"]) at once: one atomic upsert each, one document after."""
-    import threading
-
-    barrier = threading.Barrier(6)
-    errors: list[BaseException] = []
+    from threads import run_concurrently
 
     def writer(i: int) -> None:
-        try:
-            barrier.wait()
-            for j in range(3):
-                vs.add_texts([f"version {i}.{j} of the shared note"], [{"writer": i}], ids=["same"])
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for j in range(3):
+            vs.add_texts([f"version {i}.{j} of the shared note"], [{"writer": i}], ids=["same"])
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_concurrently(6, writer) == []
     docs = vs.get_by_ids(["same"])
     assert len(docs) == 1 and docs[0].page_content.startswith("version ")
     held = vs.store.sql("SELECT count(*) AS n FROM text_memories WHERE content LIKE 'version %'")

@@ -316,26 +316,16 @@ def test_mmr_mode_returns_the_store_mmr_selection(model_home, tmp_path):
 
 def test_concurrent_adds_of_one_node_id_leave_one_node(tmp_path):
     """Six threads add() the same node id at once: one atomic upsert each, one node after."""
-    import threading
+
+    from threads import run_concurrently
 
     vector_store = AiosMemoryVectorStore(tmp_path / "store", namespace="race")
-    barrier = threading.Barrier(6)
-    errors: list[BaseException] = []
 
     def writer(i: int) -> None:
-        try:
-            barrier.wait()
-            for j in range(3):
-                vector_store.add([TextNode(id_="n-same", text=f"version {i}.{j} of the shared node")])
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for j in range(3):
+            vector_store.add([TextNode(id_="n-same", text=f"version {i}.{j} of the shared node")])
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_concurrently(6, writer) == []
     nodes = vector_store.get_nodes(node_ids=["n-same"])
     assert len(nodes) == 1 and nodes[0].text.startswith("version ")
     assert len(vector_store.get_nodes()) == 1

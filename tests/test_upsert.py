@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -138,25 +137,18 @@ def test_scope_is_respected(tri):
 
 
 def test_threads_upserting_the_same_ids(tri):
+    from threads import run_concurrently
+
     written: dict[str, set[str]] = {i: set() for i in IDS}
-    errors: list[BaseException] = []
 
     def work(t: int) -> None:
-        try:
-            for n in range(20):
-                id_ = IDS[n % 3]
-                text = f"thread {t} write {n} for {id_}"
-                written[id_].add(text)
-                tri.upsert(id_, text)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for n in range(20):
+            id_ = IDS[n % 3]
+            text = f"thread {t} write {n} for {id_}"
+            written[id_].add(text)
+            tri.upsert(id_, text)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors
+    assert not run_concurrently(6, work)
     assert ids_held(tri) == IDS
     for id_ in IDS:
         assert tri.get(id_).content in written[id_]
