@@ -39,6 +39,7 @@ _LAZY_COMMANDS = {
     "cleanup": "aios_memory.maintenance_commands",
     "versions": "aios_memory.maintenance_commands",
     "retention": "aios_memory.maintenance_commands",
+    "reembed": "aios_memory.maintenance_commands",
     "index": "aios_memory.maintenance_commands",
 }
 

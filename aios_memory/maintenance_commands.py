@@ -1,5 +1,5 @@
-"""Store maintenance commands: ``doctor``, ``compact``, ``cleanup``, ``index create``, ``versions`` and
-``retention`` (loaded when run)."""
+"""Store maintenance commands: ``doctor``, ``compact``, ``cleanup``, ``index create``, ``versions``,
+``retention`` and ``reembed`` (loaded when run)."""
 
 from __future__ import annotations
 
@@ -73,3 +73,20 @@ def retention(ctx: click.Context, seconds: float | None) -> None:
         _echo_json({"retention": store.retention, "version": version})
     else:
         _echo_json({"retention": store.retention})
+
+
+@click.command()
+@click.argument("modality")
+@click.option("--provider", default=None, help="The provider to move to (default: the one the table records).")
+@click.option("--text-provider", default=None, help="Audio: the text model for the transcripts' vectors.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.pass_context
+def reembed(
+    ctx: click.Context, modality: str, provider: str | None, text_provider: str | None, batch_size: int
+) -> None:
+    """Compute new vectors for every MODALITY memory with --provider and switch the table in one commit
+    (readers see all old or all new vectors). A killed run resumes where it stopped when run again."""
+    store = _store(ctx)
+    _echo_json(
+        store.reembed(modality, provider, text_provider=text_provider, batch_size=batch_size, progress=True)
+    )

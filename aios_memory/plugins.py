@@ -128,6 +128,7 @@ def resolve_provider(state: Any, modality: str, chosen: str | None, path: Any) -
     """The provider for ``modality``'s table of the store at ``path``: the one its ``state`` (a
     ``TableState`` or None) was built with, else ``chosen``, else the default (or another ready one)."""
     from aios_memory.errors import InvalidInputError, ProviderMismatchError
+    from aios_memory.identity import mismatch_message, same_model
     from aios_memory.provider import MODALITIES
 
     if modality not in MODALITIES:
@@ -138,14 +139,13 @@ def resolve_provider(state: Any, modality: str, chosen: str | None, path: Any) -
         if chosen is not None and chosen != state.provider:
             raise ProviderMismatchError(
                 f"{modality} memories in {path} were embedded with {state.provider!r}, not {chosen!r}; "
-                f"open the store with providers={{'{modality}': '{state.provider}'}} or re-embed into a new store"
+                f"open the store with providers={{'{modality}': '{state.provider}'}}, or move the table to "
+                f"{chosen!r} with `aios-memory --store {path} reembed {modality} --provider {chosen}`"
             )
         provider = get_provider(state.provider)
-        if provider.fingerprint() != state.fingerprint:
-            raise ProviderMismatchError(
-                f"{modality} memories were embedded with {state.fingerprint}, but provider {provider.name!r} "
-                f"now reports {provider.fingerprint()}; re-embed into a new store"
-            )
+        current = provider.fingerprint()
+        if not same_model(state.fingerprint, current):
+            raise ProviderMismatchError(mismatch_message(modality, path, state.fingerprint, current))
         return provider
     if chosen is not None:
         provider = get_provider(chosen)

@@ -341,3 +341,13 @@ class ConvertedModelProvider(EmbeddingProvider):
 
     def is_installed(self) -> bool:
         return self.weights_path.is_file()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The base fingerprint plus ``weights``, the identity of the installed weights' content
+        (``aios_memory.identity``); absent while nothing is installed (nothing can be embedded then)."""
+        fp = super().fingerprint()
+        if self.is_installed():
+            from aios_memory.identity import weights_identity
+
+            fp["weights"] = weights_identity(self.weights_path)
+        return fp

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from aios_memory.errors import ProviderError, ProviderMismatchError
+from aios_memory.identity import same_model
 from aios_memory.modality import Item
 from aios_memory.provider import EmbeddingProvider
 from aios_memory.schema import EXTRA_COLUMNS, TEXT_COLUMN, base_schema
@@ -34,7 +35,7 @@ def table_state(
         )
     elif (
         state.provider != provider.name
-        or state.fingerprint != provider.fingerprint()
+        or not same_model(state.fingerprint, provider.fingerprint())
         or (state.fragments and state.text_provider != text_name)
     ):
         raise ProviderMismatchError(

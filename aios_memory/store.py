@@ -34,6 +34,7 @@ from aios_memory.memory import Memory, check_utf8, memory_from_row, with_metadat
 from aios_memory.plugins import get_provider, get_providers
 from aios_memory.provider import MODALITIES, EmbeddingProvider
 from aios_memory.query import Deadline, Params, connect, run, vector_columns, view_name
+from aios_memory.reembed import ReembedMixin
 from aios_memory.schema import TEXT_COLUMN
 from aios_memory.scope import FULL, Scope
 from aios_memory.settings import record_models
@@ -46,7 +47,7 @@ from aios_memory.writes import WritesMixin
 READ_RETRIES = 8  # a read whose version cleanup removed mid-call starts again on the newest this often
 
 
-class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin):
+class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin, ReembedMixin):
     """A directory of multimodal memories. ``MemoryStore()`` opens the embedded default store;
     ``as_of`` (a version or a datetime) opens it read-only as it was then."""
 

@@ -171,7 +171,9 @@ def test_text_modes_are_distinct_providers(model_home):
     fps = {
         n: get_provider(n).fingerprint() for n in ("minilm-l6-v2", "minilm-l6-v2@bf16", "minilm-l6-v2@int8")
     }
+    weights = fps["minilm-l6-v2"].pop("weights")  # the installed file's identity (aios_memory/identity.py)
     assert fps["minilm-l6-v2"] == {"provider": "minilm-l6-v2", "modality": "text", "dim": 384, "version": "1"}
+    assert weights.startswith("blake3:") and {f["weights"] for n, f in fps.items() if "@" in n} == {weights}
     assert fps["minilm-l6-v2@int8"]["precision"] == "int8" and fps["minilm-l6-v2@bf16"]["precision"] == "bf16"
     assert len({str(sorted(f.items())) for f in fps.values()}) == 3
     same = {p.directory for n, p in get_providers().items() if n.startswith("minilm-l6-v2")}

@@ -13,6 +13,7 @@ import numpy as np
 from aios_memory import EmbeddingProvider, hookimpl
 
 NAME = "trigram-crc-64"
+BIGRAM = "bigram-crc-96"
 
 
 class TrigramProvider(EmbeddingProvider):
@@ -29,10 +30,27 @@ class TrigramProvider(EmbeddingProvider):
         return out
 
 
+class BigramProvider(EmbeddingProvider):
+    """A second cheap model of another dimension: the target of a re-embedding between third-party providers."""
+
+    name = BIGRAM
+    modality = "text"
+    dim = 96
+
+    def _embed(self, items: list[str]) -> np.ndarray:
+        out = np.zeros((len(items), self.dim), dtype=np.float32)
+        for i, text in enumerate(items):
+            s = f" {text.lower()} "
+            for j in range(len(s) - 1):
+                out[i, zlib.crc32(s[j : j + 2].encode()) % self.dim] += 1.0
+        return out
+
+
 class TrigramPlugin:
     @hookimpl
     def register_embedding_providers(self, register):  # type: ignore[no-untyped-def]
         register(TrigramProvider())
+        register(BigramProvider())
 
 
 def register() -> None:
