@@ -24,6 +24,23 @@ if TYPE_CHECKING:
     from aios_memory.store import MemoryStore
 
 
+def _check_models(store: MemoryStore, m: Any) -> list[str]:
+    """Tables whose recorded model is not the one installed here (other weights under the same name)."""
+    from aios_memory.identity import mismatch_message, same_model
+    from aios_memory.plugins import get_providers
+
+    out = []
+    registered = get_providers()
+    for mod, state in m.tables.items():
+        provider = registered.get(state.provider)
+        if provider is None:
+            continue  # a plugin not installed in this process: nothing to compare (searches say so)
+        current = provider.fingerprint()
+        if state.rows and not same_model(state.fingerprint, current):
+            out.append(mismatch_message(mod, store.path, state.fingerprint, current))
+    return out
+
+
 def verify(store: MemoryStore) -> dict[str, Any]:
     """Integrity report of the newest version: ``{"version", "ok", "problems", "orphans", "maintenance"}``."""
     storage = store._storage
@@ -36,6 +53,7 @@ def verify(store: MemoryStore) -> dict[str, Any]:
             problems.extend(_check_index(store, state))
     for frag in m.history:
         problems.extend(_check_files(store, frag))
+    problems.extend(_check_models(store, m))
     referenced: set[str] = set()
     for v in storage.versions():
         try:

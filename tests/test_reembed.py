@@ -285,7 +285,9 @@ def test_modified_checkpoint_under_the_same_name_is_refused_then_migrated(
         assert proc.returncode != 0
         assert "ProviderMismatchError" in proc.stderr and "weights" in proc.stderr
         assert "reembed text --provider minilm-l6-v2" in proc.stderr
-    assert json.loads(run_cli("--store", str(store), "doctor", check=False).stdout)["ok"] is not None
+    assert json.loads(run_cli("--store", str(store), "doctor").stdout)["ok"]  # with the original model
+    report = json.loads(run_cli("--store", str(store), "doctor", env=env, check=False).stdout)
+    assert not report["ok"] and "differs in weights" in report["problems"][0]
     moved = json.loads(run_cli("--store", str(store), "reembed", "text", env=env).stdout)
     assert moved["rows"] == 2 and moved["from"] != moved["to"]
     run_cli("--store", str(store), "add", "another memory", env=env)  # the table now is the new model's
