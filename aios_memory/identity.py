@@ -110,14 +110,35 @@ def describe(fp: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def mismatch_message(modality: str, path: Any, recorded: dict[str, Any], current: dict[str, Any]) -> str:
-    """Why ``modality``'s table refuses ``current``, naming both models and the command that migrates."""
+def mismatch_message(
+    modality: str, path: Any, recorded: dict[str, Any], current: dict[str, Any], *, text: bool = False
+) -> str:
+    """Why ``modality``'s table refuses ``current``, naming both models and the command that migrates;
+    ``text``: the model of the table's derived text column (audio transcripts)."""
     keys = conflicts(recorded, current)
     what = "weights" if keys == ["weights"] else ", ".join(keys)
     name = current.get("provider")
-    return (
-        f"{modality} memories in {path} were embedded with {describe(recorded)}; the provider "
-        f"{name!r} installed here is {describe(current)} (differs in {what}). Re-embed the table with "
-        f"`aios-memory --store {path} reembed {modality} --provider {name}` "
-        f"(Python: store.reembed({modality!r}, provider={name!r})), or install the model the table was made with"
+    flag, arg, whose = (
+        ("--text-provider", "text_provider", "transcript vectors of ")
+        if text
+        else ("--provider", "provider", "")
     )
+    return (
+        f"{whose}{modality} memories in {path} were embedded with {describe(recorded)}; the provider "
+        f"{name!r} installed here is {describe(current)} (differs in {what}). Re-embed the table with "
+        f"`aios-memory --store {path} reembed {modality} {flag} {name}` "
+        f"(Python: store.reembed({modality!r}, {arg}={name!r})), or install the model the table was made with"
+    )
+
+
+def same_text_model(state: Any, provider: Any, path: Any) -> Any:
+    """``provider`` if it is the model that ``state``'s derived text column (audio transcripts) recorded,
+    when it recorded one; otherwise a ``ProviderMismatchError`` naming both."""
+    from aios_memory.errors import ProviderMismatchError
+
+    current = provider.fingerprint()
+    if state.text_fingerprint and not same_model(state.text_fingerprint, current):
+        raise ProviderMismatchError(
+            mismatch_message(state.modality, path, state.text_fingerprint, current, text=True)
+        )
+    return provider

@@ -200,6 +200,7 @@ class Migration:
         state.fingerprint = dict(self.key["fingerprint"])
         state.text_provider = None if self.text is None else self.text.name
         state.text_dim = None if self.text is None else int(self.text.dim)
+        state.text_fingerprint = None if self.text is None else dict(self.key["text"][1])
         state.index = None  # an ANN index describes the old vectors
         return m
 
@@ -242,7 +243,9 @@ def summary(state: TableState, mig: Migration, rows: int, version: int, seconds:
 
 
 def unchanged(state: TableState, mig: Migration) -> bool:
-    same_text = mig.text is None or (state.text_provider == mig.text.name and mig.key["text"] is not None)
+    same_text = mig.text is None or (
+        state.text_provider == mig.text.name and state.text_fingerprint == mig.key["text"][1]
+    )
     return state.provider == mig.target.name and state.fingerprint == mig.key["fingerprint"] and same_text
 
 

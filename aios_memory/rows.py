@@ -29,6 +29,7 @@ def table_state(
     another writer with another provider is a ``ProviderMismatchError``: the batch is not committed."""
     state = m.tables.get(modality)
     text_name, text_dim = (text.name, int(text.dim)) if text is not None else (None, None)
+    text_fp = text.fingerprint() if text is not None else None
     if state is None:
         state = m.tables[modality] = TableState(
             modality, provider.name, int(provider.dim), provider.fingerprint(), [], text_name, text_dim
@@ -37,12 +38,20 @@ def table_state(
         state.provider != provider.name
         or not same_model(state.fingerprint, provider.fingerprint())
         or (state.fragments and state.text_provider != text_name)
+        or (
+            state.fragments
+            and state.text_fingerprint
+            and text_fp
+            and not same_model(state.text_fingerprint, text_fp)
+        )
     ):
         raise ProviderMismatchError(
             f"another writer created the {modality} table with {state.provider!r} meanwhile; "
             f"this batch was embedded with {provider.name!r} and was not committed"
         )
     state.text_provider, state.text_dim = text_name, text_dim
+    if text_fp is not None and (not state.fragments or state.text_fingerprint is None or not state.rows):
+        state.text_fingerprint = text_fp  # recorded with the first rows (older tables: from now on)
     return state
 
 

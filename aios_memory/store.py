@@ -30,6 +30,7 @@ from aios_memory.errors import (
 )
 from aios_memory.given import query_of
 from aios_memory.home import default_store_path
+from aios_memory.identity import same_text_model
 from aios_memory.memory import Memory, check_utf8, memory_from_row, with_metadata_filter
 from aios_memory.plugins import get_provider, get_providers
 from aios_memory.provider import MODALITIES, EmbeddingProvider
@@ -330,7 +331,7 @@ class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin, ReembedMixin):
             return None
         state = m.tables.get(modality)
         if state is not None and state.text_provider is not None:
-            return get_provider(state.text_provider)
+            return same_text_model(state, get_provider(state.text_provider), self.path)
         if state is not None and state.rows:
             return None
         try:

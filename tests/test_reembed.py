@@ -269,17 +269,24 @@ def modified_minilm(src: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.fixture(scope="module")
+def modified_home(model_home: Path, minilm_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second model home: the same Whisper, a modified MiniLM installed under the same provider name."""
+    root = tmp_path_factory.mktemp("home2")
+    env = {"AIOS_MEMORY_HOME": str(root / "home")}
+    run_cli(
+        "models", "install", "text", "--from", str(modified_minilm(minilm_source, root / "ckpt")), env=env
+    )
+    return root / "home"
+
+
 def test_modified_checkpoint_under_the_same_name_is_refused_then_migrated(
-    model_home: Path, minilm_source: Path, tmp_path: Path
+    modified_home: Path, tmp_path: Path
 ) -> None:
     store = tmp_path / "s"
     run_cli("--store", str(store), "add", "a dog chasing cats")
     run_cli("--store", str(store), "add", "the quarterly tax report")
-    other = tmp_path / "home2"
-    env = {"AIOS_MEMORY_HOME": str(other)}
-    run_cli(
-        "models", "install", "text", "--from", str(modified_minilm(minilm_source, tmp_path / "ckpt")), env=env
-    )
+    env = {"AIOS_MEMORY_HOME": str(modified_home)}
     for args in (["add", "another memory"], ["search", "dog"]):
         proc = run_cli("--store", str(store), *args, env=env, check=False)
         assert proc.returncode != 0
@@ -334,3 +341,27 @@ def test_audio_windows_and_transcripts_move_to_another_text_model(model_home: Pa
         want = bf16.embed_batch([r["transcript"]])[0]
         assert float(np.dot(r["transcript_embedding"], want)) >= 0.9999
     assert s.search("front left", k=1, modality="audio")[0].extra["start_s"] in (0.0, 30.0)
+
+
+@pytest.mark.skipif(not Path("/usr/share/sounds/alsa/Front_Left.wav").exists(), reason="alsa-utils missing")
+def test_transcript_vectors_record_their_text_model_too(
+    model_home: Path, modified_home: Path, tmp_path: Path
+) -> None:
+    """An audio table's transcripts are embedded by the text provider: other MiniLM weights under the same
+    name are refused for them as well, and `reembed audio --text-provider` migrates them."""
+    get_provider("whisper-base").install()
+    whisper = get_provider("whisper-base").directory
+    if not (modified_home / "models" / whisper.name).exists():
+        shutil.copytree(whisper, modified_home / "models" / whisper.name)
+    store = tmp_path / "s"
+    run_cli("--store", str(store), "add", "--file", "/usr/share/sounds/alsa/Front_Left.wav")
+    assert MemoryStore(store)._storage.read_manifest().tables["audio"].text_fingerprint["weights"]
+    env = {"AIOS_MEMORY_HOME": str(modified_home)}
+    proc = run_cli("--store", str(store), "search", "front left", "--modality", "audio", env=env, check=False)
+    assert proc.returncode != 0 and "transcript vectors of audio memories" in proc.stderr
+    assert "reembed audio --text-provider minilm-l6-v2" in proc.stderr
+    moved = json.loads(
+        run_cli("--store", str(store), "reembed", "audio", "--text-provider", "minilm-l6-v2", env=env).stdout
+    )
+    assert moved["rows"] == 1
+    run_cli("--store", str(store), "search", "front left", "--modality", "audio", env=env)

@@ -43,6 +43,8 @@ def _table_body(t: TableState) -> dict[str, Any]:
     out = dict(t.__dict__)
     out["fragments"] = [f.__dict__ for f in t.fragments]
     out["index"] = None if t.index is None else t.index.__dict__
+    if t.text_fingerprint is None:
+        del out["text_fingerprint"]  # tables without a derived text column keep their manifests' bytes
     return out
 
 
@@ -120,6 +122,8 @@ class TableState:
     text_provider: str | None = None
     text_dim: int | None = None
     index: IndexFile | None = None  # optional ANN index (derived data), absent in older manifests
+    # The fingerprint of ``text_provider`` (its weights too); absent in older manifests and tables without
+    text_fingerprint: dict[str, Any] | None = None
 
     @property
     def rows(self) -> int:
@@ -180,6 +184,7 @@ class Manifest:
                     text_provider=t.get("text_provider"),
                     text_dim=t.get("text_dim"),
                     index=IndexFile(**t["index"]) if t.get("index") else None,
+                    text_fingerprint=t.get("text_fingerprint"),
                 )
                 for m, t in body["tables"].items()
             }
@@ -222,6 +227,7 @@ class Manifest:
                     t.text_provider,
                     t.text_dim,
                     t.index,
+                    None if t.text_fingerprint is None else dict(t.text_fingerprint),
                 )
                 for m, t in self.tables.items()
             },
