@@ -74,6 +74,20 @@ class LocalBackend:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._fs: Any = None
+        self._prefix = str(root).rstrip("/") + "/"
+
+    def _abs(self, rel: str) -> str:
+        """``str(self.root / rel)`` without pathlib's parsing (called for every file of every read) for the
+        names the store makes (no empty or ``.`` segments); anything else goes through pathlib."""
+        if (
+            rel
+            and "//" not in rel
+            and "/./" not in rel
+            and not rel.startswith(("/", "./"))
+            and not rel.endswith(("/", "/."))
+        ):
+            return self._prefix + rel
+        return str(self.root / rel)
 
     def lock_path(self) -> str:
         return str(self.root / ".lock")
@@ -87,11 +101,11 @@ class LocalBackend:
         return self._fs
 
     def fs_path(self, rel: str) -> str:
-        return str(self.root / rel)
+        return self._abs(rel)
 
     def open_input(self, rel: str) -> Any:
         """The file for pyarrow to read with ``pread`` (no map: a file truncated under us is an error)."""
-        return pa.OSFile(str(self.root / rel))
+        return pa.OSFile(self._abs(rel))
 
     def dataset(self, rels: list[str], schema: pa.Schema | None = None) -> Any:
         import pyarrow.dataset as ds
@@ -113,7 +127,7 @@ class LocalBackend:
 
     def uri(self, rel: str) -> str:
         """The location other engines open ``rel`` by (an absolute path here; ``s3://...`` remotely)."""
-        return str(self.root / rel)
+        return self._abs(rel)
 
     def exists(self, rel: str) -> bool:
         return self.path(rel).exists()
