@@ -142,7 +142,14 @@ def resolve_provider(state: Any, modality: str, chosen: str | None, path: Any) -
                 f"open the store with providers={{'{modality}': '{state.provider}'}}, or move the table to "
                 f"{chosen!r} with `aios-memory --store {path} reembed {modality} --provider {chosen}`"
             )
-        provider = get_provider(state.provider)
+        try:
+            provider = get_provider(state.provider)
+        except ProviderNotFoundError:
+            from aios_memory.foreign import is_foreign, unregistered_message
+
+            if not is_foreign(state.fingerprint):
+                raise
+            raise ProviderNotFoundError(unregistered_message(modality, path, state.fingerprint)) from None
         current = provider.fingerprint()
         if not same_model(state.fingerprint, current):
             raise ProviderMismatchError(mismatch_message(modality, path, state.fingerprint, current))

@@ -13,6 +13,7 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import VectorStore, VectorStoreRetriever
 
 from aios_memory import InvalidInputError, MemoryStore
+from aios_memory.errors import ProviderMismatchError
 from aios_memory.integrations.langchain import AiosMemoryEmbeddings, AiosMemoryVectorStore
 
 DOCS = [
@@ -177,8 +178,12 @@ def test_from_texts(model_home, tmp_path):
         namespace="quiz",
     )
     assert vs.similarity_search("biology of cells", k=1)[0].metadata == {"topic": "bio"}
-    with pytest.raises(InvalidInputError, match="own providers"):
+    # another model of the same dimension (the suite's fake one, wrapped as a foreign provider) is refused
+    # by the MiniLM table's fingerprint, before anything is written
+    version = MemoryStore(tmp_path / "s").version
+    with pytest.raises(ProviderMismatchError, match="minilm-l6-v2"):
         AiosMemoryVectorStore.from_texts(["x"], DeterministicFakeEmbedding(size=384), store=tmp_path / "s")
+    assert MemoryStore(tmp_path / "s").version == version
     with pytest.raises(ValueError, match="store="):
         AiosMemoryVectorStore.from_texts(["x"], AiosMemoryEmbeddings())
 

@@ -197,3 +197,30 @@ def select(
 
 def metadata_of(row: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(row["metadata"]) if row.get("metadata") else {}
+
+
+def with_text_provider(store: Any, provider: Any) -> Any:
+    """``store`` (a ``MemoryStore`` or its path) with its text table bound to ``provider`` (a foreign
+    embedding the adapter registered): a path opens with ``providers={"text": name}``; an open handle is
+    set to embed text with it. A table made by another model is refused now (``ProviderMismatchError``),
+    and a handle bound to another text provider is an ``InvalidInputError``; either way nothing changes."""
+    from aios_memory.store import MemoryStore
+
+    if not isinstance(store, MemoryStore):
+        store = MemoryStore(store, providers={"text": provider.name})
+        store.provider_for("text")  # a table made by another model: refused before anything is written
+        return store
+    chosen = store._chosen.get("text")  # noqa: SLF001 - the handle's own text choice
+    if chosen not in (None, provider.name):
+        raise InvalidInputError(
+            f"this store handle embeds text with {chosen!r}, not {provider.name!r}; open it without "
+            f"providers= or with providers={{'text': {provider.name!r}}}"
+        )
+    store._chosen["text"] = provider.name  # noqa: SLF001
+    try:
+        store.provider_for("text")
+    except Exception:
+        if chosen is None:
+            store._chosen.pop("text", None)  # noqa: SLF001 - nothing changed on a refusal
+        raise
+    return store

@@ -7,8 +7,9 @@
     vs.as_retriever(search_kwargs={"k": 1, "filter": {"kind": "fact"}}).invoke("pets?")
     vs.as_retriever(search_type="mmr", search_kwargs={"k": 3, "fetch_k": 20, "lambda_mult": 0.5})
 
-The store embeds texts with its own text provider: vectors are never taken from another embedding
-model. Documents live in one namespace (per agent, user or session). Ids a caller gives are kept in
+The store embeds texts with its own text provider (MiniLM unless the store says otherwise), or, given
+``embedding=`` any other LangChain ``Embeddings``, with that model wrapped as a foreign provider
+(``aios_memory.foreign``): the table then records its class, model and dimension and refuses another. Documents live in one namespace (per agent, user or session). Ids a caller gives are kept in
 the memory's metadata (key ``lc_id``) and are what ``Document.id`` reports; adding a text with an id
 that exists in the namespace replaces that document.
 """
@@ -29,6 +30,7 @@ from aios_memory.integrations._common import (
     select,
     store_id,
     vector_search,
+    with_text_provider,
 )
 
 try:
@@ -89,14 +91,18 @@ class AiosMemoryVectorStore(VectorStore):
     ) -> None:
         from aios_memory.memory import check_namespace
 
-        self.store = _open(store)
         self.namespace = check_namespace(namespace)
+        self._foreign: Embeddings | None = None
+        if embedding is not None and not isinstance(embedding, AiosMemoryEmbeddings):
+            # any other Embeddings: a foreign provider over it embeds this store's text table
+            from aios_memory.foreign import register_foreign
+
+            provider = register_foreign(embedding)
+            self.store = with_text_provider(store, provider)
+            self._foreign = embedding
+            return
+        self.store = _open(store)
         if embedding is not None:
-            if not isinstance(embedding, AiosMemoryEmbeddings):
-                raise InvalidInputError(
-                    "aios-memory embeds with its own providers; pass embedding=AiosMemoryEmbeddings(...) "
-                    f"or none, not {type(embedding).__name__}"
-                )
             provider = self.store.provider_for("text")
             if embedding.provider.name != provider.name:
                 raise InvalidInputError(
@@ -105,6 +111,8 @@ class AiosMemoryVectorStore(VectorStore):
 
     @property
     def embeddings(self) -> Embeddings:
+        if self._foreign is not None:
+            return self._foreign
         return AiosMemoryEmbeddings(self.store.provider_for("text"))
 
     # --- writing -----------------------------------------------------------------------------------
