@@ -10,7 +10,9 @@
 A node's text is the memory's content; the rest of the node (id, relationships, ref_doc_id, metadata)
 is kept in the memory's metadata the way LlamaIndex's own stores keep it (``node_to_metadata_dict``), so
 nodes round-trip. The store embeds texts with its own text provider; pass ``AiosMemoryEmbedding()`` as
-the index's ``embed_model`` so query vectors live in the same space (and nothing calls a remote model).
+the index's ``embed_model`` so query vectors live in the same space (and nothing calls a remote model),
+or pass the index's own model as ``AiosMemoryVectorStore(..., embed_model=...)``: it is then wrapped as a
+foreign provider (``aios_memory.foreign``) that embeds the store's text table.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from aios_memory.integrations._common import (
     select,
     store_id,
     vector_search,
+    with_text_provider,
 )
 
 try:
@@ -126,9 +129,29 @@ class AiosMemoryVectorStore(BasePydanticVectorStore):
     namespace: str = "default"
     _store: MemoryStore = PrivateAttr()
 
-    def __init__(self, store: MemoryStore | str | Path, *, namespace: str = "default", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        store: MemoryStore | str | Path,
+        *,
+        namespace: str = "default",
+        embed_model: BaseEmbedding | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``embed_model``: the index's embedding model when it is not ``AiosMemoryEmbedding``: wrapped as
+        a foreign provider (``aios_memory.foreign``) that embeds this store's text table, so the store's
+        vectors and the index's query vectors come from the same model."""
         super().__init__(namespace=check_namespace(namespace), **kwargs)
+        if embed_model is not None and not isinstance(embed_model, AiosMemoryEmbedding):
+            from aios_memory.foreign import register_foreign
+
+            self._store = with_text_provider(store, register_foreign(embed_model))
+            return
         self._store = store if isinstance(store, MemoryStore) else MemoryStore(store)
+        if embed_model is not None and self._store.provider_for("text").name != embed_model.provider_name:
+            raise InvalidInputError(
+                f"the store embeds text with {self._store.provider_for('text').name!r}, "
+                f"not {embed_model.provider_name!r}"
+            )
 
     @classmethod
     def class_name(cls) -> str:
