@@ -14,6 +14,7 @@ from langchain_core.vectorstores import VectorStore, VectorStoreRetriever
 
 from aios_memory import InvalidInputError, MemoryStore
 from aios_memory.errors import ProviderMismatchError
+from aios_memory.foreign import unregister_foreign
 from aios_memory.integrations.langchain import AiosMemoryEmbeddings, AiosMemoryVectorStore
 
 DOCS = [
@@ -184,6 +185,7 @@ def test_from_texts(model_home, tmp_path):
     with pytest.raises(ProviderMismatchError, match="minilm-l6-v2"):
         AiosMemoryVectorStore.from_texts(["x"], DeterministicFakeEmbedding(size=384), store=tmp_path / "s")
     assert MemoryStore(tmp_path / "s").version == version
+    assert unregister_foreign("foreign:langchain_core.embeddings.fake.DeterministicFakeEmbedding")
     with pytest.raises(ValueError, match="store="):
         AiosMemoryVectorStore.from_texts(["x"], AiosMemoryEmbeddings())
 

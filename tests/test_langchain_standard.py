@@ -10,17 +10,27 @@ carries the ``asyncio`` mark (the suite refuses overridden tests, so they cannot
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from langchain_core.vectorstores import VectorStore
+from langchain_tests.integration_tests import VectorStoreIntegrationTests  # the test extra installs it
 
-pytest.importorskip("langchain_tests", reason="the test extra installs langchain-tests")
+from aios_memory.foreign import (
+    ForeignEmbeddingProvider,
+    registered_foreign,
+    unregister_foreign,
+)
+from aios_memory.integrations.langchain import AiosMemoryVectorStore
 
-from langchain_core.vectorstores import VectorStore  # noqa: E402
-from langchain_tests.integration_tests import VectorStoreIntegrationTests  # noqa: E402
 
-from aios_memory.foreign import ForeignEmbeddingProvider  # noqa: E402
-from aios_memory.integrations.langchain import AiosMemoryVectorStore  # noqa: E402
+@pytest.fixture(autouse=True, scope="module")
+def _forget_foreign() -> Iterator[None]:
+    """The suite's model is registered while this module runs, not for the modules after it."""
+    yield
+    for name in registered_foreign():
+        unregister_foreign(name)
 
 
 class TestAiosMemoryStandard(VectorStoreIntegrationTests):
