@@ -19,7 +19,7 @@ from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from aios_memory import MemoryStore
-from aios_memory.errors import ProviderError, ProviderMismatchError, ProviderNotFoundError
+from aios_memory.errors import InvalidInputError, ProviderError, ProviderMismatchError, ProviderNotFoundError
 from aios_memory.foreign import (
     ForeignEmbeddingProvider,
     register_foreign,
@@ -268,3 +268,25 @@ def test_llama_index_store_with_a_foreign_embedding(tmp_path: Path) -> None:
     # another model on this table is refused before anything is written
     with pytest.raises(ProviderMismatchError):
         AiosMemoryVectorStore(tmp_path / "s", namespace="li", embed_model=TrigramLlama(model_name="other"))
+
+
+def test_the_langchain_adapter_binds_an_open_handle(tmp_path: Path) -> None:
+    from aios_memory.integrations.langchain import AiosMemoryVectorStore
+
+    store = MemoryStore(tmp_path / "s")
+    vs = AiosMemoryVectorStore(store, namespace="n", embedding=TrigramEmbeddings())
+    assert vs.add_texts(TEXTS, ids=["a", "b", "c"]) == ["a", "b", "c"]
+    assert store.provider_for("text").name == "foreign:test_foreign.TrigramEmbeddings:trigram-lc"
+    assert isinstance(vs.embeddings, TrigramEmbeddings)  # the caller's own model, for vectors
+    by_vector = vs.similarity_search_by_vector(vs.embeddings.embed_query("capital of France"), k=1)
+    assert [d.id for d in by_vector] == ["b"]
+    # a handle opened for another text model is refused, and left as it was
+    other = MemoryStore(tmp_path / "o", providers={"text": "minilm-l6-v2"})
+    with pytest.raises(InvalidInputError, match="minilm-l6-v2"):
+        AiosMemoryVectorStore(other, embedding=TrigramEmbeddings())
+    assert other.provider_for("text").name == "minilm-l6-v2"
+    # an open handle on a table of another model: refused, and the handle not bound to the new model
+    fresh = MemoryStore(tmp_path / "s")
+    with pytest.raises(ProviderMismatchError):
+        AiosMemoryVectorStore(fresh, embedding=TrigramLlama(model_name="tri-li"))
+    assert fresh.provider_for("text").name == "foreign:test_foreign.TrigramEmbeddings:trigram-lc"
