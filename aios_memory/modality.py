@@ -21,6 +21,7 @@ from aios_memory.errors import (
     UnsupportedMediaError,
 )
 from aios_memory.provider import MODALITIES
+from aios_memory.video_input import check_video_header
 
 # Documented input limits (docs/reliability.md); over one, ``prepare`` raises ``InputTooLargeError``
 # before any provider, decoder or allocation sized by the input runs.
@@ -52,6 +53,10 @@ _SIGNATURES: list[tuple[int, bytes, tuple[int, bytes] | None, str, str]] = [
     (0, b"ID3", None, "audio", "audio/mpeg"),
     (0, b"FORM", (8, b"AIFF"), "audio", "audio/aiff"),
     (4, b"ftypM4A", None, "audio", "audio/mp4"),
+    (4, b"ftypqt  ", None, "video", "video/quicktime"),
+    (4, b"ftyp", None, "video", "video/mp4"),  # any other ISO base media brand: isom, mp42, avc1, ...
+    (0, b"\x1a\x45\xdf\xa3", None, "video", "video/x-matroska"),  # EBML: Matroska, or WebM (below)
+    (0, b"RIFF", (8, b"AVI "), "video", "video/x-msvideo"),
 ]
 
 
@@ -62,12 +67,14 @@ def sniff(data: bytes) -> tuple[str, str]:
         if head[offset : offset + len(magic)] == magic and (
             second is None or head[second[0] : second[0] + len(second[1])] == second[1]
         ):
+            if mime == "video/x-matroska" and b"webm" in bytes(data[:64]):
+                return modality, "video/webm"
             return modality, mime
     if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # MPEG audio frame sync
         return "audio", "audio/mpeg"
     raise UnsupportedMediaError(
         f"content is neither a known image (PNG, JPEG, GIF, WebP, TIFF, BMP) nor a known audio format "
-        f"(WAV, FLAC, Ogg, MP3, AIFF, M4A); first bytes: {head[:12]!r}"
+        f"(WAV, FLAC, Ogg, MP3, AIFF, M4A) nor a known video container (MP4, MOV, WebM, MKV, AVI); first bytes: {head[:12]!r}"
     )
 
 
@@ -161,6 +168,9 @@ def _check_audio_header(data: bytes | io.BufferedIOBase) -> None:
     _check_audio_duration(int(info.frames), int(info.samplerate))
 
 
+_HEADER_CHECKS = {"image": _check_image_header, "audio": _check_audio_header, "video": check_video_header}
+
+
 def _at(where: str | None) -> str:
     return f" ({where})" if where else ""
 
@@ -196,7 +206,7 @@ def _read_path(path: Path, source: str | None) -> Item:
         try:
             modality, _ = sniff(f.read(_HEAD_BYTES))  # an unknown format is refused here, the rest unread
             f.seek(0)
-            (_check_image_header if modality == "image" else _check_audio_header)(f)
+            _HEADER_CHECKS[modality](f)
         except InvalidInputError as exc:  # the same error, naming the file
             raise type(exc)(f"{exc}{_at(str(path))}") from None
         f.seek(0)
@@ -262,10 +272,7 @@ def _read_bytes(f: Any, size: int) -> bytes:
 def _read_media(data: bytes, source: str | None) -> Item:
     _check_media_size(len(data), source)
     modality, mime = sniff(data)
-    if modality == "image":
-        _check_image_header(data)
-    else:
-        _check_audio_header(data)
+    _HEADER_CHECKS[modality](data)
     return Item(modality, data, media=data, media_type=mime, source=source)
 
 

@@ -16,7 +16,12 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "aios_memory"
 # The provider a modality gets when the store has no table for it yet and the caller names none.
-DEFAULT_PROVIDERS = {"text": "minilm-l6-v2", "image": "clip-vit-b-32", "audio": "whisper-base"}
+DEFAULT_PROVIDERS = {
+    "text": "minilm-l6-v2",
+    "image": "clip-vit-b-32",
+    "audio": "whisper-base",
+    "video": "clip-whisper-video",
+}
 
 pm = pluggy.PluginManager("aios_memory")
 pm.add_hookspecs(hookspecs)

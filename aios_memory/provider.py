@@ -21,7 +21,7 @@ import numpy as np
 
 from aios_memory.errors import EmptyContentError, ModalityError, ProviderError
 
-MODALITIES = ("text", "image", "audio")
+MODALITIES = ("text", "image", "audio", "video")
 _MISSING = object()
 _LIFECYCLE = frozenset({"_load_lock", "_loaded", "_busy", "_last_used", "_restore"})
 

@@ -35,8 +35,17 @@ EXTRA_COLUMNS: dict[str, list[pa.Field]] = {
         pa.field("end_s", pa.float64()),
         pa.field("transcript", pa.string()),
     ],
+    # Video: one row per segment; ``embedding`` is the pooled (mean) CLIP vector of its sampled frames,
+    # ``frame_embedding`` its representative frame's, ``thumbnail`` that frame as a small JPEG.
+    "video": [
+        pa.field("start_s", pa.float64()),
+        pa.field("end_s", pa.float64()),
+        pa.field("transcript", pa.string()),
+        pa.field("frame_embedding", pa.list_(pa.float32())),
+        pa.field("thumbnail", pa.binary()),
+    ],
 }
-TEXT_COLUMN = {"audio": "transcript"}  # the derived text column of a modality, if any
+TEXT_COLUMN = {"audio": "transcript", "video": "transcript"}  # the derived text column of a modality, if any
 
 
 def _vec(dim: int | None) -> pa.DataType:
