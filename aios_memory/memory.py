@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aios_memory.errors import InvalidInputError
-from aios_memory.schema import EXTRA_COLUMNS
+from aios_memory.schema import EXTRA_COLUMNS, HIDDEN_EXTRA
 
 
 @dataclass
@@ -45,7 +45,8 @@ class Memory:
         }
         if self.score is not None:
             out["score"] = float(self.score)
-        return {**out, **(self.extra or {})}  # audio: start_s, end_s, transcript
+        shown = {k: v for k, v in (self.extra or {}).items() if k not in HIDDEN_EXTRA}
+        return {**out, **shown}  # audio and video: start_s, end_s, transcript
 
 
 def now_utc() -> dt.datetime:

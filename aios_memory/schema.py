@@ -45,7 +45,10 @@ EXTRA_COLUMNS: dict[str, list[pa.Field]] = {
         pa.field("thumbnail", pa.binary()),
     ],
 }
-TEXT_COLUMN = {"audio": "transcript", "video": "transcript"}  # the derived text column of a modality, if any
+TEXT_COLUMN = {"audio": "transcript", "video": "transcript"}
+# Extra columns a client does not see in ``Memory.as_dict`` (CLI --json, MCP): a vector and image bytes.
+# ``Memory.extra`` still holds them (the web page reads the thumbnail there).
+HIDDEN_EXTRA = frozenset({"frame_embedding", "thumbnail"})  # the derived text column of a modality, if any
 
 
 def _vec(dim: int | None) -> pa.DataType:
