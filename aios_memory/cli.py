@@ -256,10 +256,12 @@ def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_
 @click.option("-k", default=5, show_default=True)
 @click.option(
     "--modality",
-    type=click.Choice(["text", "image", "audio"]),
+    type=click.Choice(["text", "image", "audio", "video"]),
     default=None,
-    help="Table to search (default: the query's own: text searches text memories; --modality audio "
-    "searches spoken clips by their transcripts, image by CLIP).",
+    help="One table to search (default: every table the query reaches, fused; see docs/concepts.md).",
+)
+@click.option(
+    "--mode", type=click.Choice(["vector", "hybrid", "keyword"]), default=None, help="Default vector."
 )
 @click.option("--namespace", "-n", default=None)
 @click.option("--where", default=None, help="SQL predicate, values as ? placeholders.")
@@ -288,9 +290,10 @@ def search(
     min_score: float | None,
     newest: bool,
     exact: bool,
+    mode: str | None,
     as_json: bool,
 ) -> None:
-    """Rank memories by similarity to QUERY (text) or --file (image/audio)."""
+    """Rank memories by similarity to QUERY (text) or --file (image/audio), across tables."""
     if (query is None) == (file is None):
         raise click.UsageError("give exactly one of QUERY or --file")
     if params and not where:
@@ -306,6 +309,7 @@ def search(
         min_score=min_score,
         order="newest" if newest else "score",
         exact=True if exact else None,
+        mode=mode,
     )
     if as_json:
         _echo_json([r.as_dict() for r in results])  # the shape MCP's recall returns
@@ -315,7 +319,9 @@ def search(
         if r.extra.get("start_s") is not None:  # a window of a recording: which, and of which file
             name = f" ({r.source.rsplit('/', 1)[-1]})" if r.source else ""
             shown = f"[{r.extra['start_s']:.1f}-{r.extra['end_s']:.1f}s] {shown}{name}"
-        click.echo(f"{rank:>2}. {r.score:.4f}  [{r.modality}/{r.namespace}] {cell(shown, 90)}  ({r.id})")
+        via = "+".join(s["signal"] for s in r.extra.get("signals", []))  # a fused search: what ranked it
+        line = f"{rank:>2}. {r.score:.4f}  [{r.modality}/{r.namespace}] {cell(shown, 90)}  ({r.id})"
+        click.echo(f"{line} via {via}" if via else line)
     if not results:
         click.echo("no memories matched")
 

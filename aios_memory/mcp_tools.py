@@ -15,7 +15,7 @@ from aios_memory.mcp_server import K_LIMIT, MAX_UPLOAD_BYTES, ROW_LIMIT, Served,
 
 Scalar = str | int | float | bool | None  # a JSON scalar: an SQL parameter, a metadata value
 Json = TypeAliasType("Json", str | int | float | bool | None | list["Json"] | dict[str, "Json"])
-Modality = Literal["text", "image", "audio"]
+Modality = Literal["text", "image", "audio", "video"]
 MetadataIn = dict[str, Scalar | list[Scalar]]
 
 
@@ -53,6 +53,11 @@ class Memory(_Result):
     start_s: float | None = Field(None, description="Audio: where this window starts, in seconds.")
     end_s: float | None = Field(None, description="Audio: where this window ends, in seconds.")
     transcript: str | None = Field(None, description="Audio: the speech recognised in it.")
+    signals: list[dict[str, Json]] | None = Field(
+        None,
+        description="A fused search: each signal that ranked it (table, signal, its exact score: cosine or "
+        "BM25, calibrated score, rank); score is then the fused score.",
+    )
 
 
 class Remembered(_Result):
@@ -178,8 +183,12 @@ def register_tools(server: Any, served: Served) -> None:
         ] = None,
         path: Annotated[str | None, _opt(_path("An image or audio to search by"), max_length=4096)] = None,
         modality: Annotated[
-            Modality | None, _opt("The table searched (default: the query's own modality).")
+            Modality | None, _opt("One table to search (default: every table the query reaches, fused).")
         ] = None,
+        mode: Annotated[
+            Literal["vector", "hybrid", "keyword"],
+            Field(description="'vector': by meaning; 'hybrid': + exact words (BM25); 'keyword': words only."),
+        ] = "vector",
         namespace: Annotated[str | None, _opt("Search only this namespace.", min_length=1)] = None,
         k: Annotated[int, Field(description="How many memories to return.", ge=1, le=K_LIMIT)] = 5,
         where: Annotated[
@@ -217,6 +226,7 @@ def register_tools(server: Any, served: Served) -> None:
                     half_life=half_life_s,
                     order=order,
                     min_score=min_score,
+                    mode=mode,
                     timeout=served.sql_timeout,  # the where predicate and the ranking stop with one limit
                 )
             except QueryTimeoutError as exc:  # the store's hint names search()'s argument, not the server's

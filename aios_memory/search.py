@@ -56,7 +56,12 @@ def run_search(
     timeout: float | Deadline | None = None,
     mmr: float | None = None,
     fetch_k: int | None = None,
+    signal: str | None = None,
+    manifest: Manifest | None = None,
 ) -> tuple[list[Memory], dict[str, Any]]:
+    """One table's ranking by one vector column: ``signal`` names it (default: the table's own
+    ``embedding`` when the query's modality reaches it, else the transcript's). ``manifest``: the one
+    a fused search read for all its tables (default: read here)."""
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
     if namespace is not None:
@@ -89,13 +94,16 @@ def run_search(
     item = None if isinstance(query, GivenVector) else prepare(query)
     target = modality or (item.modality if item is not None else "text")
     reads = _count_reads(store._storage)
-    m = store._manifest()  # the one manifest read of this search: everything below uses ``m``
+    m = manifest or store._manifest()  # the one manifest read of this search: everything below uses ``m``
     provider = store._provider_in(m, target)
     column, dim = "embedding", int(provider.dim)
+    transcript = item is not None and target in TEXT_COLUMN and signal != "embedding"
     if item is None:  # a vector made elsewhere, for this table's space
         check_table(provider, query.vector[None, :], target, None)
         vector = query.vector
-    elif item.modality != target and item.modality not in provider.query_modalities and target in TEXT_COLUMN:
+    elif transcript and (
+        signal is not None or (item.modality != target and item.modality not in provider.query_modalities)
+    ):
         # e.g. text -> audio: rank by the transcript's embedding from the text provider
         text = store._text_provider_in(m, target)
         if text is None or item.modality != text.modality:
@@ -118,6 +126,7 @@ def run_search(
         "fragments": len(fragments),
         "parquet_fallback": 0,
         "index": None,
+        "_vector": vector,  # the query's vector: a fused search calibrates by it, then drops it
     }
     if not fragments:
         explain["selected"] = 0

@@ -272,9 +272,11 @@ class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin, ReembedMixin):
         vector: Any = None,
         mmr: float | None = None,
         fetch_k: int | None = None,
+        mode: str | None = None,
     ) -> list[Memory]:
-        """Rank memories by cosine similarity to ``query`` (text, image or audio), or to a ``vector`` made
-        elsewhere (of ``modality``'s table, default text). ``modality``: the table (default: the query's).
+        """Rank memories by similarity to ``query`` (text, image, audio), or to a ``vector`` made elsewhere
+        (of ``modality``'s table, default text). ``modality``: one table (default: every table the query
+        reaches, fused); ``mode``: "vector" (default), "hybrid" (+ BM25 over words) or "keyword".
         ``where``: an SQL predicate whose values come from ``params``; ``filter``: metadata equality,
         ``{"key": value or [values]}``, ANDed with ``where``. ``half_life`` (seconds) multiplies scores by
         ``0.5 ** (age / half_life)``; ``min_score`` drops results below it (after the decay);
@@ -287,27 +289,13 @@ class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin, ReembedMixin):
         where, params = with_metadata_filter(where, params, filter)
         query, deadline = query_of(query, vector), Deadline.start(timeout)  # one deadline, across retries
         args = (query, k, modality, namespace, where, params, half_life, order, min_score, exact, deadline)
-        return self._reading(lambda: self._search(*args, mmr, fetch_k))[0]
+        return self._reading(lambda: self._search(*args, mmr, fetch_k, mode))[0]
 
     def explain_search(self, query: Any = None, k: int = 10, **kwargs: Any) -> dict[str, Any]:
         """Run :meth:`search` and return what it did: ``path``, ``rows``, ``selected`` by the filters,
         ``scored`` (vectors compared), ``fragments``, ``manifest_reads``, ``mmr`` if asked, ``results``."""
-        kw = {
-            name: kwargs.pop(name, default)
-            for name, default in [
-                ("modality", None),
-                ("namespace", None),
-                ("where", None),
-                ("params", None),
-                ("half_life", None),
-                ("order", "score"),
-                ("min_score", None),
-                ("exact", None),
-                ("timeout", None),
-                ("mmr", None),
-                ("fetch_k", None),
-            ]
-        }
+        names = "modality namespace where params half_life order min_score exact timeout mmr fetch_k mode"
+        kw = {n: kwargs.pop(n, "score" if n == "order" else None) for n in names.split()}
         if kw["where"] is not None:
             self._scope.check_sql()
         kw["where"], kw["params"] = with_metadata_filter(
@@ -321,9 +309,9 @@ class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin, ReembedMixin):
         return {**explain, "results": results}
 
     def _search(self, *args: Any) -> tuple[list[Memory], dict[str, Any]]:
-        from aios_memory.search import run_search
+        from aios_memory.fusion import fused_search
 
-        return run_search(self, *args)
+        return fused_search(self, *args)
 
     def _text_provider_in(self, m: Manifest, modality: str) -> EmbeddingProvider | None:
         """``_text_provider_for`` on a given manifest (a search reads the manifest once)."""

@@ -51,7 +51,7 @@ store.add_many(notes, namespace="notes")
 store.add_many([root / "photos" / p for p in photos], namespace="photos")
 store.add_many([Path(c) for c in clips], namespace="sounds")
 expected = {}
-for query, modality in (("what pet does the user have?", None), ("rear left", "audio"), ("a cat", "image")):
+for query, modality in (("what pet does the user have?", "text"), ("rear left", "audio"), ("a cat", "image")):
     hits = store.search(query, k=5, modality=modality)
     expected[query] = [(h.id, h.score, h.content or h.source) for h in hits]
 rows = store.sql("SELECT id, source FROM image_memories UNION ALL SELECT id, source FROM audio_memories")

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from aios_memory.errors import AiosMemoryError, InvalidInputError, ProviderError
+from aios_memory.errors import AiosMemoryError, ProviderError
 
 MODALITIES = ("text", "image", "audio")
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # a dropped image; larger bodies get 413 before any byte is read
@@ -23,7 +23,7 @@ MAX_K = 100  # search results per table
 MAX_ID_CHARS = 128
 MAX_SOURCE_CHARS = 1024
 THUMB_PX = 320
-VIEWS = {"text": "text_memories", "image": "image_memories", "audio": "audio_memories"}
+VIEWS = {m: f"{m}_memories" for m in MODALITIES}
 
 
 class ApiError(Exception):
@@ -84,7 +84,7 @@ def memory_json(modality: str, row: dict[str, Any]) -> dict[str, Any]:
         "metadata": meta or {},
         "provider": row.get("provider"),
     }
-    for name in ("start_s", "end_s", "transcript", "score", "media_bytes"):
+    for name in ("start_s", "end_s", "transcript", "score", "media_bytes", "signals"):
         if row.get(name) is not None:
             out[name] = row[name]
     return out
@@ -142,29 +142,32 @@ def list_memories(
 
 
 def search_json(
-    store: Any, query: Any, modality: str | None, namespace: str | None, k: int, redact: Any
+    store: Any,
+    query: Any,
+    modality: str | None,
+    namespace: str | None,
+    k: int,
+    redact: Any,
+    mode: str | None = None,
 ) -> dict[str, Any]:
-    """Results of one query, best first per table. With no modality, every table the query can rank."""
+    """Results of one query, best first: ``store.search`` itself (the CLI's and MCP's ranking), so with no
+    modality every table the query reaches, fused into one list (docs/concepts.md "Search")."""
     from aios_memory.errors import ModalityError
 
-    if modality is not None:
-        targets = [modality]
-    else:
-        targets = [m for m in MODALITIES if m in store.stats()["tables"]] or ["text"]
-    results: list[dict[str, Any]] = []
-    searched: list[str] = []
-    skipped: dict[str, str] = {}
-    for target in targets:
-        try:
-            found = store.search(query, k=k, modality=target, namespace=namespace, timeout=SQL_TIMEOUT)
-        except (InvalidInputError, ProviderError) as exc:
-            # "this table cannot take this query", as opposed to a bad query: skipped, with the reason
-            if modality is not None or not isinstance(exc, (ModalityError, ProviderError)):
-                raise
-            skipped[target] = redact(str(exc))
-            continue
-        searched.append(target)
-        results += [memory_json(m.modality, {**m.__dict__, **m.extra}) for m in found]
+    try:
+        got = store.explain_search(
+            query, k=k, modality=modality, namespace=namespace, mode=mode, timeout=SQL_TIMEOUT
+        )
+    except (ModalityError, ProviderError) as exc:
+        if modality is not None:  # the one table asked for cannot take this query: a bad request
+            raise
+        return {"results": [], "searched": [], "skipped": {"all": redact(str(exc))}}
+    signals = got.get("signals")
+    searched = (
+        list(dict.fromkeys(s["table"] for s in signals)) if signals else [got.get("modality") or "text"]
+    )
+    skipped = {t: redact(reason) for t, reason in got.get("skipped", {}).items()}
+    results = [memory_json(m.modality, {**m.__dict__, **m.extra}) for m in got["results"]]
     return {"results": results, "searched": searched, "skipped": skipped}
 
 

@@ -284,7 +284,10 @@ class UiHandler(BaseHTTPRequestHandler):
             k = api.check_int(body.get("k", 10), "k", 1, api.MAX_K)
             modality = api.check_modality(body.get("modality"), True)
             namespace = api.check_namespace(body.get("namespace"))
-            self._json(200, api.search_json(store, query, modality, namespace, k, redact))
+            mode = body.get("mode")
+            if mode not in (None, "vector", "hybrid", "keyword"):
+                raise ApiError(400, "mode must be 'vector', 'hybrid' or 'keyword'", "InvalidInputError")
+            self._json(200, api.search_json(store, query, modality, namespace, k, redact, mode))
         elif url.path == "/api/search/image":
             from aios_memory.modality import sniff
 

@@ -196,7 +196,11 @@ function showResults(result, what) {
     box.append(el("p", "note", `${TITLES[modality]} not searched: ${reason}`));
   }
   if (!matched) setStatus(`0 results for ${what}.`);
-  else setStatus(`${total} result${total === 1 ? "" : "s"} for ${what}, best first; scores are cosine similarities.`);
+  else {
+    const fused = result.results.some((m) => m.signals);
+    const scores = fused ? "scores are fused across tables and signals" : "scores are cosine similarities";
+    setStatus(`${total} result${total === 1 ? "" : "s"} for ${what}, best first; ${scores}.`);
+  }
 }
 
 function searchOptions() {
