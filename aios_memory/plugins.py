@@ -162,8 +162,15 @@ def resolve_provider(state: Any, modality: str, chosen: str | None, path: Any) -
     if chosen is not None:
         provider = get_provider(chosen)
     else:
+        from aios_memory.foreign import ForeignEmbeddingProvider
+
         registered = get_providers()
-        candidates = sorted(n for n, p in registered.items() if p.modality == modality)
+        # a foreign model (aios_memory.foreign) serves only the stores that name it, never as a default
+        candidates = sorted(
+            n
+            for n, p in registered.items()
+            if p.modality == modality and not isinstance(p, ForeignEmbeddingProvider)
+        )
         if not candidates:
             raise ProviderNotFoundError(
                 f"no installed plugin provides {modality} embeddings; registered providers: "

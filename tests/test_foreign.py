@@ -290,3 +290,18 @@ def test_the_langchain_adapter_binds_an_open_handle(tmp_path: Path) -> None:
     with pytest.raises(ProviderMismatchError):
         AiosMemoryVectorStore(fresh, embedding=TrigramLlama(model_name="tri-li"))
     assert fresh.provider_for("text").name == "foreign:test_foreign.TrigramEmbeddings:trigram-lc"
+
+
+def test_a_registered_foreign_model_is_never_a_default(tmp_path, monkeypatch) -> None:
+    """A store that names no text provider gets the bundled default (or another installed plugin), never
+    a foreign model some adapter registered in this process, even when MiniLM's weights are missing."""
+    from aios_memory import MemoryStore
+    from aios_memory.foreign import register_foreign, unregister_foreign
+
+    monkeypatch.setenv("AIOS_MEMORY_HOME", str(tmp_path / "empty-home"))  # no weights installed here
+    provider = register_foreign(lambda texts: [[1.0, float(len(t))] for t in texts], name="foreign:first")
+    try:
+        chosen = MemoryStore(tmp_path / "s").provider_for("text")
+        assert chosen.name != provider.name
+    finally:
+        unregister_foreign(provider.name)
