@@ -122,13 +122,13 @@ def init(ctx: click.Context) -> None:
     "files",
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="An image or audio file to add (repeatable); a text file is added by `aios-memory import PATH`.",
+    help="An image, audio or video file to add (repeatable); a text file is added by `aios-memory import PATH`.",
 )
 @click.option("--namespace", "-n", default="default", show_default=True)
 @click.option("--metadata", "-m", default=None, help="JSON object stored with the memory.")
 @click.option(
     "--modality",
-    type=click.Choice(["text", "image", "audio"]),
+    type=click.Choice(["text", "image", "audio", "video"]),
     default=None,
     help="The items' modality (default: recognised from the content).",
 )
@@ -207,7 +207,7 @@ def update(ctx: click.Context, id: str, text: str | None, file: Path | None, met
 @click.option("--commit-every", default=1000, show_default=True, help="Files per atomic commit.")
 @click.pass_context
 def import_(ctx: click.Context, paths: tuple[Path, ...], namespace: str, commit_every: int) -> None:
-    """Import files and folders (recursively): images, audio and UTF-8 text files. Inside folders,
+    """Import files and folders (recursively): images, audio, video and UTF-8 text files. Inside folders,
     hidden files and folders (.git, .DS_Store) and the files of a store are left out."""
     from aios_memory.ingest import ingest, plural
 
