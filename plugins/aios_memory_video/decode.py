@@ -52,6 +52,28 @@ class Decoded:
     audio: np.ndarray | None
 
 
+_PLANAR_8BIT = {"yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuv411p", "nv12", "nv21", "gray"}
+_FULL_RANGE = {"yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p", "gray"}
+
+
+def _luma(frame: Any) -> np.ndarray:
+    """A ``_SMALL`` x ``_SMALL`` grayscale version of ``frame`` in 0..1: the block means of its Y plane
+    where the frame is 8-bit planar YUV (no conversion: most decoders output that), else by swscale."""
+    name = frame.format.name
+    h, w = frame.height, frame.width
+    if (name in _PLANAR_8BIT or name in _FULL_RANGE) and h >= _SMALL and w >= _SMALL:
+        plane = frame.planes[0]
+        y = np.frombuffer(plane, np.uint8).reshape(h, plane.line_size)[:, :w].astype(np.float32)
+        rows, cols = (np.arange(_SMALL) * h) // _SMALL, (np.arange(_SMALL) * w) // _SMALL
+        sums = np.add.reduceat(np.add.reduceat(y, rows, axis=0), cols, axis=1)
+        counts = np.outer(np.diff([*rows, h]), np.diff([*cols, w]))
+        if name in _FULL_RANGE:
+            return sums / counts / 255.0
+        return (sums / counts - 16.0) / 219.0  # limited (TV) range: Y from 16 to 235
+    small = frame.reformat(width=_SMALL, height=_SMALL, format="gray").to_ndarray()
+    return small.astype(np.float32) / 255.0
+
+
 def _open(data: bytes) -> Any:
     av = require_av()
     try:
@@ -98,8 +120,7 @@ def decode(data: bytes, rate: float = 1.0, scene_threshold: float = 0.15) -> Dec
                         raise InputTooLargeError(f"video has more than {video_input.MAX_VIDEO_FRAMES} frames")
                     if frame.duration and frame.time_base:
                         last_duration = float(frame.duration * frame.time_base)
-                    small = frame.reformat(width=_SMALL, height=_SMALL, format="gray").to_ndarray()
-                    small = small.astype(np.float32) / 255.0
+                    small = _luma(frame)
                     cut = prev is None or float(np.abs(small - prev).mean()) > scene_threshold
                     prev = small
                     if cut:
