@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,6 +41,30 @@ if TYPE_CHECKING:
 MODES = ("vector", "hybrid", "keyword")
 KEYWORD_WEIGHT = 0.5
 TABLE_ORDER = ("text", "image", "audio", "video")
+
+
+@dataclass(frozen=True)
+class Composite:
+    """A query made of several parts (``search(text=..., image=...)``): each ranks the tables it reaches,
+    and a memory's vector score is the mean over the parts of its best calibrated score for each."""
+
+    parts: tuple[Any, ...]
+
+
+def composite(query: Any, text: Any = None, image: Any = None) -> Any:
+    """``search``'s query from ``query`` or from ``text=`` and ``image=`` (both: a :class:`Composite`)."""
+    if text is None and image is None:
+        return query
+    if query is not None:
+        raise InvalidInputError("search takes a query, or text= and/or image=, not both")
+    for value, kind in ((text, "text"), (image, "image")):
+        if value is not None and prepare(value).modality != kind:
+            raise InvalidInputError(f"{kind}= takes {'text' if kind == 'text' else 'an image'}")
+    return (
+        Composite((text, image))
+        if text is not None and image is not None
+        else (image if text is None else text)
+    )
 
 
 def check_mode(mode: Any) -> str:
@@ -66,6 +90,7 @@ def signals_of(
             try:
                 provider = store._provider_in(m, t)
                 if item.modality == provider.modality or item.modality in provider.query_modalities:
+                    provider.load()  # weights not installed here: the table is skipped, saying why
                     out.append((t, "embedding"))
                 text = store._text_provider_in(m, t) if t in TEXT_COLUMN else None
                 if text is not None and item.modality == text.modality:
@@ -109,15 +134,22 @@ def fused_search(
         if mode != "vector":
             raise InvalidInputError("a given vector has no words: mode must be 'vector'")
         return _plain(run_search(store, *single, mmr, fetch_k))
-    item = prepare(query)
-    if mode != "vector" and item.modality != "text":
+    given = query.parts if isinstance(query, Composite) else (query,)
+    items = [prepare(q) for q in given]
+    if mode != "vector" and not any(it.modality == "text" for it in items):
         raise InvalidInputError(f"mode={mode!r} needs a text query (the keyword signal matches words)")
     m = store._manifest()
-    signals, skipped = signals_of(store, m, modality, item, mode)
-    if len(signals) <= 1 and (not signals or signals[0][1] != "bm25"):
+    signals: list[tuple[int, str, str]] = []  # (which part of the query, table, signal)
+    skipped: dict[str, str] = {}
+    for p, item in enumerate(items):
+        got, why = signals_of(store, m, modality, item, mode)
+        signals += [(p, t, sig) for t, sig in got]
+        skipped.update(why)
+    skipped = {t: why for t, why in skipped.items() if all(t != x for _, x, _ in signals)}
+    if len(items) == 1 and len(signals) <= 1 and (not signals or signals[0][2] != "bm25"):
         # nothing to fuse: one table by one column, exactly as a single-table search (or its error)
-        table = signals[0][0] if signals else (modality or item.modality)
-        col = signals[0][1] if signals else None
+        table = signals[0][1] if signals else (modality or items[0].modality)
+        col = signals[0][2] if signals else None
         found, explain = _plain(run_search(store, *single[:2], table, *single[3:], mmr, fetch_k, col, m))
         return found, {**explain, "skipped": skipped} if skipped else explain
     if mmr is not None or fetch_k is not None:
@@ -132,30 +164,35 @@ def fused_search(
     found: dict[tuple[str, str], Memory] = {}
     parts: dict[tuple[str, str], list[dict[str, Any]]] = {}
     explains: list[dict[str, Any]] = []
-    for table, signal in signals:
+    for p, table, signal in signals:
         if signal == "bm25":
-            hits, explain = _keyword(store, m, table, item.payload, pool, namespace, where, params, timeout)
+            text = items[p].payload
+            hits, explain = _keyword(store, m, table, text, pool, namespace, where, params, timeout)
         else:
-            args = (query, pool, table, namespace, where, params, half_life, "score", None, exact, timeout)
+            args = (given[p], pool, table, namespace, where, params, half_life, "score", None, exact, timeout)
             hits, explain = run_search(store, *args, None, None, signal, m)
             floor = _floor(store._storage, m.tables[table].fragments, signal, explain.pop("_vector"))
             explain["floor"] = floor
-        explains.append({"table": table, "signal": signal, **explain})
+        named = {"table": table, "signal": signal, **({"query": items[p].modality} if len(items) > 1 else {})}
+        explains.append({**named, **explain})
         for r, mem in enumerate(hits, 1):
             raw = float(mem.score or 0.0)
             cal = raw * explain["scale"] if signal == "bm25" else (raw - floor) / max(1e-6, 1.0 - floor)
             found.setdefault((table, mem.id), mem)
             parts.setdefault((table, mem.id), []).append(
-                {"table": table, "signal": signal, "score": raw, "calibrated": cal, "rank": r}
+                {**named, "score": raw, "calibrated": cal, "rank": r, "part": p}
             )
     out = []
     for key, mem in found.items():
         sig = parts[key]
-        vec = [s["calibrated"] for s in sig if s["signal"] != "bm25"]
+        best = [max((s["calibrated"] for s in sig if s["part"] == p and s["signal"] != "bm25"), default=0.0)
+                for p in range(len(items))]  # fmt: skip
         kw = [s["calibrated"] for s in sig if s["signal"] == "bm25"]
-        fused = (max(vec) if vec else 0.0) + (KEYWORD_WEIGHT if mode == "hybrid" else 1.0) * sum(kw)
+        fused = sum(best) / len(items) + (KEYWORD_WEIGHT if mode == "hybrid" else 1.0) * sum(kw)
         if min_score is not None and fused < float(min_score):
             continue
+        for s in sig:
+            del s["part"]
         out.append(replace(mem, score=fused, extra={**mem.extra, "signals": sig}))
     out.sort(key=lambda x: (-(x.score or 0.0), x.id))
     out = out[:k]
@@ -231,4 +268,4 @@ def _mean_unit(storage: Storage, fragments: list[Fragment], column: str, dim: in
     return mean
 
 
-__all__ = ["KEYWORD_WEIGHT", "MODES", "check_mode", "fused_search", "signals_of"]
+__all__ = ["KEYWORD_WEIGHT", "MODES", "Composite", "check_mode", "composite", "fused_search", "signals_of"]

@@ -15,7 +15,7 @@ from aios_memory.mcp_server import K_LIMIT, MAX_UPLOAD_BYTES, ROW_LIMIT, Served,
 
 Scalar = str | int | float | bool | None  # a JSON scalar: an SQL parameter, a metadata value
 Json = TypeAliasType("Json", str | int | float | bool | None | list["Json"] | dict[str, "Json"])
-Modality = Literal["text", "image", "audio", "video"]
+Modality = Literal["text", "image", "audio"]
 MetadataIn = dict[str, Scalar | list[Scalar]]
 
 
@@ -49,7 +49,10 @@ class Memory(_Result):
     source: str | None = Field(None, description="Where it came from (a file name or URI), if known.")
     media_type: str | None = Field(None, description="The MIME type of an image or audio memory.")
     metadata: dict[str, Json] = Field(description="Its metadata (a JSON object).")
-    score: float | None = Field(None, description="recall: cosine similarity to the query (after decay).")
+    score: float | None = Field(
+        None,
+        description="recall: cosine similarity to the query (after decay), or the fused score (signals).",
+    )
     start_s: float | None = Field(None, description="Audio: where this window starts, in seconds.")
     end_s: float | None = Field(None, description="Audio: where this window ends, in seconds.")
     transcript: str | None = Field(None, description="Audio: the speech recognised in it.")
@@ -208,8 +211,10 @@ def register_tools(server: Any, served: Served) -> None:
     ) -> Recalled:
         """Find memories by meaning: by a text `query`, or by an image or audio given as base64 `data`
         (image→image, text→image with a joint text-image model, audio→audio). `where` filters by an SQL
-        predicate over the memory columns with values from `params`. Returns each memory's id, modality,
-        score (cosine similarity), namespace, created_at, content/transcript/source and metadata."""
+        predicate over the memory columns with values from `params`. With no `modality`, every table the query
+        reaches is ranked in one list (fused; `signals` says which table and signal ranked each memory);
+        `mode="hybrid"` adds exact words (BM25). Returns each memory's id, modality, score (cosine
+        similarity, or the fused score), namespace, created_at, content/transcript/source and metadata."""
         with served.tool_call() as store:
             given = [name for name, v in (("query", query), ("data", data), ("path", path)) if v is not None]
             if len(given) != 1:

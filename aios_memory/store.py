@@ -28,6 +28,7 @@ from aios_memory.errors import (
     StoreCorruptError,
     VersionNotFoundError,
 )
+from aios_memory.fusion import composite, fused_search
 from aios_memory.given import query_of
 from aios_memory.home import default_store_path
 from aios_memory.identity import same_text_model
@@ -273,10 +274,13 @@ class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin, ReembedMixin):
         mmr: float | None = None,
         fetch_k: int | None = None,
         mode: str | None = None,
+        text: str | None = None,
+        image: Any = None,
     ) -> list[Memory]:
         """Rank memories by similarity to ``query`` (text, image, audio), or to a ``vector`` made elsewhere
         (of ``modality``'s table, default text). ``modality``: one table (default: every table the query
-        reaches, fused); ``mode``: "vector" (default), "hybrid" (+ BM25 over words) or "keyword".
+        reaches, fused); ``mode``: "vector" (default), "hybrid" (+ BM25 over words) or "keyword". ``text=`` with
+        ``image=``: one query of both (each part's best calibrated score, averaged).
         ``where``: an SQL predicate whose values come from ``params``; ``filter``: metadata equality,
         ``{"key": value or [values]}``, ANDed with ``where``. ``half_life`` (seconds) multiplies scores by
         ``0.5 ** (age / half_life)``; ``min_score`` drops results below it (after the decay);
@@ -287,7 +291,7 @@ class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin, ReembedMixin):
         if where is not None:  # a predicate is SQL: a scope without the SQL right has `filter` only
             self._scope.check_sql()
         where, params = with_metadata_filter(where, params, filter)
-        query, deadline = query_of(query, vector), Deadline.start(timeout)  # one deadline, across retries
+        query, deadline = query_of(composite(query, text, image), vector), Deadline.start(timeout)
         args = (query, k, modality, namespace, where, params, half_life, order, min_score, exact, deadline)
         return self._reading(lambda: self._search(*args, mmr, fetch_k, mode))[0]
 
@@ -301,6 +305,7 @@ class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin, ReembedMixin):
         kw["where"], kw["params"] = with_metadata_filter(
             kw["where"], kw["params"], kwargs.pop("filter", None)
         )
+        query = composite(query, kwargs.pop("text", None), kwargs.pop("image", None))
         query = query_of(query, kwargs.pop("vector", None))
         if kwargs:
             raise InvalidInputError(f"unknown search arguments: {', '.join(sorted(kwargs))}")
@@ -309,8 +314,6 @@ class MemoryStore(WritesMixin, CrossModalMixin, VersionsMixin, ReembedMixin):
         return {**explain, "results": results}
 
     def _search(self, *args: Any) -> tuple[list[Memory], dict[str, Any]]:
-        from aios_memory.fusion import fused_search
-
         return fused_search(self, *args)
 
     def _text_provider_in(self, m: Manifest, modality: str) -> EmbeddingProvider | None:

@@ -210,3 +210,36 @@ def test_cli_mcp_and_page_return_the_same_list(mixed, tmp_path):
     assert body["searched"] == ["text", "image", "audio"]
     scores = [r["score"] for r in body["results"]]
     assert np.all(np.diff(scores) <= 0)
+
+
+def test_text_plus_image_query_fuses_both_parts(mixed):
+    coffee = str(mixed["root"] / "coffee.png")
+    got = _in_store(
+        mixed,
+        f"hits = s.search(text='a photograph', image=Path({coffee!r}), k=3)\n"
+        "plan = s.explain_search(text='a photograph', image=Path(" + repr(coffee) + "), k=3)\n"
+        "print(json.dumps({'hits': [(h.id, h.score, h.extra['signals']) for h in hits],\n"
+        "                  'plan': [(p['query'], p['table'], p['signal']) for p in plan['signals']]}))",
+    )
+    assert got["plan"] == [
+        ["text", "text", "embedding"],
+        ["text", "image", "embedding"],
+        ["text", "audio", "transcript_embedding"],
+        ["image", "image", "embedding"],
+    ]
+    top_id, top_score, signals = got["hits"][0]
+    assert top_id == mixed["ids"]["image"][1]  # the photo given ranks first
+    by_query = {s["query"]: s for s in signals}
+    assert set(by_query) == {"text", "image"} and by_query["image"]["score"] > 0.9999
+    expected = (by_query["image"]["calibrated"] + by_query["text"]["calibrated"]) / 2
+    assert top_score == pytest.approx(expected, abs=1e-12)
+
+
+def test_composite_query_refusals(store):
+    store.add("a note")
+    with pytest.raises(InvalidInputError, match="not both"):
+        store.search("a note", text="a note")
+    with pytest.raises(InvalidInputError, match="image= takes an image"):
+        store.search(text="a note", image="not an image")
+    with pytest.raises(InvalidInputError, match="text= takes text"):
+        store.search(text=real_images()["chelsea"], image=real_images()["coffee"])

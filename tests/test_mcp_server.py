@@ -168,9 +168,9 @@ def test_stdio_remember_recall_sql_forget_resources(homes, tmp_path):
             url = "data:image/jpeg;base64," + b64(photos / "coffee.img")
             ids["coffee"] = (await call(s, "remember", data=url, media_type="image/jpeg"))["ids"][0]
             out["ids"] = ids
-            pet = {"query": "what pet does the user have?", "namespace": "assistant"}
+            pet = {"query": "what pet does the user have?", "namespace": "assistant", "modality": "text"}
             out["pet"] = await call(s, "recall", **pet, k=3)
-            out["pet_all"] = await call(s, "recall", query=pet["query"], k=5)
+            out["pet_all"] = await call(s, "recall", query=pet["query"], k=5, modality="text")
             where = "metadata->>'$.kind' = ?"
             out["filtered"] = await call(s, "recall", query="pet?", where=where, params=["travel"])
             out["by_image"] = await call(s, "recall", data=photo, k=3)
@@ -227,7 +227,7 @@ def test_stdio_remember_recall_sql_forget_resources(homes, tmp_path):
     assert [m["id"] for m in out["filtered"]["memories"]] == [ids["flight"]]
     ref_store = MemoryStore(store_dir)  # the same MiniLM weights in this process
     ref_store.checkout(out["stats"]["version"])  # the version the server searched, before `forget`
-    ref = ref_store.search("what pet does the user have?", k=3, namespace="assistant")
+    ref = ref_store.search("what pet does the user have?", k=3, namespace="assistant", modality="text")
     assert [m["id"] for m in pet] == [r.id for r in ref]
     assert np.allclose([m["score"] for m in pet], [r.score for r in ref], atol=1e-6)
     assert all("media" not in m and "embedding" not in m for m in pet)
