@@ -87,3 +87,19 @@ def test_bad_modes_are_typed_errors(store):
         store.search("4471", mode="hybrid", half_life=60.0)
     with pytest.raises(InvalidInputError, match="mmr"):
         store.search("4471", mode="hybrid", mmr=0.5)
+
+
+def test_compaction_and_time_travel_use_the_index_of_their_fragments(store):
+    ids = [store.add(t) for t in TEXTS]  # five commits: five fragments
+    before = [(m.id, m.score) for m in store.search("gate code", k=5, mode="keyword")]
+    assert {i for i, _ in before} == {ids[0], ids[3]}
+    v = store.version
+    store.compact("text")
+    assert len(store._manifest().tables["text"].fragments) == 1
+    after = [(m.id, m.score) for m in store.search("gate code", k=5, mode="keyword")]
+    assert [i for i, _ in after] == [i for i, _ in before]
+    assert np.allclose([s for _, s in after], [s for _, s in before], rtol=1e-6)  # same corpus, same BM25
+    store.delete(ids[0])
+    assert [m.id for m in store.search("4471", k=5, mode="keyword")] == []
+    store.checkout(v)  # an older version: its own fragments, so its own index
+    assert [m.id for m in store.search("4471", k=5, mode="keyword")] == [ids[0]]
