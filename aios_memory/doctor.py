@@ -25,19 +25,33 @@ if TYPE_CHECKING:
 
 
 def _check_models(store: MemoryStore, m: Any) -> list[str]:
-    """Tables whose recorded model is not the one installed here (other weights under the same name)."""
+    """Tables whose recorded model (or transcripts' text model) is not the one installed here: other
+    weights under the same name, or a weight file that cannot be read."""
     from aios_memory.identity import mismatch_message, same_model
     from aios_memory.plugins import get_providers
 
     out = []
     registered = get_providers()
     for mod, state in m.tables.items():
-        provider = registered.get(state.provider)
-        if provider is None:
-            continue  # a plugin not installed in this process: nothing to compare (searches say so)
-        current = provider.fingerprint()
-        if state.rows and not same_model(state.fingerprint, current):
-            out.append(mismatch_message(mod, store.path, state.fingerprint, current))
+        pairs = [
+            (state.provider, state.fingerprint, False),
+            (state.text_provider, state.text_fingerprint, True),
+        ]
+        for name, recorded, text in pairs:
+            provider = registered.get(name) if name and recorded and state.rows else None
+            if provider is None:
+                continue  # a plugin not installed in this process: nothing to compare (searches say so)
+            try:
+                current = provider.fingerprint()
+            except Exception as exc:  # noqa: BLE001 - a damaged weight file is a finding, not a crash
+                out.append(f"{mod}: the weights of provider {name!r} cannot be read ({exc})")
+                continue
+            if "weights" in recorded and "weights" not in current and provider.is_installed():
+                out.append(
+                    f"{mod}: the installed weight file of {name!r} cannot be read; reinstall the model"
+                )
+            elif not same_model(recorded, current):
+                out.append(mismatch_message(mod, store.path, recorded, current, text=text))
     return out
 
 

@@ -1,8 +1,8 @@
 """Which model made a table's vectors: the weights' content, not only the provider's name.
 
 A table records its provider's ``fingerprint()`` (name, modality, dim, preprocessing ``version``, precision).
-Converted models add ``weights``: a BLAKE3 over each tensor's name, dtype, shape and content digest plus the
-side files that preprocess input (the tokenizer), so a modified checkpoint installed under the same provider
+Converted models add ``weights``: a BLAKE3 over each tensor's name, dtype, shape and content digest, the
+side files that preprocess input (the tokenizer) and the model's config, so a modified checkpoint installed under the same provider
 name is a different model. Format-2 weight files record a BLAKE3 per tensor, so the identity costs one
 small column read; format-1 files (sha256 per tensor) have their tensors hashed with BLAKE3 once per process,
 so converting the same checkpoint into either format gives the same identity.
@@ -27,17 +27,18 @@ from aios_memory.errors import WeightFileError
 # Keys a fingerprint gained after tables were first written: absent on either side means "not known".
 LATER_KEYS = ("weights",)
 
-_cache: dict[tuple[str, int, int], str] = {}
+_cache: dict[tuple[str, int, int, int, int], str] = {}
 _lock = threading.Lock()
 
 
 def weights_identity(path: str | Path) -> str:
-    """``"blake3:<hex>"`` of the weight file at ``path`` (cached per file size and mtime)."""
+    """``"blake3:<hex>"`` of the weight file at ``path`` (cached per file size, mtime, inode and ctime:
+    a replacement is a new inode, an edit in place a new ctime)."""
     from aios_memory.weights_format import meta_of, open_parquet
 
     path = Path(path)
     st = os.stat(path)
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     with _lock:
         if key in _cache:
             return _cache[key]
@@ -54,6 +55,8 @@ def weights_identity(path: str | Path) -> str:
         h.update(json.dumps([name, dtype, list(shape), digest]).encode() + b"\n")
     for name, sha in sorted((meta.get("files") or {}).items()):  # tokenizer.json: preprocessing
         h.update(json.dumps(["file", name, sha]).encode() + b"\n")
+    # the model's config (sequence length, layers, ...) shapes the vectors as much as the tensors do
+    h.update(json.dumps(["config", meta.get("config")], sort_keys=True).encode() + b"\n")
     out = f"blake3:{h.hexdigest()}"
     with _lock:
         _cache[key] = out

@@ -343,11 +343,45 @@ class ConvertedModelProvider(EmbeddingProvider):
         return self.weights_path.is_file()
 
     def fingerprint(self) -> dict[str, Any]:
-        """The base fingerprint plus ``weights``, the identity of the installed weights' content
-        (``aios_memory.identity``); absent while nothing is installed (nothing can be embedded then)."""
+        """The base fingerprint plus ``weights``, the identity of the weights' content
+        (``aios_memory.identity``): of the weights loaded in this process, if loaded, else of the installed
+        file. A loaded model whose file has been replaced since is let go here (when no embed call is
+        running), so that the next call loads the file that the identity now names. Absent while nothing
+        readable is installed (nothing can be embedded then: loading says why)."""
         fp = super().fingerprint()
-        if self.is_installed():
-            from aios_memory.identity import weights_identity
-
-            fp["weights"] = weights_identity(self.weights_path)
+        on_disk = self._file_identity()
+        loaded = self.__dict__.get("_loaded_weights")
+        if self._loaded and loaded is not None and loaded != on_disk and not self.unload():
+            on_disk = loaded  # an embed call is running on the loaded weights: they make its vectors
+        if on_disk is not None:
+            fp["weights"] = on_disk
         return fp
+
+    def _file_identity(self) -> str | None:
+        from aios_memory.errors import WeightFileError
+        from aios_memory.identity import weights_identity
+
+        try:
+            return weights_identity(self.weights_path)
+        except (OSError, WeightFileError, ValueError):  # not installed, or damaged: loading says which
+            return None
+
+    def load(self) -> None:
+        """``EmbeddingProvider.load``, remembering which weights were loaded (read before and after: a
+        file replaced meanwhile is loaded again)."""
+        for _ in range(3):
+            if self._loaded:
+                return
+            before = self._file_identity()
+            super().load()
+            if self._file_identity() == before:
+                self.__dict__["_loaded_weights"] = before
+                return
+            self.unload()
+        raise ProviderError(f"the weights of {self.name!r} kept changing while they were loaded; try again")
+
+    def unload(self, idle: float = 0.0) -> bool:
+        done = super().unload(idle)
+        if done:
+            self.__dict__.pop("_loaded_weights", None)
+        return done

@@ -31,7 +31,7 @@ from aios_memory.modality import prepare
 from aios_memory.plugins import get_provider
 from aios_memory.provider import EmbeddingProvider
 from aios_memory.rows import embed_rows, text_vectors
-from aios_memory.schema import EXTRA_COLUMNS, TEXT_COLUMN, base_schema
+from aios_memory.schema import EXTRA_COLUMNS, META_KEY, TEXT_COLUMN, base_schema
 from aios_memory.storage import Fragment, Manifest, Storage, TableState
 
 STAGE_ROWS = 4096  # rows per staged fragment: what a kill can cost to redo
@@ -64,34 +64,77 @@ class Migration:
 
     # --- the staging record ----------------------------------------------------------------------------
     def resume(self, fragments: list[Fragment]) -> None:
-        """Take over the chunks a killed run staged for this same target, each checked against its file."""
+        """Take over the chunks a killed run staged for this same target, each checked against its file
+        (sha256, rows, ids, the target's fingerprint and dimension); a malformed record is ignored (the
+        work starts afresh; its files are orphans for cleanup)."""
         try:
             rec = json.loads(self.storage.backend.read_bytes(record_name(self.modality)))
         except (OSError, ValueError):
             return
-        if not isinstance(rec, dict) or rec.get("key") != self.key:
-            return  # another target (or garbage): started afresh, its files are orphans for cleanup
-        live = {f.path: f.checksum() for f in fragments}
-        for src, entry in (rec.get("done") or {}).items():
-            if src not in live or entry.get("checksum") != live[src]:
-                continue  # rewritten or deleted since: embedded again from the newest fragment
-            chunks = []
-            for d in entry.get("chunks", []):
-                frag = Fragment(**d)
-                if not self._intact(frag):
-                    break  # this chunk and those after it are embedded again
-                chunks.append(frag)
-            complete = bool(entry.get("complete")) and len(chunks) == len(entry.get("chunks", []))
-            self.done[src] = {"checksum": live[src], "chunks": chunks, "complete": complete}
-            self.resumed_rows += sum(f.rows for f in chunks)
-
-    def _intact(self, frag: Fragment) -> bool:
         try:
-            frag.check_paths(f"the staging record of {self.storage.root}")
-            return all(self.storage.backend.sha256(frag.sidecar_path(s) if s != "parquet" else frag.path) == h
-                       for s, h in frag.checksums)  # fmt: skip
-        except (OSError, StoreCorruptError):
+            self._take_over(rec, {f.path: f for f in fragments})
+        except (
+            AttributeError,
+            TypeError,
+            ValueError,
+            KeyError,
+            IndexError,
+            StoreCorruptError,
+            pa.ArrowException,
+        ):
+            self.done.clear()
+            self.resumed_rows = 0
+
+    def _take_over(self, rec: Any, live: dict[str, Fragment]) -> None:
+        if not isinstance(rec, dict) or rec.get("key") != self.key:
+            return  # another target: started afresh
+        for src, entry in rec["done"].items():
+            frag = live.get(src)
+            if frag is None or entry["checksum"] != frag.checksum():
+                continue  # rewritten or deleted since: embedded again from the newest fragment
+            ids = self.storage.read_table(frag.path, ["id"]).column("id")
+            chunks, rows = [], 0
+            for d in entry["chunks"]:
+                chunk = Fragment(**d)
+                if not self._intact(chunk, ids.slice(rows, chunk.rows), frag.rows - rows):
+                    break  # this chunk and those after it are embedded again
+                chunks.append(chunk)
+                rows += chunk.rows
+            complete = entry["complete"] is True and len(chunks) == len(entry["chunks"]) and rows == frag.rows
+            self.done[src] = {"checksum": frag.checksum(), "chunks": chunks, "complete": complete}
+            self.resumed_rows += rows
+
+    def _intact(self, chunk: Fragment, ids: Any, left: int) -> bool:
+        """A staged chunk is what this run would write: every file present with its recorded sha256, the
+        target's fingerprint and dimension in its schema, and the next ``ids`` of its source, in order."""
+        try:
+            chunk.check_paths(f"the staging record of {self.storage.root}")
+            sums = dict(chunk.checksums)
+            if not 0 < chunk.rows <= left or set(sums) != {"parquet", *chunk.sidecars}:
+                return False
+            for suffix, want in sums.items():
+                rel = chunk.path if suffix == "parquet" else chunk.sidecar_path(suffix)
+                if self.storage.backend.sha256(rel) != want:
+                    return False
+            table = self.storage.read_table(chunk.path, ["id", "embedding"])
+            meta = json.loads(table.schema.metadata[META_KEY])
+            meta.pop("schema_version", None)
+            width = table.schema.field("embedding").type.list_size
+            return (
+                meta == self.key["fingerprint"]
+                and width == int(self.target.dim)
+                and table.num_rows == chunk.rows
+                and table.column("id").equals(ids)
+            )
+        except (OSError, StoreCorruptError, KeyError, ValueError, AttributeError, pa.ArrowException):
             return False
+
+    def drop_lost(self) -> None:
+        """Forget staged chunks whose files are gone (cleanup takes unreferenced files older than the
+        retention period): their rows are embedded again."""
+        for entry in self.done.values():
+            if any(not self.storage.backend.exists(p) for c in entry["chunks"] for p in c.files()):
+                entry.update(chunks=[], complete=False)
 
     def _save(self) -> None:
         done = {
@@ -261,6 +304,7 @@ def run(storage: Storage, mig: Migration, batch: int, bar: Any) -> Manifest:
             mig.resume(state.fragments)
             bar.total = now_rows(state)
             bar.update(mig.resumed_rows)
+        mig.drop_lost()
         for frag in mig.todo(state):
             mig.stage(frag, batch, bar.update)
         try:
@@ -268,6 +312,7 @@ def run(storage: Storage, mig: Migration, batch: int, bar: Any) -> Manifest:
                 return storage.commit(f"reembed {mig.modality}", mig.build)
             with storage.writer_lock():  # the last round: other writers wait while the rest is embedded
                 state = storage.read_manifest().tables[mig.modality]
+                mig.drop_lost()
                 for frag in mig.todo(state):
                     mig.stage(frag, batch, bar.update)
                 return storage.commit(f"reembed {mig.modality}", mig.build)
@@ -309,13 +354,14 @@ class ReembedMixin:
         (None: on a terminal). Returns a summary (rows, from, to, version, resumed_rows, seconds)."""
         from aios_memory.ingest import _progress_bar
 
+        self._scope.check_write()
         self._scope.check_admin("re-embed a table")
         if self._pinned is not None:
             raise InvalidInputError("this handle is pinned to a version (checkout); re-embed on the newest")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         state = self._storage.read_manifest().tables.get(modality)
-        if state is None or not state.rows:
+        if state is None:  # (a table whose rows were all deleted switches model with no rows to embed)
             raise InvalidInputError(f"there are no {modality} memories in {self.path} to re-embed")
         mig = Migration(self._storage, modality, *targets(state, modality, provider, text_provider))
         if unchanged(state, mig):

@@ -14,29 +14,41 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from aios_memory.errors import ProviderError, ProviderMismatchError
-from aios_memory.identity import same_model
+from aios_memory.errors import ModelNotInstalledError, ProviderError, ProviderMismatchError
+from aios_memory.identity import describe, same_model
 from aios_memory.modality import Item
-from aios_memory.provider import EmbeddingProvider
+from aios_memory.provider import ConvertedModelProvider, EmbeddingProvider
 from aios_memory.schema import EXTRA_COLUMNS, TEXT_COLUMN, base_schema
 from aios_memory.storage import Manifest, TableState
 
 
 def table_state(
-    m: Manifest, modality: str, provider: EmbeddingProvider, text: EmbeddingProvider | None
+    m: Manifest,
+    modality: str,
+    provider: EmbeddingProvider,
+    text: EmbeddingProvider | None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> TableState:
-    """``modality``'s entry in ``m`` for rows of ``provider`` (created if new); a table built meanwhile by
-    another writer with another provider is a ``ProviderMismatchError``: the batch is not committed."""
+    """``modality``'s entry in ``m`` for rows of ``provider`` (created if new); a table on another model
+    by now (another writer built it, or a re-embedding moved it) is a ``ProviderMismatchError``: the
+    batch is not committed. ``fingerprint``: the model the rows record (files other processes wrote),
+    if not ``provider``'s here."""
     state = m.tables.get(modality)
+    fp = provider.fingerprint() if fingerprint is None else fingerprint
     text_name, text_dim = (text.name, int(text.dim)) if text is not None else (None, None)
     text_fp = text.fingerprint() if text is not None else None
     if state is None:
+        if isinstance(provider, ConvertedModelProvider) and "weights" not in fp:
+            raise ModelNotInstalledError(
+                f"{provider.name!r} has no readable weights here, so a new {modality} table could not record "
+                f"which weights made its vectors; install them (aios-memory models install) first"
+            )
         state = m.tables[modality] = TableState(
-            modality, provider.name, int(provider.dim), provider.fingerprint(), [], text_name, text_dim
+            modality, provider.name, int(provider.dim), fp, [], text_name, text_dim
         )
     elif (
         state.provider != provider.name
-        or not same_model(state.fingerprint, provider.fingerprint())
+        or not same_model(state.fingerprint, fp)
         or (state.fragments and state.text_provider != text_name)
         or (
             state.fragments
@@ -46,12 +58,12 @@ def table_state(
         )
     ):
         raise ProviderMismatchError(
-            f"another writer created the {modality} table with {state.provider!r} meanwhile; "
-            f"this batch was embedded with {provider.name!r} and was not committed"
+            f"the {modality} table is now on {describe(state.fingerprint)} (another writer made or re-embedded "
+            f"it meanwhile); this batch was embedded with {describe(fp)} and was not committed"
         )
     state.text_provider, state.text_dim = text_name, text_dim
-    if text_fp is not None and (not state.fragments or state.text_fingerprint is None or not state.rows):
-        state.text_fingerprint = text_fp  # recorded with the first rows (older tables: from now on)
+    if text_fp is not None and not state.fragments:
+        state.text_fingerprint = text_fp  # with the table's first rows (older tables: when re-embedded)
     return state
 
 

@@ -40,8 +40,6 @@ from aios_memory.storage.sidecars import digest_rows, row_digests
 from aios_memory.upsert import UpsertMixin
 
 EMBED_BATCH = 64
-
-
 REUSE_SECONDS = 1.0  # a retried append reuses its fragment if written this recently
 
 
@@ -333,15 +331,19 @@ class WritesMixin(UpsertMixin, HistoryMixin):
             payload, columns = pieces[0]
             vecs, cols = provider.embed_with_columns([payload])
             vector, columns = vecs, {**columns, **cols[0]}
+            text_p = self._text_provider_for(current.modality)
             if current.modality in TEXT_COLUMN:
-                text_vec = text_vectors(
-                    [columns.get(TEXT_COLUMN[current.modality])], self._text_provider_for(current.modality)
-                )
+                text_vec = text_vectors([columns.get(TEXT_COLUMN[current.modality])], text_p)
 
         def build(m: Manifest) -> Manifest:
             import pyarrow.compute as pc  # not on the import path of a cold add
 
-            state = m.tables.get(current.modality)
+            # new content's vector must be of the model the table is on now (a re-embedding may have moved it)
+            state = (
+                m.tables.get(current.modality)
+                if item is None
+                else table_state(m, current.modality, provider, text_p)
+            )
             for pos, frag in enumerate(state.fragments if state else []):
                 if not has_ids(self._storage, frag, {id}, self._scope.namespaces):
                     continue

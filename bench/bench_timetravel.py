@@ -36,6 +36,9 @@ def run(quick: bool = False) -> list[dict]:
     commits, rounds = (40, 20) if quick else (100, 30)
     root = Path(tempfile.mkdtemp(prefix="aios-bench-timetravel-"))
     os.environ["AIOS_MEMORY_HOME"] = str(root / "home")
+    from aios_memory_text.provider import MiniLMProvider
+
+    MiniLMProvider().install()  # a new table records which weights its vectors are for (none is loaded)
     try:
         path = root / "store"
         store = MemoryStore(path, providers={"text": PROVIDER})

@@ -54,6 +54,9 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
     reps = 3 if quick else 5
     root = Path(tempfile.mkdtemp(prefix="aios-bench-vectors-"))
     os.environ["AIOS_MEMORY_HOME"] = str(root / "home")  # no model is loaded: the vectors are given
+    from aios_memory_text.provider import MiniLMProvider
+
+    MiniLMProvider().install()  # a new table records which weights its vectors are for (none is loaded)
     texts, vecs = rows_of(n)
     stores = iter(root / f"store-{i}" for i in range(10 * reps + 2))
     last: dict = {}

@@ -111,7 +111,7 @@ def test_files_lists_exactly_the_committed_fragments(built):
     ).fetchall()
     assert glob > n  # the pitfall docs/other-engines.md shows: a glob reads superseded fragments
     with pytest.raises(InvalidInputError):
-        store.files("video")
+        store.files("smell")  # not a modality
 
 
 def test_parquet_export_reads_back_in_every_engine(built, tmp_path):

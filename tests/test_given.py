@@ -156,3 +156,15 @@ def test_extreme_magnitudes_and_the_handles_provider(tmp_path):
         MemoryStore(tmp_path / "t", providers={"text": NAME}).add_many(
             ["x"], embeddings=np.ones((1, 384)), provider="minilm-l6-v2"
         )
+
+
+def test_a_new_table_of_a_converted_model_needs_its_weights_installed(tmp_path, monkeypatch):
+    """Given vectors for MiniLM where its weights are not installed: a new table could not record which
+    weights they are for (and would then accept any), so it is refused; nothing is written."""
+    from aios_memory.errors import ModelNotInstalledError
+
+    monkeypatch.setenv("AIOS_MEMORY_HOME", str(tmp_path / "no-models"))
+    store = MemoryStore(tmp_path / "s", providers={"text": "minilm-l6-v2"})
+    with pytest.raises(ModelNotInstalledError, match="record which weights"):
+        store.add_many(["a"], embeddings=np.ones((1, 384), np.float32), provider="minilm-l6-v2")
+    assert store.version == 0 and "text" not in store._storage.read_manifest().tables

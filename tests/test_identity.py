@@ -22,9 +22,13 @@ def tensors(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def write(
-    path: Path, t: dict[str, np.ndarray], algo: str = "blake3", files: dict[str, str] | None = None
+    path: Path,
+    t: dict[str, np.ndarray],
+    algo: str = "blake3",
+    files: dict[str, str] | None = None,
+    config: dict | None = None,
 ) -> Path:
-    return write_weights(path, t, model="m", config={}, files=files, algo=algo)
+    return write_weights(path, t, model="m", config=config or {}, files=files, algo=algo)
 
 
 def test_same_tensors_same_identity_in_either_format(tmp_path: Path) -> None:
@@ -49,11 +53,22 @@ def test_any_changed_tensor_or_side_file_changes_it(tmp_path: Path) -> None:
     )
 
 
-def test_a_replaced_file_is_hashed_again(tmp_path: Path) -> None:
+def test_the_config_is_part_of_it(tmp_path: Path) -> None:
+    short = weights_identity(write(tmp_path / "a.parquet", tensors(), config={"max_seq_length": 16}))
+    long = weights_identity(write(tmp_path / "b.parquet", tensors(), config={"max_seq_length": 256}))
+    assert short != long
+
+
+def test_a_replaced_file_is_hashed_again_even_with_the_same_size_and_mtime(tmp_path: Path) -> None:
     p = write(tmp_path / "w.parquet", tensors())
+    os.utime(p, ns=(10**18, 10**18))
     first = weights_identity(p)
-    write(p, tensors(seed=1))
-    os.utime(p, ns=(1, 1))  # another mtime than any the cache holds
+    t = tensors()
+    t["encoder.weight"] = -t["encoder.weight"]  # same size
+    q = write(tmp_path / "new.parquet", t)
+    assert q.stat().st_size == p.stat().st_size
+    os.utime(q, ns=(10**18, 10**18))  # same mtime (cp -p, reproducible builds)
+    os.replace(q, p)  # a new inode under the old name
     assert weights_identity(p) != first
 
 

@@ -49,6 +49,7 @@ def commit_parts(
     # an object store has nothing to create and nothing listed before its first version
     storage = Storage(location, storage_options=storage_options, create="://" in str(location))
     providers = {p.provider: get_provider(p.provider) for p in parts}
+    models = {i: written_by(storage, p) for i, p in enumerate(parts) if p.fragments}
     texts = {p.text_provider: get_provider(p.text_provider) for p in parts if p.text_provider is not None}
     checked: set[str] = set()
     rows = sum(p.rows for p in parts)
@@ -56,11 +57,12 @@ def commit_parts(
 
     def build(m: Manifest) -> Manifest | None:
         changed = False
-        for part in parts:
+        for i, part in enumerate(parts):
             if not part.fragments:
                 continue
             text = texts[part.text_provider] if part.text_provider is not None else None
-            state = table_state(m, part.modality, providers[part.provider], text)
+            # the model the workers' files record (their weights), not this process's installed one
+            state = table_state(m, part.modality, providers[part.provider], text, fingerprint=models[i])
             # under the writers' lock, which cleanup takes to delete: what exists now stays until committed
             missing = [
                 rel
@@ -84,3 +86,32 @@ def commit_parts(
         if any(p.fragments for p in parts):  # the merge of small fragments every writer runs after a commit
             maintain(storage, committed, sorted({p.modality for p in parts if p.fragments}))
     return committed
+
+
+def written_by(storage: Storage, part: Part) -> dict[str, Any]:
+    """The fingerprint every fragment of ``part`` records in its schema (the workers' model: provider,
+    precision, weights); fragments of different models are a ``ProviderMismatchError``."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from aios_memory.errors import ProviderMismatchError
+    from aios_memory.schema import META_KEY
+
+    seen: dict[str, dict[str, Any]] = {}
+    for f in part.fragments:
+        try:
+            with storage.backend.open_input(f.path) as fh:
+                meta = json.loads(pq.read_schema(fh).metadata[META_KEY])
+        except (OSError, KeyError, ValueError) as exc:
+            raise StoreError(
+                f"fragment {f.path} of the job cannot be read ({exc}); nothing was committed"
+            ) from exc
+        meta.pop("schema_version", None)
+        seen.setdefault(json.dumps(meta, sort_keys=True), meta)
+    if len(seen) > 1:
+        raise ProviderMismatchError(
+            f"the job's {part.modality} fragments were embedded by {len(seen)} different models "
+            f"({'; '.join(sorted(seen))}); nothing was committed"
+        )
+    return next(iter(seen.values()))
