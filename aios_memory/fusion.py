@@ -31,7 +31,7 @@ from aios_memory.keyword import _key, keyword_search, text_column
 from aios_memory.memory import Memory, check_namespace
 from aios_memory.modality import prepare
 from aios_memory.schema import TEXT_COLUMN
-from aios_memory.search import MAX_K, fetch_rows, run_search, select_rows
+from aios_memory.search import MAX_K, _count_reads, fetch_rows, run_search, select_rows
 from aios_memory.vectors import fragment_vectors
 
 if TYPE_CHECKING:
@@ -138,7 +138,8 @@ def fused_search(
     items = [prepare(q) for q in given]
     if mode != "vector" and not any(it.modality == "text" for it in items):
         raise InvalidInputError(f"mode={mode!r} needs a text query (the keyword signal matches words)")
-    m = store._manifest()
+    reads = _count_reads(store._storage)
+    m = store._manifest()  # the one manifest read of this search, for every table and signal
     signals: list[tuple[int, str, str]] = []  # (which part of the query, table, signal)
     skipped: dict[str, str] = {}
     for p, item in enumerate(items):
@@ -151,6 +152,7 @@ def fused_search(
         table = signals[0][1] if signals else (modality or items[0].modality)
         col = signals[0][2] if signals else None
         found, explain = _plain(run_search(store, *single[:2], table, *single[3:], mmr, fetch_k, col, m))
+        explain["manifest_reads"] = reads()
         return found, {**explain, "skipped": skipped} if skipped else explain
     if mmr is not None or fetch_k is not None:
         raise InvalidInputError("mmr compares memories in one vector space: give modality= and mode='vector'")
@@ -200,6 +202,7 @@ def fused_search(
         out.sort(key=lambda x: x.id)
         out.sort(key=lambda x: x.created_at, reverse=True)
     explain = {"version": m.version, "path": "fused", "mode": mode, "signals": explains, "skipped": skipped}
+    explain["manifest_reads"] = reads()
     return out, explain
 
 

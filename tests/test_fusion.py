@@ -71,6 +71,8 @@ def test_one_signal_is_the_single_table_search(store):
     hybrid = store.search("a fear of flying", k=5, mode="hybrid")
     sig = {s["signal"]: s for s in hybrid[0].extra["signals"]}
     assert sig["embedding"]["score"] == pytest.approx(plain[0].score, abs=1e-12)  # the exact cosine, kept
+    plan = store.explain_search("a fear of flying", k=5, mode="hybrid")
+    assert plan["path"] == "fused" and plan["manifest_reads"] == 1  # one version for every signal
     with pytest.raises(InvalidInputError, match="needs a text query"):
         store.search(real_images()["chelsea"], mode="keyword")
 
