@@ -10,8 +10,10 @@ Fusion (calibrated scores): each signal's raw score is put on one scale first. A
 ``(c - f) / (1 - f)`` where the floor ``f`` is the query's mean cosine to every row of that table and
 column (what an unrelated memory scores in that model's space: MiniLM, CLIP and Whisper have very
 different floors); a BM25 score becomes ``bm25 / ceiling`` with the ceiling the sum of the query terms'
-idf (the most a document could score). A memory's fused score is its best calibrated vector score plus
+idf (the most a document could score). A memory's fused score is its best calibrated vector score (a
+query of text and an image, :class:`Composite`: the mean over the two parts of each part's best) plus
 :data:`KEYWORD_WEIGHT` times its calibrated BM25 score (``"keyword"`` mode: the calibrated BM25 alone).
+Tables whose model is not installed in this process are skipped and named in ``explain["skipped"]``.
 When only one signal takes part (one table, one column, ``"vector"``), nothing is fused: the search is
 exactly the single-table search, and scores are its exact cosines.
 """
