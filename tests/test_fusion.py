@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +246,38 @@ def test_composite_query_refusals(store):
         store.search(text="a note", image="not an image")
     with pytest.raises(InvalidInputError, match="text= takes text"):
         store.search(text=real_images()["chelsea"], image=real_images()["coffee"])
+
+
+def test_video_segments_join_the_default_search(mixed, tmp_path):
+    """A video table (the bundled plugin: CLIP frames, Whisper transcripts) is one more table of signals:
+    a spoken sentence finds its segment first, with its times, among text, images and audio."""
+    pytest.importorskip("av")
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed: apt-get install espeak-ng")
+    from video_helpers import SENTENCES, make_video
+
+    enc = make_video(tmp_path / "talk.mp4")
+    store = tmp_path / "store"
+    shutil.copytree(mixed["store"], store)
+    plugins = str(Path(__file__).resolve().parent.parent / "plugins")
+    script = (
+        f"import json, sys\nsys.path.insert(0, {plugins!r})\nfrom pathlib import Path\n"
+        "from aios_memory import MemoryStore\nfrom aios_memory.plugins import get_providers, register_plugin\n"
+        "import aios_memory_video\n"
+        "if 'clip-whisper-video' not in get_providers():\n    register_plugin(aios_memory_video)\n"
+        f"s = MemoryStore({str(store)!r})\ns.add(Path({str(enc.path)!r}))\nout = {{}}\n"
+        f"for q in {SENTENCES!r}:\n"
+        "    for mode in ('vector', 'hybrid'):\n"
+        "        h = s.search(q, k=2, mode=mode)[0]\n"
+        "        out[q + '|' + mode] = [h.modality, h.extra['start_s'], [g['signal'] for g in h.extra['signals']]]\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=mixed["env"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    for i, sentence in enumerate(SENTENCES):
+        modality, start, signals = got[f"{sentence}|vector"]
+        assert modality == "video" and abs(start - enc.scene_starts[i]) < 0.15, (sentence, got)
+        assert "transcript_embedding" in signals
+        modality, start, signals = got[f"{sentence}|hybrid"]
+        assert modality == "video" and abs(start - enc.scene_starts[i]) < 0.15 and "bm25" in signals
