@@ -16,6 +16,7 @@ from aios_memory.mcp_server import K_LIMIT, MAX_UPLOAD_BYTES, ROW_LIMIT, Served,
 Scalar = str | int | float | bool | None  # a JSON scalar: an SQL parameter, a metadata value
 Json = TypeAliasType("Json", str | int | float | bool | None | list["Json"] | dict[str, "Json"])
 Modality = Literal["text", "image", "audio"]
+Table = Literal["text", "image", "audio", "video"]  # a result's table: a fused recall may return video
 MetadataIn = dict[str, Scalar | list[Scalar]]
 
 
@@ -41,7 +42,7 @@ class _Result(BaseModel):
 
 class Memory(_Result):
     id: str = Field(description="The memory's id.")
-    modality: Modality = Field(description="Its table: text, image or audio.")
+    modality: Table = Field(description="Its table: text, image, audio or video.")
     namespace: str = Field(description="The namespace it belongs to.")
     created_at: str = Field(description="When it was stored (ISO 8601).")
     updated_at: str | None = Field(None, description="When it was last updated (ISO 8601), if ever.")
