@@ -205,6 +205,16 @@ def test_image_and_frame_queries(env, stored):
     expected = sorted(rows, key=lambda r: -float(np.dot(r["embedding"], query)))
     assert [h.id for h in hits] == [r["id"] for r in expected]
     assert all(h.extra["end_s"] > h.extra["start_s"] for h in hits)
+    # the same text through search(): CLIP's text tower ranks the frames, fused with the transcripts
+    found = stored.search("a photo of a rocket", modality="video", k=len(rows))
+    frames = {h.id: s for h in found for s in h.extra["signals"] if s["signal"] == "embedding"}
+    assert frames and {s["signal"] for h in found for s in h.extra["signals"]} == {
+        "embedding",
+        "transcript_embedding",
+    }
+    vectors = {r["id"]: r["embedding"] for r in rows}
+    for id_, sig in frames.items():  # the exact cosine of the frames to CLIP's text vector
+        assert sig["score"] == pytest.approx(float(np.dot(vectors[id_], query)), abs=1e-5)
 
 
 @pytest.mark.parametrize(

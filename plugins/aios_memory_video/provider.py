@@ -37,7 +37,9 @@ class VideoProvider(EmbeddingProvider):
     name = "clip-whisper-video"
     modality = "video"
     dim = 512
-    query_modalities = frozenset({"image"})  # image -> segments through CLIP; text uses the transcripts
+    # image and text queries rank the segments' pooled frames through CLIP's two towers; a text query also
+    # ranks the transcripts (the table's text provider), and a search fuses both signals
+    query_modalities = frozenset({"image", "text"})
     model_name = None
     version = "1"
 
@@ -183,7 +185,10 @@ class VideoProvider(EmbeddingProvider):
         return self._embed_with_columns(items)[0]
 
     def _embed_query(self, items: list[Any], modality: str) -> np.ndarray:
-        """An image query: its CLIP vector, in the space of the segments' pooled frame vectors."""
+        """An image query's CLIP vector, or a text query's through CLIP's text tower: both in the space of
+        the segments' pooled frame vectors."""
+        if modality == "text":
+            return np.stack([self.clip.embed_query(t, "text") for t in items])
         return self.clip.embed_batch(items)
 
     def frame_query(self, text: str) -> np.ndarray:
