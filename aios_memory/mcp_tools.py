@@ -15,8 +15,8 @@ from aios_memory.mcp_server import K_LIMIT, MAX_UPLOAD_BYTES, ROW_LIMIT, Served,
 
 Scalar = str | int | float | bool | None  # a JSON scalar: an SQL parameter, a metadata value
 Json = TypeAliasType("Json", str | int | float | bool | None | list["Json"] | dict[str, "Json"])
-Modality = Literal["text", "image", "audio"]
-Table = Literal["text", "image", "audio", "video"]  # a result's table: a fused recall may return video
+Modality = Literal["text", "image", "audio", "video"]
+Table = Modality  # a result's table
 MetadataIn = dict[str, Scalar | list[Scalar]]
 
 
@@ -54,9 +54,13 @@ class Memory(_Result):
         None,
         description="recall: cosine similarity to the query (after decay), or the fused score (signals).",
     )
-    start_s: float | None = Field(None, description="Audio: where this window starts, in seconds.")
-    end_s: float | None = Field(None, description="Audio: where this window ends, in seconds.")
-    transcript: str | None = Field(None, description="Audio: the speech recognised in it.")
+    start_s: float | None = Field(
+        None, description="Audio and video: where this window or segment starts, in seconds."
+    )
+    end_s: float | None = Field(
+        None, description="Audio and video: where this window or segment ends, in seconds."
+    )
+    transcript: str | None = Field(None, description="Audio and video: the speech recognised in it.")
     signals: list[dict[str, Json]] | None = Field(
         None,
         description="A fused search: each signal that ranked it (table, signal, its exact score: cosine or "
@@ -66,7 +70,7 @@ class Memory(_Result):
 
 class Remembered(_Result):
     ids: list[str] = Field(description="The new memories' ids (long audio: one per 30 s window).")
-    modality: Modality = Field(description="What was stored: text, image or audio.")
+    modality: Modality = Field(description="What was stored: text, image, audio or video.")
 
 
 class Recalled(_Result):

@@ -139,7 +139,7 @@ def test_tool_schemas_are_exact_and_there_are_no_prompts(store):
         problems += schema_problems(tool.output_schema, f"{name}.output", inputs=False)
     assert problems == []
     recall, sql = (tools[name].input_schema["properties"] for name in ("recall", "sql"))
-    assert recall["modality"]["enum"] == ["text", "image", "audio"]
+    assert recall["modality"]["enum"] == ["text", "image", "audio", "video"]
     assert recall["order"]["enum"] == ["score", "newest"]
     assert [recall["k"]["minimum"], recall["k"]["maximum"], sql["max_rows"]["maximum"]] == [1, 100, 1000]
     scalars = ["string", "integer", "number", "boolean", "null"]
@@ -203,7 +203,7 @@ def test_stdio_remember_recall_sql_forget_resources(homes, tmp_path):
                 ("remember", {"content": "   "}, "EmptyContentError"),
                 ("recall", {"query": "cat", "k": 0}, "validation error"),
                 ("recall", {"query": "cat", "k": 101}, "validation error"),
-                ("recall", {"query": "cat", "modality": "video"}, "validation error"),
+                ("recall", {"query": "cat", "modality": "smell"}, "validation error"),
                 ("recall", {"query": "cat", "order": "oldest"}, "validation error"),
                 ("sql", {"query": "SELECT 1", "max_rows": 1001}, "validation error"),
             ]
