@@ -112,7 +112,7 @@ def test_list_pages_newest_first(server):
 @pytest.mark.parametrize(
     "query, message",
     [
-        ("modality=video", "unknown modality 'video'"),
+        ("modality=smell", "unknown modality 'smell'"),
         ("modality=text&limit=0", "limit must be an integer from 1 to 200"),
         ("modality=text&limit=abc", "limit must be an integer"),
         ("modality=text&offset=-1", "offset must be an integer from 0"),
@@ -214,7 +214,7 @@ def test_search_all_tables(server):
         ({"query": "   "}, "text is empty or whitespace only"),
         ({"query": "x", "k": 0}, "k must be an integer from 1 to 100"),
         ({"query": "x", "k": "five"}, "k must be an integer"),
-        ({"query": "x", "modality": "video"}, "unknown modality 'video'"),
+        ({"query": "x", "modality": "smell"}, "unknown modality 'smell'"),
         ({"query": "x", "namespace": "n" * 300}, "namespace must be a non-empty string"),
         ({"query": 5}, "query must be a string"),
         ({"query": "a\x00b", "modality": "text"}, "text contains a NUL character"),

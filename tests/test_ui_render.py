@@ -89,6 +89,7 @@ def test_page_html_holds_the_counts_and_newest_memories_escaped(ssr):
     assert slot(html, "store-path") == "owner · all namespaces · read and write · version 3"
     assert slot(html, "counts") == (
         '<span class="chip">5 text</span><span class="chip">0 image</span><span class="chip">0 audio</span>'
+        '<span class="chip">0 video</span>'
     )
     assert slot(html, "page-info") == "1–5 of 5"
     assert re.search(r'class="tab" aria-selected="true">Text <span class="n">5</span>', html)
@@ -217,7 +218,7 @@ def test_page_without_javascript_shows_text_not_markup(ssr):
         bodies = page.eval_on_selector_all("#grid .card .body", "ns => ns.map(n => n.textContent)")
         assert sorted(bodies[:2]) == sorted(A_NOTES) and bodies[2:] == [HOSTILE]
         assert page.locator("#grid img, #grid b, #grid i, #grid script, #counts *:not(.chip)").count() == 0
-        assert page.inner_text("#counts").split() == ["3", "text", "0", "image", "0", "audio"]
+        assert page.inner_text("#counts").split() == ["3", "text", "0", "image", "0", "audio", "0", "video"]
         assert page.inner_text("#store-path") == f"<b>agent-a</b> · {HOSTILE_NS}, A · read and write"
         assert page.inner_text("#grid .card .source") == 'b>"&y<z.txt'
         assert page.get_attribute("#grid .card .source", "title") == HOSTILE_SOURCE

@@ -290,3 +290,39 @@ def test_without_pyav_one_clear_message(env, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "pip install 'aios-memory[video]'" in out.stdout
     assert "TEXT 1 False" in out.stdout
+
+
+def test_the_page_serves_segments_thumbnails_and_the_video_from_the_moment(env, stored, tmp_path):
+    """`aios-memory ui` (a real process) lists the video table's segments with their times, serves each
+    segment's JPEG frame as its thumbnail and the video with byte ranges; a card plays from the segment."""
+    from ui_helpers import call, get_json, start_ui, stop_ui
+
+    from aios_memory.ui.render import card
+
+    rows = stored.sql("SELECT id, start_s, end_s, thumbnail, media FROM video_memories ORDER BY start_s")
+    rows = rows.to_pylist()
+    proc, log, url, port, token = start_ui(stored.path, dict(os.environ), tmp_path / "ui.log")
+    server = {"url": url, "port": port, "token": token}
+    try:
+        status, page = get_json(server, "/api/memories?modality=video&limit=100")
+        assert status == 200 and page["total"] == len(rows)
+        listed = {m["id"]: m for m in page["memories"]}
+        for r in rows:
+            m = listed[r["id"]]
+            assert (m["start_s"], m["end_s"]) == (r["start_s"], r["end_s"])
+            assert "thumbnail" not in m and "frame_embedding" not in m  # bytes and vectors stay out
+        first = rows[0]
+        status, headers, body = call(server, "GET", f"/api/thumb/{first['id']}")
+        assert status == 200 and headers["content-type"] == "image/jpeg" and body == first["thumbnail"]
+        status, headers, body = call(
+            server, "GET", f"/api/media/{first['id']}", headers={"Range": "bytes=0-99"}
+        )
+        assert status == 206 and headers["content-type"] == "video/mp4" and body == first["media"][:100]
+        status, _, html = call(server, "GET", "/")
+        assert status == 200 and b'data-modality="video"' in html
+    finally:
+        stop_ui(proc, log)
+    drawn = card({**listed[first["id"]], "modality": "video"})
+    assert (
+        f"#t={first['start_s']},{first['end_s']}" in drawn and f'poster="/api/thumb/{first["id"]}"' in drawn
+    )

@@ -14,7 +14,7 @@ from typing import Any
 
 from aios_memory.errors import AiosMemoryError, ProviderError
 
-MODALITIES = ("text", "image", "audio")
+MODALITIES = ("text", "image", "audio", "video")
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # a dropped image; larger bodies get 413 before any byte is read
 MAX_JSON_BYTES = 64 * 1024
 MAX_LIMIT = 200  # memories per page
@@ -116,13 +116,13 @@ def list_memories(
     """One page of ``modality``'s memories, newest first, by two fixed queries (nothing of the request
     is formatted into them). ``store`` must have the SQL right: the caller's handler gives it one for
     these queries only (see ``UiHandler``); its namespaces are the caller's."""
-    from aios_memory.schema import EXTRA_COLUMNS
+    from aios_memory.schema import EXTRA_COLUMNS, HIDDEN_EXTRA
 
     if modality not in store.stats()["tables"]:
         return {"modality": modality, "total": 0, "offset": offset, "limit": limit, "memories": []}
     view = VIEWS[modality]  # a fixed identifier: nothing of the request is formatted into the SQL
     where, params = ("WHERE namespace = ?", [namespace]) if namespace is not None else ("", [])
-    extra = "".join(f", {f.name}" for f in EXTRA_COLUMNS[modality])
+    extra = "".join(f", {f.name}" for f in EXTRA_COLUMNS[modality] if f.name not in HIDDEN_EXTRA)
     cols = "id, namespace, created_at, source, content, media_type, metadata, provider"
     rows = store.sql(
         f"SELECT {cols}, octet_length(media) AS media_bytes{extra} FROM {view} {where} "  # noqa: S608

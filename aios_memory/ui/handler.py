@@ -246,7 +246,7 @@ class UiHandler(BaseHTTPRequestHandler):
         if not memory.media:
             raise ApiError(404, f"memory {id!r} has no media (it is a {memory.modality} memory)", "NoMedia")
         ctype = memory.media_type or ""
-        if not re.fullmatch(r"(image|audio)/[a-z0-9.+-]+", ctype):
+        if not re.fullmatch(r"(image|audio|video)/[a-z0-9.+-]+", ctype):
             ctype = "application/octet-stream"
         data, size = memory.media, len(memory.media)
         headers = {"Accept-Ranges": "bytes", "Content-Disposition": "inline"}

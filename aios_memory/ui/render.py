@@ -26,7 +26,7 @@ from aios_memory.ui import api
 TEMPLATE = Path(__file__).resolve().parent / "static" / "index.html"
 PAGE = 24  # memories on the first page: app.js's PAGE
 SLOT = re.compile(r"\{\{([a-z_]+)\}\}")
-TABLES = ("text", "image", "audio")
+TABLES = ("text", "image", "audio", "video")
 
 
 def e(value: Any) -> str:
@@ -65,13 +65,17 @@ def card(memory: Mapping[str, Any]) -> str:
         windowed = "start_s" in memory and "end_s" in memory
         src = f"/api/media/{id}" + (f"#t={memory['start_s']},{memory['end_s']}" if windowed else "")
         parts.append(f'<audio controls preload="metadata" src="{e(src)}"></audio>')
+    elif modality == "video":  # the segment's frame as the poster; the player starts at the segment
+        parts.append(f'<p class="body transcript">{e(memory.get("transcript") or "(no words heard)")}</p>')
+        src = f"/api/media/{id}#t={memory.get('start_s', 0)},{memory.get('end_s', '')}"
+        parts.append(f'<video controls preload="none" poster="/api/thumb/{e(id)}" src="{e(src)}"></video>')
     else:
         parts.append(f'<p class="body">{e(memory.get("content"))}</p>')
     meta = [
         f'<span class="kind {e(modality)}">{e(modality)}</span>',
         f'<span class="chip">{e(memory["namespace"])}</span>',
     ]
-    if modality == "audio" and "end_s" in memory:
+    if modality in ("audio", "video") and "end_s" in memory:
         meta.append(f"<span>{float(memory['start_s']):.1f} s–{float(memory['end_s']):.1f} s</span>")
     meta.append(f"<span>{e(when(memory.get('created_at')))}</span>")
     parts.append(f'<div class="meta">{"".join(meta)}</div>')

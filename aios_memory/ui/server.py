@@ -99,8 +99,12 @@ class UiServer(ThreadingHTTPServer):
         return self.url if self.owner_token is None else f"{self.url}?token={self.owner_token}"
 
     def thumb(self, store: Any, id: str) -> tuple[bytes, str]:
-        """A thumbnail of image memory ``id`` as ``store`` (the caller's scoped view) sees it."""
+        """A thumbnail of image memory ``id`` as ``store`` (the caller's scoped view) sees it; a video
+        segment's is the JPEG of its representative frame that the store keeps."""
         memory = store.get(id)  # first, always: the cache holds no rights of its own
+        still = memory.extra.get("thumbnail") if memory.modality == "video" else None
+        if isinstance(still, bytes) and still.startswith(b"\xff\xd8\xff"):
+            return still, "image/jpeg"
         if memory.modality != "image" or not memory.media:
             raise ApiError(404, f"memory {id!r} is not an image", "MemoryNotFoundError")
         key = (id, memory.updated_at)  # an update that replaces the image changes updated_at

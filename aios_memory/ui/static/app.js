@@ -84,12 +84,21 @@ function card(memory, rank) {
     const windowed = memory.start_s !== undefined && memory.end_s !== undefined; // long audio: one row a window
     audio.src = `/api/media/${id}` + (windowed ? `#t=${memory.start_s},${memory.end_s}` : "");
     node.append(audio);
+  } else if (memory.modality === "video") {
+    // a segment: its representative frame as the poster; the player starts at the segment's moment
+    node.append(el("p", "body transcript", memory.transcript || "(no words heard)"));
+    const video = el("video");
+    video.controls = true;
+    video.preload = "none";
+    video.poster = `/api/thumb/${id}`;
+    video.src = `/api/media/${id}#t=${memory.start_s ?? 0},${memory.end_s ?? ""}`;
+    node.append(video);
   } else {
     node.append(el("p", "body", memory.content));
   }
   const meta = el("div", "meta");
   meta.append(el("span", `kind ${memory.modality}`, memory.modality), el("span", "chip", memory.namespace));
-  if (memory.modality === "audio" && memory.end_s !== undefined) {
+  if ((memory.modality === "audio" || memory.modality === "video") && memory.end_s !== undefined) {
     meta.append(el("span", "", `${seconds(memory.start_s)}–${seconds(memory.end_s)}`));
   }
   const stamp = el("span", "", when(memory.created_at));
@@ -125,7 +134,7 @@ async function loadStats() {
   $("store-path").textContent = `${caller.name} · ${where} · ${rights}` + (stats.version === undefined ? "" : ` · version ${stats.version}`);
   const counts = $("counts");
   counts.replaceChildren();
-  for (const modality of ["text", "image", "audio"]) {
+  for (const modality of ["text", "image", "audio", "video"]) {
     const table = stats.tables[modality];
     const n = table ? table.memories : 0;
     counts.append(el("span", "chip", `${n} ${modality}`));
@@ -135,7 +144,7 @@ async function loadStats() {
   fillNamespaces($("search-namespace"), stats.namespaces);
   fillNamespaces($("browse-namespace"), stats.namespaces);
   if (!stats.tables[state.modality]) {
-    const first = ["text", "image", "audio"].find((m) => stats.tables[m]);
+    const first = ["text", "image", "audio", "video"].find((m) => stats.tables[m]);
     if (first) state.modality = first;
   }
 }
@@ -162,7 +171,7 @@ async function loadPage() {
   }
 }
 
-const TITLES = { text: "Text", image: "Images", audio: "Audio" };
+const TITLES = { text: "Text", image: "Images", audio: "Audio", video: "Video" };
 
 // A new search, or an empty query: the results shown so far no longer answer anything. Returns the
 // search's number; an answer that arrives after a later search (or a clear) has started is dropped.
