@@ -33,6 +33,7 @@ import evidence  # noqa: E402
 MODULES = [
     "floors", "load", "text", "clip", "whisper", "adds", "ingest", "search", "manifest", "longrun", "daemon", "soak",
     "s3", "ray", "dedupe", "frameworks", "vectors", "timetravel", "beam", "reembed",
+    "hybrid", "video",
 ]  # fmt: skip
 FILES = {"floors": "floors"}  # module file of each bench; the rest are bench_<name>.py
 MARK = "@@ROWS@@"
