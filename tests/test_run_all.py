@@ -35,6 +35,7 @@ SETTINGS = {
     # backoff, lock time-out, fragment sizes, input sizes, and arithmetic on them (100 M x 512 float32)
     "docs/scale-out.md": {"5 ms", "1 s", "60 s", "64 MiB", "3-30 s", "1 GiB", "2 KB", "100-200 KB", "205 GB"},
     "docs/sql.md": {"10 s"},  # the default query time-out
+    "docs/video.md": {"3,600 s"},  # the longest video a store takes (a limit)
     "docs/ui.md": {"30 s", "32 MiB"},  # Whisper's window; the upload limit
 }
 
