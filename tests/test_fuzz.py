@@ -272,12 +272,22 @@ def test_search_returns_ranked_rows_of_its_namespace(fuzz_store, query, k, names
     query=texts(30, min_size=1), where=st.none() | sql_text, p=bad_params, namespace=st.none() | st.just("a")
 )
 def test_search_refuses_params_that_are_not_a_list_or_dict(fuzz_store, query, where, p, namespace):
-    """Params are checked before the query is read: a QueryError whatever the query or predicate."""
+    """Params that are not a list or dict are refused before anything is searched, with nothing changed: a
+    QueryError, unless the query itself is invalid (a search reads its query first, to know which tables it
+    reaches: then the query's own InvalidInputError)."""
     refused(
         fuzz_store,
         lambda: fuzz_store.search(query, k=5, namespace=namespace, where=where, params=p),
-        QueryError,
+        QueryError if is_valid_text(query) else InvalidInputError,
     )
+
+
+def is_valid_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @FAST
